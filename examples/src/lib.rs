@@ -1,0 +1,1 @@
+//! Command-line front doors (txt2img, generate, fid, train) and library examples.

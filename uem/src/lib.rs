@@ -1,0 +1,1 @@
+//! Uncertainty estimation modules (certainty heads), exit policies, DeeDiff losses and the trainer.

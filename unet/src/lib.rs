@@ -1,0 +1,1 @@
+//! U-ViT denoisers in candle: official U-ViT / AdaDiff checkpoints load by their tensor names.
