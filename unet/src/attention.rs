@@ -1,0 +1,48 @@
+//! Multi-head self-attention with the official `(K H D)` split of the fused qkv projection.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::kernels;
+use crate::layers::linear;
+
+/// `qkv` Linear(D→3D) (bias optional, off in all official configs) and `proj` Linear(D→D).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn new(dim: usize, num_heads: usize, qkv_bias: bool, vb: VarBuilder) -> Result<Self> {
+        let qkv = linear(dim, 3 * dim, qkv_bias, vb.pp("qkv"))?;
+        let proj = linear(dim, dim, true, vb.pp("proj"))?;
+        Ok(Self {
+            qkv,
+            proj,
+            num_heads,
+            scale: 1.0 / ((dim / num_heads) as f64).sqrt(),
+        })
+    }
+
+    /// `[B, S, D]` → `[B, S, D]`; every token attends to every token (no mask).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let h = self.num_heads;
+        // Channel k·D + h·Dh + d: q/k/v is the slowest index, then the head.
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, s, 3, h, d / h))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let logits = q.matmul(&k.t()?)?;
+        let attn = kernels::scaled_softmax(&logits, self.scale)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, s, d))?;
+        self.proj.forward(&out)
+    }
+}

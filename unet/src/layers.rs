@@ -1,0 +1,52 @@
+//! Linear and LayerNorm built with the official U-ViT initialisation, so a `VarMap`-backed
+//! `VarBuilder` creates a from-scratch model exactly like `UViT._init_weights`
+//! (Linear weight trunc-normal std 0.02, bias 0; LayerNorm weight 1, bias 0). With a checkpoint
+//! backend the hints are ignored and the stored tensors are used.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use crate::kernels;
+
+/// timm's `trunc_normal_(std=0.02)` truncates at ±2 in absolute value, i.e. at 100σ: a plain
+/// normal is the same distribution for all practical purposes.
+pub const TRUNC_NORMAL_002: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// `nn.Linear(in_dim, out_dim, bias)` with weight `[out, in]`.
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", TRUNC_NORMAL_002)?;
+    let bias = if bias {
+        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// LayerNorm (eps 1e-5) routed through [`kernels::layer_norm`], so it stays differentiable in
+/// training and uses the fused kernel in inference.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    pub const EPS: f64 = 1e-5;
+
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::layer_norm(x, &self.weight, &self.bias, Self::EPS)
+    }
+}

@@ -1,0 +1,114 @@
+//! Reference-vector helpers shared by the parity tests of deediff-unet and deediff-uem.
+//!
+//! The reference folder is `$DEEDIFF_REFERENCE/uvit` when that variable is set, else the fixtures
+//! committed in `unet/tests/fixtures/uvit`. Cases are discovered from `*.io.safetensors`, so held-back
+//! files with other values (or other configs) run without code changes.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use deediff_unet::{Checkpoint, Conditioning, ConfigHints, LoadedUVit};
+
+pub fn reference_dir() -> PathBuf {
+    let dir = match std::env::var_os("DEEDIFF_REFERENCE") {
+        Some(root) => PathBuf::from(root).join("uvit"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures/uvit"),
+    };
+    eprintln!("reference folder: {}", dir.display());
+    dir
+}
+
+/// One reference config: its io tensors and the weight files present for it.
+pub struct Case {
+    pub name: String,
+    pub io: HashMap<String, Tensor>,
+    pub weights: Vec<PathBuf>,
+}
+
+impl Case {
+    pub fn get(&self, key: &str) -> &Tensor {
+        self.io
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: io key {key} missing", self.name))
+    }
+
+    pub fn conditioning(&self) -> Conditioning {
+        if let Some(y) = self.io.get("y") {
+            Conditioning::Class(y.clone())
+        } else if let Some(c) = self.io.get("context") {
+            Conditioning::Context(c.clone())
+        } else {
+            Conditioning::None
+        }
+    }
+
+    /// Number of blocks, from the `block_out.{i}` keys.
+    pub fn num_blocks(&self) -> usize {
+        (0..)
+            .take_while(|i| self.io.contains_key(&format!("block_out.{i}")))
+            .count()
+    }
+}
+
+/// All cases in the reference folder, each with its `.weights.safetensors` and (if present)
+/// `.weights.pth`.
+pub fn cases() -> Vec<Case> {
+    let dir = reference_dir();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".io.safetensors")?.to_string())
+        })
+        .collect();
+    names.sort();
+    assert!(
+        !names.is_empty(),
+        "no *.io.safetensors in {}",
+        dir.display()
+    );
+    names
+        .into_iter()
+        .map(|name| {
+            let io = candle_core::safetensors::load(
+                dir.join(format!("{name}.io.safetensors")),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let weights = ["safetensors", "pth"]
+                .iter()
+                .map(|ext| dir.join(format!("{name}.weights.{ext}")))
+                .filter(|p| p.is_file())
+                .collect();
+            Case { name, io, weights }
+        })
+        .collect()
+}
+
+pub fn load(path: &std::path::Path) -> LoadedUVit {
+    Checkpoint::load(path, &ConfigHints::default(), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Max |a - b|, asserting equal shapes.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Asserts `max |a - b| <= tol` with a message naming the case and the tensor.
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) -> f32 {
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
+    d
+}
