@@ -1,0 +1,307 @@
+//! DPM-Solver(++) multistep, orders 1–3, and SDE-DPM-Solver++, as diffusers'
+//! `DPMSolverMultistepScheduler` (README Q5–Q7).
+
+use crate::betas::BetaConfig;
+use crate::ddim::discrete_time;
+use crate::error::{Error, Result};
+use crate::exp_integrator::{update, D1Weight, Form, Level, Terms};
+use crate::noise::{draw, NoiseSource};
+use crate::ops::{lincomb, scaled_diff};
+use crate::prediction::{vp_from_ve, PredictionType};
+use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
+use crate::spacing::{dpm_schedule, last_timestep, timesteps, Family, KarrasRule, Spacing};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// diffusers `algorithm_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlgorithmType {
+    /// Data-prediction ODE solver (DPM-Solver++).
+    #[serde(rename = "dpmsolver++")]
+    DpmSolverPp,
+    /// Noise-prediction ODE solver (the original DPM-Solver).
+    #[serde(rename = "dpmsolver")]
+    DpmSolver,
+    /// Data-prediction SDE solver (SDE-DPM-Solver++).
+    #[serde(rename = "sde-dpmsolver++")]
+    SdeDpmSolverPp,
+}
+
+impl AlgorithmType {
+    pub(crate) fn form(self) -> Form {
+        match self {
+            Self::DpmSolverPp => Form::Data,
+            Self::DpmSolver => Form::Noise,
+            Self::SdeDpmSolverPp => Form::DataSde,
+        }
+    }
+}
+
+/// diffusers `solver_type` of the DPM solvers: how the first difference is weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpmSolverType {
+    Midpoint,
+    Heun,
+}
+
+impl DpmSolverType {
+    pub(crate) fn d1_weight(self) -> D1Weight {
+        match self {
+            Self::Midpoint => D1Weight::Midpoint,
+            Self::Heun => D1Weight::Taylor,
+        }
+    }
+}
+
+/// diffusers `final_sigmas_type`: where the last step lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalSigmas {
+    /// σ = 0: a fully denoised output.
+    Zero,
+    /// σ(t = 0) of the training table.
+    SigmaMin,
+}
+
+/// `DPMSolverMultistepScheduler` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpmMultistepConfig {
+    pub betas: BetaConfig,
+    pub solver_order: usize,
+    pub prediction_type: PredictionType,
+    pub algorithm_type: AlgorithmType,
+    pub solver_type: DpmSolverType,
+    pub lower_order_final: bool,
+    pub euler_at_final: bool,
+    pub use_karras_sigmas: bool,
+    pub final_sigmas_type: FinalSigmas,
+    pub lambda_min_clipped: f64,
+    pub timestep_spacing: Spacing,
+    pub steps_offset: usize,
+}
+
+impl DpmMultistepConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=3).contains(&self.solver_order) {
+            return Err(Error::Invalid(format!(
+                "solver_order must be 1, 2 or 3, got {}",
+                self.solver_order
+            )));
+        }
+        if self.algorithm_type == AlgorithmType::DpmSolver
+            && self.final_sigmas_type == FinalSigmas::Zero
+        {
+            return Err(Error::Invalid(
+                "algorithm_type \"dpmsolver\" requires final_sigmas_type \"sigma_min\" (a noise-prediction step cannot reach sigma = 0)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The DPM-family schedule shared by multistep, singlestep and UniPC: integer model timesteps,
+/// N + 1 VE sigmas and the ᾱ table the model times come from.
+#[derive(Debug, Clone)]
+pub(crate) struct SigmaSchedule {
+    pub alphas_cumprod: Vec<f64>,
+    pub timesteps: Vec<f64>,
+    pub sigmas: Vec<f64>,
+}
+
+impl SigmaSchedule {
+    /// `karras` replaces the spaced sigmas; `final_sigma` is appended.
+    pub(crate) fn new(
+        alphas_cumprod: Vec<f64>,
+        spaced: Vec<f64>,
+        karras: Option<KarrasRule>,
+        final_sigma: impl FnOnce(&[f64], &[f64]) -> f64,
+    ) -> Self {
+        let n = spaced.len();
+        let (timesteps, mut sigmas) = dpm_schedule(&alphas_cumprod, spaced, karras, n);
+        let last = final_sigma(&alphas_cumprod, &sigmas);
+        sigmas.push(last);
+        Self {
+            alphas_cumprod,
+            timesteps,
+            sigmas,
+        }
+    }
+
+    /// σ(t = 0) of the table: the `sigma_min` final sigma.
+    pub(crate) fn table_sigma_min(alphas_cumprod: &[f64]) -> f64 {
+        ((1.0 - alphas_cumprod[0]) / alphas_cumprod[0]).sqrt()
+    }
+
+    pub(crate) fn level(&self, k: usize) -> Level {
+        let (a, s) = vp_from_ve(self.sigmas[k]);
+        Level::new(a, s)
+    }
+
+    pub(crate) fn model_time(&self, i: usize) -> ModelTime {
+        discrete_time(&self.alphas_cumprod, self.timesteps[i])
+    }
+
+    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
+        (0..self.timesteps.len())
+            .map(|i| self.model_time(i))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DpmMultistep {
+    config: DpmMultistepConfig,
+    pub(crate) schedule: SigmaSchedule,
+    orders: Vec<usize>,
+}
+
+impl DpmMultistep {
+    pub(crate) fn new(config: &DpmMultistepConfig, n: usize) -> Result<Self> {
+        config.validate()?;
+        let ac = config.betas.alphas_cumprod_finite()?;
+        let t = config.betas.num_train_timesteps;
+        let last = last_timestep(&ac, config.lambda_min_clipped);
+        let spaced = timesteps(
+            Family::Dpm,
+            config.timestep_spacing,
+            t,
+            last,
+            n,
+            config.steps_offset,
+        )?;
+        let karras = config.use_karras_sigmas.then_some(KarrasRule {
+            sigma_min: None,
+            sigma_max: None,
+            round: !matches!(
+                config.betas.schedule,
+                crate::betas::BetaSchedule::SquaredCosCapV2
+            ),
+        });
+        let final_type = config.final_sigmas_type;
+        let schedule = SigmaSchedule::new(ac, spaced, karras, |ac, _| match final_type {
+            FinalSigmas::Zero => 0.0,
+            FinalSigmas::SigmaMin => SigmaSchedule::table_sigma_min(ac),
+        });
+        let n = schedule.timesteps.len();
+        let orders = (0..n).map(|i| order_at(config, i, n)).collect();
+        Ok(Self {
+            config: config.clone(),
+            schedule,
+            orders,
+        })
+    }
+
+    pub(crate) fn orders(&self) -> &[usize] {
+        &self.orders
+    }
+
+    pub(crate) fn is_stochastic(&self) -> bool {
+        self.config.algorithm_type == AlgorithmType::SdeDpmSolverPp
+    }
+
+    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(DpmMultistepRun {
+            plan: self.clone(),
+            x,
+            i: 0,
+            history: Vec::new(),
+        })
+    }
+}
+
+/// diffusers' order at step `i` of `n` (warm-up, `lower_order_final`, Q5).
+fn order_at(c: &DpmMultistepConfig, i: usize, n: usize) -> usize {
+    let done = i.min(c.solver_order);
+    let final_first = i == n - 1
+        && (c.euler_at_final
+            || (c.lower_order_final && n < 15)
+            || c.final_sigmas_type == FinalSigmas::Zero);
+    let second_capped = n >= 2 && i == n - 2 && c.lower_order_final && n < 15;
+    if c.solver_order == 1 || done < 1 || final_first {
+        1
+    } else if c.solver_order == 2 || done < 2 || second_capped {
+        2
+    } else {
+        3
+    }
+}
+
+struct DpmMultistepRun {
+    plan: Arc<DpmMultistep>,
+    x: Vec<f64>,
+    i: usize,
+    /// Converted model outputs, oldest first (at most `solver_order`).
+    history: Vec<Vec<f64>>,
+}
+
+impl Solver for DpmMultistepRun {
+    fn next_eval(&self) -> Option<Evaluation<'_>> {
+        (self.i < self.plan.orders.len()).then(|| Evaluation {
+            x: &self.x,
+            time: self.plan.schedule.model_time(self.i),
+        })
+    }
+
+    fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
+        let p = &self.plan;
+        let cfg = &p.config;
+        let sch = &p.schedule;
+        let i = self.i;
+        let s0 = sch.level(i);
+        let form = cfg.algorithm_type.form();
+        let m = match form {
+            Form::Noise => cfg.prediction_type.to_eps(out, &self.x, s0.alpha, s0.sigma),
+            _ => cfg.prediction_type.to_x0(out, &self.x, s0.alpha, s0.sigma),
+        };
+        if self.history.len() == cfg.solver_order {
+            self.history.remove(0);
+        }
+        self.history.push(m);
+        let z = match form {
+            Form::DataSde => Some(draw(noise, self.x.len())?),
+            _ => None,
+        };
+        let order = p.orders[i];
+        let t = sch.level(i + 1);
+        let h = t.lambda - s0.lambda;
+        let k = self.history.len();
+        let m0 = &self.history[k - 1];
+        let mut terms = Terms::first(m0);
+        terms.noise = z.as_deref();
+        let (d1, d2);
+        match order {
+            1 => {}
+            2 => {
+                let s1 = sch.level(i - 1);
+                let r0 = (s0.lambda - s1.lambda) / h;
+                d1 = scaled_diff(1.0 / r0, m0, &self.history[k - 2]);
+                terms.d1 = Some((cfg.solver_type.d1_weight(), &d1));
+            }
+            _ => {
+                let (s1, s2) = (sch.level(i - 1), sch.level(i - 2));
+                let r0 = (s0.lambda - s1.lambda) / h;
+                let r1 = (s1.lambda - s2.lambda) / h;
+                let d1_0 = scaled_diff(1.0 / r0, m0, &self.history[k - 2]);
+                let d1_1 = scaled_diff(1.0 / r1, &self.history[k - 2], &self.history[k - 3]);
+                let diff: Vec<f64> = d1_0.iter().zip(&d1_1).map(|(a, b)| a - b).collect();
+                d1 = lincomb(&[(1.0, &d1_0), (r0 / (r0 + r1), &diff)]);
+                d2 = diff.iter().map(|v| (1.0 / (r0 + r1)) * v).collect::<Vec<f64>>();
+                terms.d1 = Some((D1Weight::Taylor, &d1));
+                terms.d2 = Some(&d2);
+            }
+        }
+        self.x = update(form, &self.x, s0, t, h, &terms);
+        self.i += 1;
+        Ok(Some(StepInfo {
+            index: i,
+            order,
+            pred_x0: None,
+            t: None,
+        }))
+    }
+
+    fn sample(&self) -> &[f64] {
+        &self.x
+    }
+}

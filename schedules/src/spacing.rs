@@ -1,0 +1,214 @@
+//! Inference timestep spacing exactly as diffusers computes it, plus Karras sigmas and the
+//! σ → t inverse. The rules differ per scheduler family (README quirks Q2–Q4), so each family
+//! has its own entry point here rather than a flag hidden inside the solvers.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// diffusers `timestep_spacing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+/// numpy `linspace(a, b, n)`: `a + i·step`, with the last element exactly `b`.
+pub fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
+    match n {
+        0 => vec![],
+        1 => vec![a],
+        _ => {
+            let step = (b - a) / (n - 1) as f64;
+            let mut v: Vec<f64> = (0..n).map(|i| i as f64 * step + a).collect();
+            v[n - 1] = b;
+            v
+        }
+    }
+}
+
+/// numpy `arange(start, stop, step)` for a float step (length `ceil((stop − start)/step)`;
+/// element i is `start + i·(start + step − start)`).
+fn arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil().max(0.0) as usize;
+    let delta = (start + step) - start;
+    (0..len).map(|i| start + i as f64 * delta).collect()
+}
+
+/// Which family's spacing conventions apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// DDIM and DDPM: N timesteps, linspace rounded.
+    Ddim,
+    /// Euler and Euler ancestral: like DDIM, but linspace stays fractional.
+    Euler,
+    /// DPM-Solver multistep and UniPC: built from N + 1 points, the final 0 dropped.
+    Dpm,
+}
+
+/// Inference timesteps (descending) for `n` steps out of `t_train`.
+///
+/// `last_timestep` is diffusers' `num_train_timesteps − clipped_idx` for the DPM family
+/// (`lambda_min_clipped`); it equals `t_train` otherwise.
+pub(crate) fn timesteps(
+    family: Family,
+    spacing: Spacing,
+    t_train: usize,
+    last_timestep: usize,
+    n: usize,
+    steps_offset: usize,
+) -> Result<Vec<f64>> {
+    if n == 0 || n > t_train {
+        return Err(Error::Invalid(format!(
+            "number of inference steps must be in 1..={t_train}, got {n}"
+        )));
+    }
+    let tf = t_train as f64;
+    let offset = steps_offset as f64;
+    let ts: Vec<f64> = match (family, spacing) {
+        (Family::Dpm, Spacing::Linspace) => {
+            let v = linspace(0.0, last_timestep as f64 - 1.0, n + 1);
+            v[1..].iter().rev().map(|x| x.round_ties_even()).collect()
+        }
+        (Family::Dpm, Spacing::Leading) => {
+            let ratio = (last_timestep / (n + 1)) as f64;
+            (1..=n).rev().map(|i| i as f64 * ratio + offset).collect()
+        }
+        (Family::Dpm, Spacing::Trailing) => arange(last_timestep as f64, 0.0, -(tf / n as f64))
+            .iter()
+            .map(|x| x.round_ties_even() - 1.0)
+            .collect(),
+        (_, Spacing::Linspace) => {
+            let v = linspace(0.0, tf - 1.0, n);
+            let round = family == Family::Ddim;
+            v.iter()
+                .rev()
+                .map(|&x| if round { x.round_ties_even() } else { x })
+                .collect()
+        }
+        (_, Spacing::Leading) => {
+            let ratio = (t_train / n) as f64;
+            (0..n).rev().map(|i| i as f64 * ratio + offset).collect()
+        }
+        (_, Spacing::Trailing) => arange(tf, 0.0, -(tf / n as f64))
+            .iter()
+            .map(|x| x.round_ties_even() - 1.0)
+            .collect(),
+    };
+    if let Some(bad) = ts.iter().find(|&&t| t < 0.0 || t > tf - 1.0) {
+        return Err(Error::Invalid(format!(
+            "timestep {bad} lies outside 0..{t_train} (steps_offset {steps_offset} too large?)"
+        )));
+    }
+    Ok(ts)
+}
+
+/// VE sigmas σ = √((1 − ᾱ)/ᾱ) of a ᾱ table.
+pub fn ve_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
+    alphas_cumprod
+        .iter()
+        .map(|a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// Karras et al. (2022) sigmas with ρ = 7, from `sigma_max` down to `sigma_min`.
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let min_inv = sigma_min.powf(1.0 / RHO);
+    let max_inv = sigma_max.powf(1.0 / RHO);
+    linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(RHO))
+        .collect()
+}
+
+/// diffusers `_sigma_to_t`: interpolate linearly in log σ between neighbouring table entries
+/// (`log_sigmas` ascending with t), clamped to the table's range.
+pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let low = log_sigmas
+        .iter()
+        .rposition(|&ls| log_sigma - ls >= 0.0)
+        .unwrap_or(0)
+        .min(log_sigmas.len() - 2);
+    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
+    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
+/// numpy `interp(x, arange(len), table)` for x inside the table.
+pub fn interp_table(x: f64, table: &[f64]) -> f64 {
+    let last = table.len() - 1;
+    if x <= 0.0 {
+        return table[0];
+    }
+    if x >= last as f64 {
+        return table[last];
+    }
+    let i = x.floor() as usize;
+    let frac = x - i as f64;
+    if frac == 0.0 {
+        table[i]
+    } else {
+        (table[i + 1] - table[i]) * frac + table[i]
+    }
+}
+
+/// Karras settings of the DPM family: bounds (default: the ends of the full training table)
+/// and whether the resulting timesteps are rounded before the cast to integers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KarrasRule {
+    pub sigma_min: Option<f64>,
+    pub sigma_max: Option<f64>,
+    pub round: bool,
+}
+
+/// DPM-family schedule (DPM-Solver multistep/singlestep, UniPC): integer model timesteps and
+/// the solver's VE sigmas for them (without the final sigma). With Karras sigmas the spacing is
+/// ignored: σ comes from the Karras ramp over the full table and the timestep is its
+/// log-σ interpolated position, rounded (or not) and then truncated as diffusers' int64 cast.
+pub(crate) fn dpm_schedule(
+    alphas_cumprod: &[f64],
+    spaced: Vec<f64>,
+    karras: Option<KarrasRule>,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let table = ve_sigmas(alphas_cumprod);
+    match karras {
+        None => {
+            let sigmas = spaced.iter().map(|&t| interp_table(t, &table)).collect();
+            (spaced, sigmas)
+        }
+        Some(rule) => {
+            let log_sigmas: Vec<f64> = table.iter().map(|s| s.ln()).collect();
+            let sigma_min = rule.sigma_min.unwrap_or(table[0]);
+            let sigma_max = rule.sigma_max.unwrap_or(table[table.len() - 1]);
+            let sigmas = karras_sigmas(sigma_min, sigma_max, n);
+            let ts = sigmas
+                .iter()
+                .map(|&s| {
+                    let t = sigma_to_t(s, &log_sigmas);
+                    if rule.round {
+                        t.round_ties_even()
+                    } else {
+                        t.trunc()
+                    }
+                })
+                .collect();
+            (ts, sigmas)
+        }
+    }
+}
+
+/// diffusers' `lambda_min_clipped` cut: the last usable timestep count
+/// `T − searchsorted(flip(λ_t), lambda_min_clipped)`.
+pub(crate) fn last_timestep(alphas_cumprod: &[f64], lambda_min_clipped: f64) -> usize {
+    let clipped = alphas_cumprod
+        .iter()
+        .rev()
+        .map(|a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
+        .take_while(|&l| l < lambda_min_clipped)
+        .count();
+    alphas_cumprod.len() - clipped
+}
