@@ -102,7 +102,11 @@ pub fn cumprod_one_minus(betas: &[f64]) -> Vec<f64> {
 }
 
 fn cosine_betas(t: usize) -> Vec<f64> {
-    let f = |u: f64| ((u + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let f = |u: f64| {
+        ((u + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..t)
         .map(|i| {
             let t1 = i as f64 / t as f64;

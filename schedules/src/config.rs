@@ -134,7 +134,11 @@ const COMMON: &[&str] = &[
     "trained_betas",
     "prediction_type",
 ];
-const THRESHOLD: &[&str] = &["thresholding", "dynamic_thresholding_ratio", "sample_max_value"];
+const THRESHOLD: &[&str] = &[
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+];
 
 fn allowed(class: &str) -> Option<Vec<&'static str>> {
     let extra: &[&[&str]] = match class {
@@ -246,7 +250,13 @@ fn allowed(class: &str) -> Option<Vec<&'static str>> {
         ],
         _ => return None,
     };
-    Some(COMMON.iter().chain(extra.iter().flat_map(|l| l.iter())).copied().collect())
+    Some(
+        COMMON
+            .iter()
+            .chain(extra.iter().flat_map(|l| l.iter()))
+            .copied()
+            .collect(),
+    )
 }
 
 /// Parse a string-valued option into `T` through serde, with a message listing the choices.
@@ -263,7 +273,10 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn flag_off(&self, field: &str, value: Option<bool>) -> Result<(), String> {
         if value == Some(true) {
-            return Err(format!("{field} = true is not supported for {}", self.class));
+            return Err(format!(
+                "{field} = true is not supported for {}",
+                self.class
+            ));
         }
         Ok(())
     }
@@ -330,7 +343,11 @@ impl Reader<'_> {
         self.flag_off("use_lu_lambdas", r.use_lu_lambdas)?;
         self.flag_off("use_flow_sigmas", r.use_flow_sigmas)?;
         self.flag_off("use_dynamic_shifting", r.use_dynamic_shifting)?;
-        if let Some(t) = r.time_shift_type.as_deref().filter(|t| *t != "exponential" && *t != "linear") {
+        if let Some(t) = r
+            .time_shift_type
+            .as_deref()
+            .filter(|t| *t != "exponential" && *t != "linear")
+        {
             return Err(format!("unsupported time_shift_type {t:?}"));
         }
         if let Some(v) = r.variance_type.as_deref() {
@@ -349,7 +366,10 @@ impl Reader<'_> {
         }
     }
 
-    fn dpm_kind(&self, final_sigmas: FinalSigmas) -> Result<(AlgorithmType, DpmSolverType), String> {
+    fn dpm_kind(
+        &self,
+        final_sigmas: FinalSigmas,
+    ) -> Result<(AlgorithmType, DpmSolverType), String> {
         let algorithm: AlgorithmType = choice(
             "algorithm_type",
             self.raw.algorithm_type.as_deref().unwrap_or("dpmsolver++"),
@@ -431,10 +451,14 @@ impl Reader<'_> {
             }
             "EulerDiscreteScheduler" => {
                 if let Some(t) = r.interpolation_type.as_deref().filter(|t| *t != "linear") {
-                    return Err(format!("unsupported interpolation_type {t:?} (supported: linear)"));
+                    return Err(format!(
+                        "unsupported interpolation_type {t:?} (supported: linear)"
+                    ));
                 }
                 if let Some(t) = r.timestep_type.as_deref().filter(|t| *t != "discrete") {
-                    return Err(format!("unsupported timestep_type {t:?} (supported: discrete)"));
+                    return Err(format!(
+                        "unsupported timestep_type {t:?} (supported: discrete)"
+                    ));
                 }
                 SchedulerConfig::Euler(EulerConfig {
                     betas: self.betas()?,
@@ -461,10 +485,15 @@ impl Reader<'_> {
             }
             "UniPCMultistepScheduler" => {
                 if r.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
-                    return Err("solver_p (an external predictor scheduler) is not supported".into());
+                    return Err(
+                        "solver_p (an external predictor scheduler) is not supported".into(),
+                    );
                 }
                 if r.shift_terminal.as_ref().is_some_and(|v| !v.is_null()) {
-                    return Err("shift_terminal is only used with flow sigmas, which are not supported".into());
+                    return Err(
+                        "shift_terminal is only used with flow sigmas, which are not supported"
+                            .into(),
+                    );
                 }
                 SchedulerConfig::UniPc(UniPcConfig {
                     betas: self.betas()?,
@@ -511,6 +540,9 @@ pub(crate) fn parse_diffusers(text: &str, origin: &str) -> Result<SchedulerConfi
     if let Some(unknown) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
         return Err(err(format!("unknown field {unknown:?} for {class}")));
     }
-    let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err(format!("{class}: {e}")))?;
-    Reader { class, raw }.build().map_err(|m| err(format!("{class}: {m}")))
+    let raw: Raw =
+        serde_json::from_value(value.clone()).map_err(|e| err(format!("{class}: {e}")))?;
+    Reader { class, raw }
+        .build()
+        .map_err(|m| err(format!("{class}: {m}")))
 }

@@ -114,7 +114,9 @@ impl Solver for DdpmRun {
         let b_prev = 1.0 - a_prev;
         let cur_alpha = a_t / a_prev;
         let cur_beta = 1.0 - cur_alpha;
-        let mut x0 = cfg.prediction_type.to_x0(out, &self.x, a_t.sqrt(), b_t.sqrt());
+        let mut x0 = cfg
+            .prediction_type
+            .to_x0(out, &self.x, a_t.sqrt(), b_t.sqrt());
         if let Some(range) = cfg.clip_sample {
             clamp(&mut x0, range);
         }

@@ -286,7 +286,10 @@ impl Solver for DpmMultistepRun {
                 let d1_1 = scaled_diff(1.0 / r1, &self.history[k - 2], &self.history[k - 3]);
                 let diff: Vec<f64> = d1_0.iter().zip(&d1_1).map(|(a, b)| a - b).collect();
                 d1 = lincomb(&[(1.0, &d1_0), (r0 / (r0 + r1), &diff)]);
-                d2 = diff.iter().map(|v| (1.0 / (r0 + r1)) * v).collect::<Vec<f64>>();
+                d2 = diff
+                    .iter()
+                    .map(|v| (1.0 / (r0 + r1)) * v)
+                    .collect::<Vec<f64>>();
                 terms.d1 = Some((D1Weight::Taylor, &d1));
                 terms.d2 = Some(&d2);
             }

@@ -74,7 +74,7 @@ impl DpmSinglestep {
         });
         // diffusers switches lower_order_final on for uneven step counts and for σ_final = 0.
         let lower_order_final = config.lower_order_final
-            || n % config.solver_order != 0
+            || !n.is_multiple_of(config.solver_order)
             || config.final_sigmas_type == FinalSigmas::Zero;
         let mut orders = order_list(config.solver_order, n, lower_order_final);
         if config.final_sigmas_type == FinalSigmas::Zero {
@@ -115,7 +115,10 @@ fn order_list(order: usize, steps: usize, lower_order_final: bool) -> Vec<usize>
     let mut v: Vec<usize> = if lower_order_final {
         match (order, steps % order) {
             (1, _) => vec![1; steps],
-            (_, 0) => repeat(steps / order - 1).chain(1..order).chain([1]).collect(),
+            (_, 0) => repeat(steps / order - 1)
+                .chain(1..order)
+                .chain([1])
+                .collect(),
             (_, rem) => repeat(steps / order).chain(1..=rem).collect(),
         }
     } else {
@@ -166,7 +169,14 @@ impl Solver for DpmSinglestepRun {
         let (m0, heun) = (&self.history[k - 1], cfg.solver_type == DpmSolverType::Heun);
         let (d1, d2);
         let x = match order {
-            1 => update(form, &self.restart, s0, t, t.lambda - s0.lambda, &Terms::first(m0)),
+            1 => update(
+                form,
+                &self.restart,
+                s0,
+                t,
+                t.lambda - s0.lambda,
+                &Terms::first(m0),
+            ),
             2 => {
                 let (s1, m1) = (sch.level(i - 1), &self.history[k - 2]);
                 let h = t.lambda - s1.lambda;

@@ -7,7 +7,9 @@ use crate::error::Result;
 use crate::noise::NoiseSource;
 use crate::prediction::{vp_from_ve, PredictionType};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
-use crate::spacing::{interp_table, karras_sigmas, sigma_to_t, timesteps, ve_sigmas, Family, Spacing};
+use crate::spacing::{
+    interp_table, karras_sigmas, sigma_to_t, timesteps, ve_sigmas, Family, Spacing,
+};
 use std::sync::Arc;
 
 /// `EulerDiscreteScheduler` settings (`interpolation_type` linear, `timestep_type` discrete).
@@ -155,7 +157,10 @@ impl Solver for EulerRun {
     fn feed(&mut self, out: &[f64], _noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
         let sch = &self.plan.schedule;
         let i = self.i;
-        let x0 = self.plan.prediction_type.to_x0_ve(out, &self.x, sch.sigmas[i]);
+        let x0 = self
+            .plan
+            .prediction_type
+            .to_x0_ve(out, &self.x, sch.sigmas[i]);
         let (sigma, next) = (sch.sigmas[i], sch.sigmas[i + 1]);
         let dt = next - sigma;
         for (x, x0) in self.x.iter_mut().zip(&x0) {

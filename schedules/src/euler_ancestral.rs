@@ -58,7 +58,10 @@ impl Solver for EulerAncestralRun {
     fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
         let sch = &self.plan.schedule;
         let i = self.i;
-        let x0 = self.plan.prediction_type.to_x0_ve(out, &self.x, sch.sigmas[i]);
+        let x0 = self
+            .plan
+            .prediction_type
+            .to_x0_ve(out, &self.x, sch.sigmas[i]);
         let (from, to) = (sch.sigmas[i], sch.sigmas[i + 1]);
         let sigma_up = (to * to * (from * from - to * to) / (from * from)).sqrt();
         let sigma_down = (to * to - sigma_up * sigma_up).sqrt();

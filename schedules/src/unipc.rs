@@ -145,7 +145,15 @@ impl UniPc {
     }
 
     /// x_t = (σ_t/σ_s0)·x − α_t·hφ₁·m0 − α_t·B(h)·res (data form) or the noise-form analogue.
-    fn base_update(&self, x: &[f64], s0: Level, t: Level, c: &Coeffs, m0: &[f64], res: &[f64]) -> Vec<f64> {
+    fn base_update(
+        &self,
+        x: &[f64],
+        s0: Level,
+        t: Level,
+        c: &Coeffs,
+        m0: &[f64],
+        res: &[f64],
+    ) -> Vec<f64> {
         let (cx, cm, cr) = if self.config.predict_x0 {
             (t.sigma / s0.sigma, t.alpha * c.h_phi_1, t.alpha * c.b_h)
         } else {
@@ -185,12 +193,14 @@ fn solve_linear(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
             .unwrap_or(col);
         a.swap(col, pivot);
         b.swap(col, pivot);
-        for row in col + 1..n {
-            let f = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
+        let (top, bottom) = a.split_at_mut(col + 1);
+        let pivot_row = &top[col];
+        for (offset, row) in bottom.iter_mut().enumerate() {
+            let f = row[col] / pivot_row[col];
+            for (r, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *r -= f * p;
             }
-            b[row] -= f * b[col];
+            b[col + 1 + offset] -= f * b[col];
         }
     }
     let mut x = vec![0.0; n];
@@ -236,19 +246,31 @@ impl Solver for UniPcRun {
         let i = self.i;
         let s_i = p.level(i);
         let m_new = if cfg.predict_x0 {
-            cfg.prediction_type.to_x0(out, &self.x, s_i.alpha, s_i.sigma)
+            cfg.prediction_type
+                .to_x0(out, &self.x, s_i.alpha, s_i.sigma)
         } else {
-            cfg.prediction_type.to_eps(out, &self.x, s_i.alpha, s_i.sigma)
+            cfg.prediction_type
+                .to_eps(out, &self.x, s_i.alpha, s_i.sigma)
         };
-        if let Some(last) = self.last_sample.as_ref().filter(|_| i > 0 && !cfg.disable_corrector.contains(&(i - 1))) {
+        if let Some(last) = self
+            .last_sample
+            .as_ref()
+            .filter(|_| i > 0 && !cfg.disable_corrector.contains(&(i - 1)))
+        {
             // UniC for step i − 1: from x_{i−1} to x_i with the fresh output at x_i.
             let order = p.orders[i - 1];
             let s0 = p.level(i - 1);
             let k = self.history.len();
             let earlier: Vec<Level> = (1..order).map(|j| p.level(i - 1 - j)).collect();
-            let ms: Vec<&[f64]> = (1..order).map(|j| self.history[k - 1 - j].as_slice()).collect();
+            let ms: Vec<&[f64]> = (1..order)
+                .map(|j| self.history[k - 1 - j].as_slice())
+                .collect();
             let c = p.coefficients(s0, s_i, &earlier, order);
-            let rhos = if order == 1 { vec![0.5] } else { c.solve(order) };
+            let rhos = if order == 1 {
+                vec![0.5]
+            } else {
+                c.solve(order)
+            };
             let m0 = &self.history[k - 1];
             let mut res = weighted_diffs(&rhos[..order - 1], &ms, m0, &c.rks);
             let rho_t = rhos[order - 1];
@@ -265,7 +287,9 @@ impl Solver for UniPcRun {
         let t = p.level(i + 1);
         let k = self.history.len();
         let earlier: Vec<Level> = (1..order).map(|j| p.level(i - j)).collect();
-        let ms: Vec<&[f64]> = (1..order).map(|j| self.history[k - 1 - j].as_slice()).collect();
+        let ms: Vec<&[f64]> = (1..order)
+            .map(|j| self.history[k - 1 - j].as_slice())
+            .collect();
         let c = p.coefficients(s_i, t, &earlier, order);
         let m0 = &self.history[k - 1];
         let res = match order {

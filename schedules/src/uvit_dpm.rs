@@ -91,7 +91,10 @@ struct OuterStep {
 enum Steps {
     Single(Vec<OuterStep>),
     /// Grid of steps + 1 times; orders of the steps.
-    Multi { grid: Vec<f64>, orders: Vec<usize> },
+    Multi {
+        grid: Vec<f64>,
+        orders: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -183,7 +186,9 @@ impl UvitDpm {
     /// The continuous times bounding the steps: T, then the time after each step.
     pub(crate) fn step_times(&self) -> Vec<f64> {
         match &self.steps {
-            Steps::Single(v) => std::iter::once(v[0].s).chain(v.iter().map(|o| o.t)).collect(),
+            Steps::Single(v) => std::iter::once(v[0].s)
+                .chain(v.iter().map(|o| o.t))
+                .collect(),
             Steps::Multi { grid, .. } => grid.clone(),
         }
     }
@@ -211,7 +216,10 @@ impl UvitDpm {
     }
 
     pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        self.eval_times().into_iter().map(|t| self.time(t)).collect()
+        self.eval_times()
+            .into_iter()
+            .map(|t| self.time(t))
+            .collect()
     }
 
     pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
@@ -345,7 +353,14 @@ impl UvitDpmRun {
         if self.phase + 1 < step.order {
             // Build the next intermediate point x_s1 or x_s2.
             let next = if self.phase == 0 {
-                update(form, &self.x, ls, ns.level(step.s1), step.r1 * h, &Terms::first(&ms[0]))
+                update(
+                    form,
+                    &self.x,
+                    ls,
+                    ns.level(step.s1),
+                    step.r1 * h,
+                    &Terms::first(&ms[0]),
+                )
             } else {
                 let d1 = scaled_diff(step.r2 / step.r1, &ms[1], &ms[0]);
                 let mut terms = Terms::first(&ms[0]);
@@ -421,7 +436,10 @@ impl UvitDpmRun {
                 let d1_1 = scaled_diff(1.0 / r1, &ms[n - 2], &ms[n - 3]);
                 let diff: Vec<f64> = d1_0.iter().zip(&d1_1).map(|(a, b)| a - b).collect();
                 d1 = lincomb(&[(1.0, &d1_0), (r0 / (r0 + r1), &diff)]);
-                d2 = diff.iter().map(|v| (1.0 / (r0 + r1)) * v).collect::<Vec<f64>>();
+                d2 = diff
+                    .iter()
+                    .map(|v| (1.0 / (r0 + r1)) * v)
+                    .collect::<Vec<f64>>();
                 terms.d1 = Some((D1Weight::Taylor, &d1));
                 terms.d2 = Some(&d2);
             }

@@ -36,7 +36,10 @@ pub(crate) enum UvitSchedule {
         /// The knots flipped to ascending log α, for `inverse_lambda`.
         flipped: (Vec<f64>, Vec<f64>),
     },
-    Linear { beta_0: f64, beta_1: f64 },
+    Linear {
+        beta_0: f64,
+        beta_1: f64,
+    },
 }
 
 /// numpy-free `interpolate_fn`: piecewise-linear through ascending knots, the outermost
@@ -89,11 +92,11 @@ impl UvitSchedule {
     pub(crate) fn log_alpha(&self, t: f64) -> f64 {
         match self {
             Self::Discrete {
-                t: knots, log_alpha, ..
+                t: knots,
+                log_alpha,
+                ..
             } => interpolate(t, knots, log_alpha),
-            Self::Linear { beta_0, beta_1 } => {
-                -0.25 * t * t * (beta_1 - beta_0) - 0.5 * t * beta_0
-            }
+            Self::Linear { beta_0, beta_1 } => -0.25 * t * t * (beta_1 - beta_0) - 0.5 * t * beta_0,
         }
     }
 

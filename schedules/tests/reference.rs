@@ -10,7 +10,7 @@ use deediff_schedules::{
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A float64 tensor from a safetensors file.
 #[derive(Debug, Clone)]
@@ -27,13 +27,18 @@ impl Tensor {
     }
 }
 
-fn load(path: &PathBuf) -> HashMap<String, Tensor> {
+fn load(path: &Path) -> HashMap<String, Tensor> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     st.tensors()
         .into_iter()
         .map(|(name, view)| {
-            assert_eq!(view.dtype(), Dtype::F64, "{}: {name} is not F64", path.display());
+            assert_eq!(
+                view.dtype(),
+                Dtype::F64,
+                "{}: {name} is not F64",
+                path.display()
+            );
             let data = view
                 .data()
                 .chunks_exact(8)
@@ -157,6 +162,7 @@ struct Checker<'a> {
     failures: Vec<String>,
     worst_rel: f64,
     worst_abs: f64,
+    worst_what: String,
 }
 
 impl Checker<'_> {
@@ -172,11 +178,17 @@ impl Checker<'_> {
         }
         let s = scale(reference);
         let d = max_abs_diff(ours, reference);
-        self.worst_rel = self.worst_rel.max(d / s);
+        if d / s > self.worst_rel {
+            self.worst_rel = d / s;
+            self.worst_what = what.to_string();
+        }
         self.worst_abs = self.worst_abs.max(d);
         if d > tol * s {
-            self.failures
-                .push(format!("{}: {what}: |Δ| = {d:e} > {:e}", self.case, tol * s));
+            self.failures.push(format!(
+                "{}: {what}: |Δ| = {d:e} > {:e}",
+                self.case,
+                tol * s
+            ));
         }
     }
 
@@ -207,7 +219,8 @@ impl Checker<'_> {
 
     fn relative(&mut self, what: &str, ours: &[f64], reference: &[f64], tol: f64) {
         if ours.len() != reference.len() {
-            self.failures.push(format!("{}: {what}: length mismatch", self.case));
+            self.failures
+                .push(format!("{}: {what}: length mismatch", self.case));
             return;
         }
         for (i, (o, r)) in ours.iter().zip(reference).enumerate() {
@@ -221,8 +234,10 @@ impl Checker<'_> {
 
     fn equal(&mut self, what: &str, ours: &[usize], reference: &[usize]) {
         if ours != reference {
-            self.failures
-                .push(format!("{}: {what}: {ours:?} vs reference {reference:?}", self.case));
+            self.failures.push(format!(
+                "{}: {what}: {ours:?} vs reference {reference:?}",
+                self.case
+            ));
         }
     }
 }
@@ -230,7 +245,11 @@ impl Checker<'_> {
 fn uvit_config(args: &Value, time_input: &str) -> SchedulerConfig {
     let f = |k: &str| args[k].as_f64().unwrap_or_else(|| panic!("uvit_args.{k}"));
     let s = |k: &str| args[k].as_str().unwrap_or_else(|| panic!("uvit_args.{k}"));
-    let time_input_scale = if time_input.contains("1000") { 1000.0 } else { 999.0 };
+    let time_input_scale = if time_input.contains("1000") {
+        1000.0
+    } else {
+        999.0
+    };
     if let Some(reverse) = args.get("reverse") {
         return SchedulerConfig::UvitEm(UvitEmConfig {
             beta_min: 0.1,
@@ -303,8 +322,14 @@ fn to_usize(v: &[f64]) -> Vec<usize> {
     v.iter().map(|&x| x as usize).collect()
 }
 
-/// Run one case and check everything it stores; returns (failures, worst relative, worst abs).
-fn run_case(dir: &PathBuf, case: &Value, mixture: &Mixture, z: &[f64]) -> (Vec<String>, f64, f64) {
+/// Run one case and check everything it stores; returns the failures, a description of the
+/// worst deviation, the worst |Δ|/max(1, max|ref|) and the worst |Δ|.
+fn run_case(
+    dir: &Path,
+    case: &Value,
+    mixture: &Mixture,
+    z: &[f64],
+) -> (Vec<String>, String, f64, f64) {
     let name = case["name"].as_str().unwrap();
     let t = load(&dir.join(case["file"].as_str().unwrap()));
     let diffusers = case["source"] == "diffusers";
@@ -317,6 +342,7 @@ fn run_case(dir: &PathBuf, case: &Value, mixture: &Mixture, z: &[f64]) -> (Vec<S
         failures: vec![],
         worst_rel: 0.0,
         worst_abs: 0.0,
+        worst_what: String::new(),
     };
     let (config, steps, what) = if diffusers {
         let mut config = SchedulerConfig::from_diffusers_json(&case["config"].to_string())
@@ -333,11 +359,19 @@ fn run_case(dir: &PathBuf, case: &Value, mixture: &Mixture, z: &[f64]) -> (Vec<S
             "v_prediction" => Output::V,
             other => panic!("{name}: prediction_type {other}"),
         };
-        (config, case["num_inference_steps"].as_u64().unwrap() as usize, what)
+        (
+            config,
+            case["num_inference_steps"].as_u64().unwrap() as usize,
+            what,
+        )
     } else {
         let args = &case["uvit_args"];
         let config = uvit_config(args, case["time_input"].as_str().unwrap());
-        (config, args["steps"].as_u64().unwrap() as usize, Output::Epsilon)
+        (
+            config,
+            args["steps"].as_u64().unwrap() as usize,
+            Output::Epsilon,
+        )
     };
     let scheduler = Scheduler::new(&config, steps).unwrap_or_else(|e| panic!("{name}: {e}"));
 
@@ -347,11 +381,20 @@ fn run_case(dir: &PathBuf, case: &Value, mixture: &Mixture, z: &[f64]) -> (Vec<S
             ck.relative("sigmas", scheduler.sigmas().unwrap_or(&[]), &s.data, 1e-12);
         }
         let ins = case["init_noise_sigma"].as_f64().unwrap();
-        ck.relative("init_noise_sigma", &[scheduler.init_noise_sigma()], &[ins], 1e-12);
+        ck.relative(
+            "init_noise_sigma",
+            &[scheduler.init_noise_sigma()],
+            &[ins],
+            1e-12,
+        );
     } else {
         ck.times("step_t", &scheduler.timesteps(), &t["step_t"].data);
     }
-    assert_eq!(scheduler.nfe(), case["nfe"].as_u64().unwrap() as usize, "{name}: nfe");
+    assert_eq!(
+        scheduler.nfe(),
+        case["nfe"].as_u64().unwrap() as usize,
+        "{name}: nfe"
+    );
     let planned: Vec<f64> = scheduler.model_times().iter().map(|m| m.t).collect();
     let key = if diffusers { "model_t" } else { "model_tin" };
     ck.times(&format!("{key} (planned)"), &planned, &t[key].data);
@@ -359,13 +402,13 @@ fn run_case(dir: &PathBuf, case: &Value, mixture: &Mixture, z: &[f64]) -> (Vec<S
     let x_init: Vec<f64> = z.iter().map(|v| v * scheduler.init_noise_sigma()).collect();
     ck.close("x_init", &x_init, &t["x_init"].data, 1e-12);
 
-    let mut replay;
-    let noise: &mut dyn NoiseSource = match t.get("noise") {
-        Some(n) => {
-            replay = ReplayNoise::new(n.rows().iter().map(|r| r.to_vec()).collect());
-            &mut replay
-        }
-        None => &mut NoNoise,
+    let mut replay = t
+        .get("noise")
+        .map(|n| ReplayNoise::new(n.rows().iter().map(|r| r.to_vec()).collect()));
+    let mut no_noise = NoNoise;
+    let noise: &mut dyn NoiseSource = match replay.as_mut() {
+        Some(r) => r,
+        None => &mut no_noise,
     };
     let mut outs: Vec<Vec<f64>> = Vec::new();
     let mut states = vec![x_init];
@@ -409,7 +452,10 @@ fn run_case(dir: &PathBuf, case: &Value, mixture: &Mixture, z: &[f64]) -> (Vec<S
     }
     ck.close("x_final", &result.x, &t["x_final"].data, 1e-10);
     if let Some(orders) = case["solver_orders"].as_array() {
-        let reference: Vec<usize> = orders.iter().map(|o| o.as_u64().unwrap() as usize).collect();
+        let reference: Vec<usize> = orders
+            .iter()
+            .map(|o| o.as_u64().unwrap() as usize)
+            .collect();
         ck.equal("solver_orders", &result.orders, &reference);
         ck.equal("planned orders", &scheduler.orders(), &reference);
     }
@@ -419,14 +465,21 @@ fn run_case(dir: &PathBuf, case: &Value, mixture: &Mixture, z: &[f64]) -> (Vec<S
     if !diffusers {
         ck.times("step_t (run)", &step_t, &t["step_t"].data[1..]);
     }
-    if let Some(n) = t.get("noise") {
+    if let (Some(n), Some(r)) = (t.get("noise"), &replay) {
+        // Draws happen exactly where the reference drew (README §2.3).
         let expected = match case["noise_used"].as_array() {
             Some(used) => used.iter().filter(|u| u.as_u64() == Some(1)).count(),
             None => n.shape[0],
         };
-        let _ = expected; // consumption is checked through the replay below
+        if r.consumed() != expected {
+            ck.failures.push(format!(
+                "{name}: {} noise draws, the reference drew {expected}",
+                r.consumed()
+            ));
+        }
     }
-    (ck.failures, ck.worst_rel, ck.worst_abs)
+    let worst = format!("{:.2e} in {}", ck.worst_rel, ck.worst_what);
+    (ck.failures, worst, ck.worst_rel, ck.worst_abs)
 }
 
 #[test]
@@ -461,7 +514,14 @@ fn beta_tables_match() {
     let dir = reference_dir();
     let common = load(&dir.join("common.safetensors"));
     let cases = [
-        ("linear", BetaSchedule::Linear { start: 1e-4, end: 0.02 }, false),
+        (
+            "linear",
+            BetaSchedule::Linear {
+                start: 1e-4,
+                end: 0.02,
+            },
+            false,
+        ),
         (
             "scaled_linear",
             BetaSchedule::ScaledLinear {
@@ -491,7 +551,10 @@ fn beta_tables_match() {
         let db = max_abs_diff(&betas, &common[&format!("betas/{key}")].data);
         let da = max_abs_diff(&ac, &common[&format!("alphas_cumprod/{key}")].data);
         println!("{key}: betas |Δ| = {db:e}, alphas_cumprod |Δ| = {da:e}");
-        assert!(db <= 1e-14 && da <= 1e-14, "{key}: betas {db:e}, alphas_cumprod {da:e}");
+        assert!(
+            db <= 1e-14 && da <= 1e-14,
+            "{key}: betas {db:e}, alphas_cumprod {da:e}"
+        );
     }
 }
 
@@ -512,9 +575,9 @@ fn all_reference_cases() {
         if only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
-        let (f, rel, abs) = run_case(&dir, case, &mixture, &z);
+        let (f, worst, rel, abs) = run_case(&dir, case, &mixture, &z);
         println!(
-            "{name:45} {} worst |Δ|/max(1,|ref|) = {rel:.2e} (|Δ| = {abs:.2e})",
+            "{name:45} {} worst |Δ|/max(1,|ref|) = {worst} (|Δ| = {abs:.2e})",
             if f.is_empty() { "ok  " } else { "FAIL" }
         );
         if rel > worst_rel {
