@@ -8,13 +8,14 @@
 use crate::betas::{BetaConfig, BetaSchedule};
 use crate::ddim::DdimConfig;
 use crate::ddpm::DdpmConfig;
-use crate::dpm_multistep::{AlgorithmType, DpmMultistepConfig, DpmSolverType, FinalSigmas};
+use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmMultistepConfig, DpmSolverType};
 use crate::dpm_singlestep::DpmSinglestepConfig;
 use crate::error::{Error, Result};
-use crate::euler::{EulerAncestralConfig, EulerConfig};
+use crate::euler::EulerConfig;
+use crate::euler_ancestral::EulerAncestralConfig;
 use crate::prediction::PredictionType;
 use crate::scheduler::SchedulerConfig;
-use crate::spacing::Spacing;
+use crate::spacing::{FinalSigmas, Spacing};
 use crate::unipc::{UniPcConfig, UniPcSolverType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -375,12 +376,7 @@ impl Reader<'_> {
             self.raw.algorithm_type.as_deref().unwrap_or("dpmsolver++"),
             "dpmsolver++, dpmsolver, sde-dpmsolver++",
         )?;
-        if algorithm == AlgorithmType::DpmSolver && final_sigmas == FinalSigmas::Zero {
-            return Err(
-                "algorithm_type \"dpmsolver\" contradicts final_sigmas_type \"zero\" (diffusers rejects it; use \"sigma_min\")"
-                    .into(),
-            );
-        }
+        check_final_sigmas(algorithm, final_sigmas)?;
         let solver_type = choice(
             "solver_type",
             self.raw.solver_type.as_deref().unwrap_or("midpoint"),

@@ -1,7 +1,7 @@
 //! DDIM (Song et al. 2021) as diffusers' `DDIMScheduler`, with η ≥ 0.
 //!
 //! Quirk Q2: the previous timestep is always t − T//N, whatever the spacing; below 0 it is
-//! `final_alpha_cumprod` (1 with `set_alpha_to_one`, else ᾱ[0]).
+//! `final_alpha_cumprod` (1 with `set_alpha_to_one`, else ᾱ₀).
 
 use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
@@ -82,7 +82,7 @@ impl Ddim {
     pub(crate) fn model_times(&self) -> Vec<ModelTime> {
         self.timesteps
             .iter()
-            .map(|&t| discrete_time(&self.alphas_cumprod, t))
+            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
             .collect()
     }
 
@@ -92,16 +92,6 @@ impl Ddim {
             x,
             i: 0,
         })
-    }
-}
-
-/// Model time of an integer diffusers timestep: α = √ᾱ[t], σ = √(1 − ᾱ[t]).
-pub(crate) fn discrete_time(alphas_cumprod: &[f64], t: f64) -> ModelTime {
-    let ac = alphas_cumprod[t as usize];
-    ModelTime {
-        t,
-        alpha: ac.sqrt(),
-        sigma: (1.0 - ac).sqrt(),
     }
 }
 
@@ -116,7 +106,7 @@ impl Solver for DdimRun {
         let t = *self.plan.timesteps.get(self.i)?;
         Some(Evaluation {
             x: &self.x,
-            time: discrete_time(&self.plan.alphas_cumprod, t),
+            time: ModelTime::discrete(&self.plan.alphas_cumprod, t),
         })
     }
 

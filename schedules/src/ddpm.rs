@@ -4,7 +4,6 @@
 //! last one), and noise is drawn whenever t > 0 (README Q2, Q10).
 
 use crate::betas::BetaConfig;
-use crate::ddim::discrete_time;
 use crate::error::Result;
 use crate::noise::{draw, NoiseSource};
 use crate::ops::{clamp, lincomb};
@@ -73,7 +72,7 @@ impl Ddpm {
     pub(crate) fn model_times(&self) -> Vec<ModelTime> {
         self.timesteps
             .iter()
-            .map(|&t| discrete_time(&self.alphas_cumprod, t))
+            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
             .collect()
     }
 
@@ -97,7 +96,7 @@ impl Solver for DdpmRun {
         let t = *self.plan.timesteps.get(self.i)?;
         Some(Evaluation {
             x: &self.x,
-            time: discrete_time(&self.plan.alphas_cumprod, t),
+            time: ModelTime::discrete(&self.plan.alphas_cumprod, t),
         })
     }
 

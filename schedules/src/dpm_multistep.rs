@@ -2,14 +2,15 @@
 //! `DPMSolverMultistepScheduler` (README Q5–Q7).
 
 use crate::betas::BetaConfig;
-use crate::ddim::discrete_time;
 use crate::error::{Error, Result};
-use crate::exp_integrator::{update, D1Weight, Form, Level, Terms};
+use crate::exp_integrator::{update, D1Weight, Form, Terms};
 use crate::noise::{draw, NoiseSource};
 use crate::ops::{lincomb, scaled_diff};
-use crate::prediction::{vp_from_ve, PredictionType};
-use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
-use crate::spacing::{dpm_schedule, last_timestep, timesteps, Family, KarrasRule, Spacing};
+use crate::prediction::PredictionType;
+use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::spacing::{
+    last_timestep, timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -54,16 +55,6 @@ impl DpmSolverType {
     }
 }
 
-/// diffusers `final_sigmas_type`: where the last step lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinalSigmas {
-    /// σ = 0: a fully denoised output.
-    Zero,
-    /// σ(t = 0) of the training table.
-    SigmaMin,
-}
-
 /// `DPMSolverMultistepScheduler` settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpmMultistepConfig {
@@ -89,64 +80,23 @@ impl DpmMultistepConfig {
                 self.solver_order
             )));
         }
-        if self.algorithm_type == AlgorithmType::DpmSolver
-            && self.final_sigmas_type == FinalSigmas::Zero
-        {
-            return Err(Error::Invalid(
-                "algorithm_type \"dpmsolver\" requires final_sigmas_type \"sigma_min\" (a noise-prediction step cannot reach sigma = 0)".into(),
-            ));
-        }
-        Ok(())
+        check_final_sigmas(self.algorithm_type, self.final_sigmas_type).map_err(Error::Invalid)
     }
 }
 
-/// The DPM-family schedule shared by multistep, singlestep and UniPC: integer model timesteps,
-/// N + 1 VE sigmas and the ᾱ table the model times come from.
-#[derive(Debug, Clone)]
-pub(crate) struct SigmaSchedule {
-    pub alphas_cumprod: Vec<f64>,
-    pub timesteps: Vec<f64>,
-    pub sigmas: Vec<f64>,
-}
-
-impl SigmaSchedule {
-    /// `karras` replaces the spaced sigmas; `final_sigma` is appended.
-    pub(crate) fn new(
-        alphas_cumprod: Vec<f64>,
-        spaced: Vec<f64>,
-        karras: Option<KarrasRule>,
-        final_sigma: impl FnOnce(&[f64], &[f64]) -> f64,
-    ) -> Self {
-        let n = spaced.len();
-        let (timesteps, mut sigmas) = dpm_schedule(&alphas_cumprod, spaced, karras, n);
-        let last = final_sigma(&alphas_cumprod, &sigmas);
-        sigmas.push(last);
-        Self {
-            alphas_cumprod,
-            timesteps,
-            sigmas,
-        }
+/// diffusers rejects the noise-prediction solver with σ_final = 0 (README Q7): its last step
+/// would divide by σ = 0.
+pub(crate) fn check_final_sigmas(
+    algorithm: AlgorithmType,
+    final_sigmas: FinalSigmas,
+) -> std::result::Result<(), String> {
+    if algorithm == AlgorithmType::DpmSolver && final_sigmas == FinalSigmas::Zero {
+        return Err(
+            "algorithm_type \"dpmsolver\" contradicts final_sigmas_type \"zero\" (use \"sigma_min\")"
+                .into(),
+        );
     }
-
-    /// σ(t = 0) of the table: the `sigma_min` final sigma.
-    pub(crate) fn table_sigma_min(alphas_cumprod: &[f64]) -> f64 {
-        ((1.0 - alphas_cumprod[0]) / alphas_cumprod[0]).sqrt()
-    }
-
-    pub(crate) fn level(&self, k: usize) -> Level {
-        let (a, s) = vp_from_ve(self.sigmas[k]);
-        Level::new(a, s)
-    }
-
-    pub(crate) fn model_time(&self, i: usize) -> ModelTime {
-        discrete_time(&self.alphas_cumprod, self.timesteps[i])
-    }
-
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        (0..self.timesteps.len())
-            .map(|i| self.model_time(i))
-            .collect()
-    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]

@@ -4,14 +4,16 @@
 //! intermediate outputs are auxiliary points.
 
 use crate::betas::BetaConfig;
-use crate::dpm_multistep::{AlgorithmType, DpmSolverType, FinalSigmas, SigmaSchedule};
+use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmSolverType};
 use crate::error::{Error, Result};
 use crate::exp_integrator::{update, D1Weight, Form, Terms};
 use crate::noise::NoiseSource;
 use crate::ops::{lincomb, scaled_diff};
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
-use crate::spacing::{last_timestep, timesteps, Family, KarrasRule, Spacing};
+use crate::spacing::{
+    last_timestep, timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
+};
 use std::sync::Arc;
 
 /// `DPMSolverSinglestepScheduler` settings.
@@ -50,13 +52,8 @@ impl DpmSinglestep {
                 "DPMSolverSinglestepScheduler with algorithm_type \"sde-dpmsolver++\" is not supported".into(),
             ));
         }
-        if config.algorithm_type == AlgorithmType::DpmSolver
-            && config.final_sigmas_type == FinalSigmas::Zero
-        {
-            return Err(Error::Invalid(
-                "algorithm_type \"dpmsolver\" requires final_sigmas_type \"sigma_min\"".into(),
-            ));
-        }
+        check_final_sigmas(config.algorithm_type, config.final_sigmas_type)
+            .map_err(Error::Invalid)?;
         let ac = config.betas.alphas_cumprod_finite()?;
         let t = config.betas.num_train_timesteps;
         let last = last_timestep(&ac, config.lambda_min_clipped);

@@ -2,13 +2,12 @@
 //! Samples live in the VE scale x_ve = x_vp·√(1 + σ²); the model sees x/√(σ² + 1) (README Q9).
 
 use crate::betas::BetaConfig;
-use crate::dpm_multistep::FinalSigmas;
 use crate::error::Result;
 use crate::noise::NoiseSource;
 use crate::prediction::{vp_from_ve, PredictionType};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
 use crate::spacing::{
-    interp_table, karras_sigmas, sigma_to_t, timesteps, ve_sigmas, Family, Spacing,
+    interp_table, karras_sigmas, sigma_to_t, timesteps, ve_sigmas, Family, FinalSigmas, Spacing,
 };
 use std::sync::Arc;
 
@@ -24,15 +23,6 @@ pub struct EulerConfig {
     pub timestep_spacing: Spacing,
     pub steps_offset: usize,
     pub final_sigmas_type: FinalSigmas,
-}
-
-/// `EulerAncestralDiscreteScheduler` settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EulerAncestralConfig {
-    pub betas: BetaConfig,
-    pub prediction_type: PredictionType,
-    pub timestep_spacing: Spacing,
-    pub steps_offset: usize,
 }
 
 /// The Euler family's VE schedule: fractional timesteps, N + 1 sigmas, initial noise scale.

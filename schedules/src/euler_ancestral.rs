@@ -1,13 +1,23 @@
 //! Euler ancestral as diffusers' `EulerAncestralDiscreteScheduler`: an Euler step to σ_down,
 //! then fresh noise of scale σ_up (drawn at every step, also the last where σ_up = 0).
 
-use crate::dpm_multistep::FinalSigmas;
+use crate::betas::BetaConfig;
 use crate::error::Result;
-use crate::euler::{EulerAncestralConfig, VeSchedule};
+use crate::euler::VeSchedule;
 use crate::noise::{draw, NoiseSource};
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::spacing::{FinalSigmas, Spacing};
 use std::sync::Arc;
+
+/// `EulerAncestralDiscreteScheduler` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EulerAncestralConfig {
+    pub betas: BetaConfig,
+    pub prediction_type: PredictionType,
+    pub timestep_spacing: Spacing,
+    pub steps_offset: usize,
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct EulerAncestral {

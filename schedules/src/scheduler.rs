@@ -5,17 +5,15 @@ use crate::betas::{BetaConfig, BetaSchedule};
 use crate::config::parse_diffusers;
 use crate::ddim::{Ddim, DdimConfig};
 use crate::ddpm::{Ddpm, DdpmConfig, VarianceType};
-use crate::dpm_multistep::{
-    AlgorithmType, DpmMultistep, DpmMultistepConfig, DpmSolverType, FinalSigmas,
-};
+use crate::dpm_multistep::{AlgorithmType, DpmMultistep, DpmMultistepConfig, DpmSolverType};
 use crate::dpm_singlestep::{DpmSinglestep, DpmSinglestepConfig};
 use crate::error::{Error, ModelError, Result};
-use crate::euler::{Euler, EulerAncestralConfig, EulerConfig};
-use crate::euler_ancestral::EulerAncestral;
+use crate::euler::{Euler, EulerConfig};
+use crate::euler_ancestral::{EulerAncestral, EulerAncestralConfig};
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
-use crate::spacing::Spacing;
+use crate::spacing::{FinalSigmas, Spacing};
 use crate::unipc::{UniPc, UniPcConfig, UniPcSolverType};
 use crate::uvit_dpm::{SkipType, UvitDpm, UvitDpmConfig, UvitMethod, UvitSolverType};
 use crate::uvit_em::{ReverseProcess, UvitEm, UvitEmConfig};

@@ -18,6 +18,19 @@ pub struct ModelTime {
     pub sigma: f64,
 }
 
+impl ModelTime {
+    /// An integer diffusers timestep: α = √ᾱ_t, σ = √(1 − ᾱ_t) (the model sees the
+    /// timestep, even where a solver works with a fractional Karras σ).
+    pub fn discrete(alphas_cumprod: &[f64], t: f64) -> Self {
+        let ac = alphas_cumprod[t as usize];
+        Self {
+            t,
+            alpha: ac.sqrt(),
+            sigma: (1.0 - ac).sqrt(),
+        }
+    }
+}
+
 /// One pending model evaluation: the model input and its time.
 #[derive(Debug, Clone, Copy)]
 pub struct Evaluation<'a> {

@@ -3,6 +3,9 @@
 //! has its own entry point here rather than a flag hidden inside the solvers.
 
 use crate::error::{Error, Result};
+use crate::exp_integrator::Level;
+use crate::prediction::vp_from_ve;
+use crate::solver::ModelTime;
 use serde::{Deserialize, Serialize};
 
 /// diffusers `timestep_spacing`.
@@ -211,4 +214,63 @@ pub(crate) fn last_timestep(alphas_cumprod: &[f64], lambda_min_clipped: f64) -> 
         .take_while(|&l| l < lambda_min_clipped)
         .count();
     alphas_cumprod.len() - clipped
+}
+
+/// diffusers `final_sigmas_type`: where the last step lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalSigmas {
+    /// σ = 0: a fully denoised output.
+    Zero,
+    /// σ(t = 0) of the training table.
+    SigmaMin,
+}
+
+/// The DPM-family schedule shared by multistep, singlestep and UniPC: integer model timesteps,
+/// N + 1 VE sigmas and the ᾱ table the model times come from.
+#[derive(Debug, Clone)]
+pub(crate) struct SigmaSchedule {
+    pub alphas_cumprod: Vec<f64>,
+    pub timesteps: Vec<f64>,
+    pub sigmas: Vec<f64>,
+}
+
+impl SigmaSchedule {
+    /// `karras` replaces the spaced sigmas; `final_sigma` is appended.
+    pub(crate) fn new(
+        alphas_cumprod: Vec<f64>,
+        spaced: Vec<f64>,
+        karras: Option<KarrasRule>,
+        final_sigma: impl FnOnce(&[f64], &[f64]) -> f64,
+    ) -> Self {
+        let n = spaced.len();
+        let (timesteps, mut sigmas) = dpm_schedule(&alphas_cumprod, spaced, karras, n);
+        let last = final_sigma(&alphas_cumprod, &sigmas);
+        sigmas.push(last);
+        Self {
+            alphas_cumprod,
+            timesteps,
+            sigmas,
+        }
+    }
+
+    /// σ(t = 0) of the table: the `sigma_min` final sigma.
+    pub(crate) fn table_sigma_min(alphas_cumprod: &[f64]) -> f64 {
+        ((1.0 - alphas_cumprod[0]) / alphas_cumprod[0]).sqrt()
+    }
+
+    pub(crate) fn level(&self, k: usize) -> Level {
+        let (a, s) = vp_from_ve(self.sigmas[k]);
+        Level::new(a, s)
+    }
+
+    pub(crate) fn model_time(&self, i: usize) -> ModelTime {
+        ModelTime::discrete(&self.alphas_cumprod, self.timesteps[i])
+    }
+
+    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
+        (0..self.timesteps.len())
+            .map(|i| self.model_time(i))
+            .collect()
+    }
 }

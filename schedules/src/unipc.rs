@@ -3,13 +3,12 @@
 //! output, then the predictor UniP. Order-2 predictors use the fixed weight ρ = ½.
 
 use crate::betas::BetaConfig;
-use crate::dpm_multistep::{FinalSigmas, SigmaSchedule};
 use crate::error::{Error, Result};
 use crate::exp_integrator::Level;
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
-use crate::spacing::{timesteps, Family, KarrasRule, Spacing};
+use crate::spacing::{timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -175,7 +174,7 @@ struct Coeffs {
 }
 
 impl Coeffs {
-    /// The Vandermonde-like matrix R[i][k] = r_k^i, restricted to `n × n`.
+    /// The Vandermonde-like matrix `R[i][k] = r_k^i`, restricted to `n × n`.
     fn solve(&self, n: usize) -> Vec<f64> {
         let a: Vec<Vec<f64>> = (0..n)
             .map(|i| (0..n).map(|k| self.rks[k].powi(i as i32)).collect())

@@ -35,7 +35,7 @@ pub struct UvitEmConfig {
 pub(crate) struct UvitEm {
     config: UvitEmConfig,
     ns: UvitSchedule,
-    /// Descending times: T = grid[0] > … > grid[steps] = 0.
+    /// Descending times: `T = grid[0] > … > grid[steps] = 0`.
     grid: Vec<f64>,
 }
 
