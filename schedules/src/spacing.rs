@@ -274,3 +274,45 @@ impl SigmaSchedule {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// numpy round-half-to-even: linspace(0, 999, 31) holds 166.5, which becomes 166.
+    #[test]
+    fn dpm_linspace_rounds_half_to_even() {
+        let ts = timesteps(Family::Dpm, Spacing::Linspace, 1000, 1000, 30, 0).unwrap();
+        let expected = [
+            999, 966, 932, 899, 866, 832, 799, 766, 733, 699, 666, 633, 599, 566, 533, 499, 466,
+            433, 400, 366, 333, 300, 266, 233, 200, 166, 133, 100, 67, 33,
+        ];
+        assert_eq!(ts, expected.map(f64::from));
+    }
+
+    #[test]
+    fn trailing_uses_numpy_arange() {
+        let ts = timesteps(Family::Ddim, Spacing::Trailing, 1000, 1000, 7, 0).unwrap();
+        assert_eq!(ts, [999, 856, 713, 570, 428, 285, 142].map(f64::from));
+        // numpy's arange(1000, 0, -1000/61) has 62 elements, the last one rounding to t = -1:
+        // diffusers would index ᾱ[-1]; here it is an error.
+        let err = timesteps(Family::Ddim, Spacing::Trailing, 1000, 1000, 61, 0).unwrap_err();
+        assert!(err.to_string().contains("timestep -1"), "{err}");
+    }
+
+    #[test]
+    fn euler_linspace_stays_fractional() {
+        let ts = timesteps(Family::Euler, Spacing::Linspace, 1000, 1000, 7, 0).unwrap();
+        assert_eq!(ts, [999.0, 832.5, 666.0, 499.5, 333.0, 166.5, 0.0]);
+    }
+
+    #[test]
+    fn sigma_to_t_inverts_the_table_and_clamps() {
+        let log_sigmas: Vec<f64> = [0.1f64, 0.2, 0.4, 0.8].iter().map(|s| s.ln()).collect();
+        assert!((sigma_to_t(0.2, &log_sigmas) - 1.0).abs() < 1e-15);
+        let mid = (0.2f64.ln() + 0.4f64.ln()) / 2.0;
+        assert!((sigma_to_t(mid.exp(), &log_sigmas) - 1.5).abs() < 1e-12);
+        assert_eq!(sigma_to_t(0.01, &log_sigmas), 0.0);
+        assert_eq!(sigma_to_t(5.0, &log_sigmas), 3.0);
+    }
+}

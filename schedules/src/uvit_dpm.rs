@@ -159,6 +159,12 @@ impl UvitDpm {
                 Steps::Single(outer_steps(&ns, &ts, &orders, true))
             }
             UvitMethod::PytorchFast => {
+                if config.predict_x0
+                    || config.denoise
+                    || config.solver_type != UvitSolverType::DpmSolver
+                {
+                    return bad("dpm_solver_pytorch fast is a noise-prediction dpm_solver without denoise: set predict_x0 = false, denoise = false, solver_type = dpm_solver".into());
+                }
                 let orders = fast_orders(steps);
                 let ts = grid(SkipType::LogSnr, steps / 3 + 1);
                 Steps::Single(outer_steps(&ns, &ts, &orders, false))
