@@ -1,10 +1,23 @@
 //! Noise schedules and diffusion solvers in f64, numerically equal to diffusers 0.42.1 and
-//! U-ViT (`dpm_solver_pp.py`, `dpm_solver_pytorch.py`, `sde.py`).
+//! U-ViT (`dpm_solver_pp.py`, `dpm_solver_pytorch.py`, `sde.py`) — without their float32
+//! constants, so a float64 run reproduces the float64 reference to ~1e-13.
+//!
+//! * diffusers: DDIM (η ≥ 0), DDPM, DPM-Solver(++) multistep 1–3 and SDE-DPM-Solver++,
+//!   DPM-Solver(++) singlestep 1–3, Euler, Euler ancestral, UniPC (bh1/bh2), each with the
+//!   family's own timestep spacing, Karras sigmas and prediction types ε / v / x₀. Configs come
+//!   from `scheduler_config.json` ([`SchedulerConfig::from_file`]) or presets
+//!   ([`SchedulerConfig::by_name`], names in [`SCHEDULER_NAMES`]).
+//! * U-ViT: DPM-Solver `fast` / `singlestep` / `multistep` (discrete or continuous VP schedule,
+//!   `time_uniform` / `logSNR`, data or noise prediction, the `denoise` quirk), the CIFAR
+//!   `dpm_solver_pytorch` fast path, and Euler–Maruyama for the reverse SDE / ODE
+//!   ([`UvitDpmConfig`], [`UvitEmConfig`]).
 //!
 //! A sampler is a short loop over a model callback: the solver asks for evaluations
-//! ([`Run::next_eval`]: a flat input buffer plus its [`ModelTime`]), the caller runs the network
-//! and feeds the output back ([`Run::feed`]). [`sample`] is that loop. Buffers are flat `f64`
-//! slices of any layout (batch × features); noise comes from an injectable [`NoiseSource`].
+//! ([`Run::next_eval`]: a flat input buffer plus its [`ModelTime`] — the network's time label
+//! and the VP (α, σ) it corresponds to), the caller runs the network and feeds the output back
+//! ([`Run::feed`]). [`sample`] is that loop. Buffers are flat `f64` slices of any layout
+//! (batch × features); noise comes from an injectable [`NoiseSource`] ([`SeededNoise`],
+//! [`ReplayNoise`]) and is drawn exactly where the reference implementation draws.
 //!
 //! ```
 //! use deediff_schedules::{sample, Scheduler, SchedulerConfig, SeededNoise};
