@@ -3,9 +3,8 @@
 
 use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
-use crate::exp_integrator::{update, D1Weight, Form, Terms};
+use crate::exp_integrator::{multistep_update, D1Weight, Form};
 use crate::noise::{draw, NoiseSource};
-use crate::ops::{lincomb, scaled_diff};
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
 use crate::spacing::{
@@ -213,38 +212,16 @@ impl Solver for DpmMultistepRun {
             _ => None,
         };
         let order = p.orders[i];
-        let t = sch.level(i + 1);
-        let h = t.lambda - s0.lambda;
         let k = self.history.len();
-        let m0 = &self.history[k - 1];
-        let mut terms = Terms::first(m0);
-        terms.noise = z.as_deref();
-        let (d1, d2);
-        match order {
-            1 => {}
-            2 => {
-                let s1 = sch.level(i - 1);
-                let r0 = (s0.lambda - s1.lambda) / h;
-                d1 = scaled_diff(1.0 / r0, m0, &self.history[k - 2]);
-                terms.d1 = Some((cfg.solver_type.d1_weight(), &d1));
-            }
-            _ => {
-                let (s1, s2) = (sch.level(i - 1), sch.level(i - 2));
-                let r0 = (s0.lambda - s1.lambda) / h;
-                let r1 = (s1.lambda - s2.lambda) / h;
-                let d1_0 = scaled_diff(1.0 / r0, m0, &self.history[k - 2]);
-                let d1_1 = scaled_diff(1.0 / r1, &self.history[k - 2], &self.history[k - 3]);
-                let diff: Vec<f64> = d1_0.iter().zip(&d1_1).map(|(a, b)| a - b).collect();
-                d1 = lincomb(&[(1.0, &d1_0), (r0 / (r0 + r1), &diff)]);
-                d2 = diff
-                    .iter()
-                    .map(|v| (1.0 / (r0 + r1)) * v)
-                    .collect::<Vec<f64>>();
-                terms.d1 = Some((D1Weight::Taylor, &d1));
-                terms.d2 = Some(&d2);
-            }
-        }
-        self.x = update(form, &self.x, s0, t, h, &terms);
+        let history: Vec<(&[f64], f64)> = (0..order)
+            .map(|j| {
+                let m = self.history[k - order + j].as_slice();
+                (m, sch.level(i + 1 + j - order).lambda)
+            })
+            .collect();
+        let weight = cfg.solver_type.d1_weight();
+        let t = sch.level(i + 1);
+        self.x = multistep_update(form, &self.x, s0, t, &history, weight, z.as_deref());
         self.i += 1;
         Ok(Some(StepInfo {
             index: i,

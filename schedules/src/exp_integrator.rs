@@ -3,7 +3,7 @@
 //! point over a step h in half log-SNR, with a zeroth-order term m, an optional first
 //! difference D1 and an optional second difference D2.
 
-use crate::ops::lincomb;
+use crate::ops::{lincomb, scaled_diff};
 use crate::prediction::lambda;
 
 /// A VP noise level: α, σ and λ = log α − log σ.
@@ -127,4 +127,48 @@ pub(crate) fn update(
         }
     }
     lincomb(&parts)
+}
+
+/// A multistep update of order `ms.len()` (1–3) from the newest output's point `base` to
+/// `target`. `history` holds the last model outputs with their half log-SNRs, oldest first.
+/// Order 2 weighs D1 with `d1_weight`; order 3 always uses the Taylor weights (as both
+/// diffusers and U-ViT do).
+pub(crate) fn multistep_update(
+    form: Form,
+    x: &[f64],
+    base: Level,
+    target: Level,
+    history: &[(&[f64], f64)],
+    d1_weight: D1Weight,
+    noise: Option<&[f64]>,
+) -> Vec<f64> {
+    let h = target.lambda - base.lambda;
+    let (ms, lambdas): (Vec<&[f64]>, Vec<f64>) = history.iter().copied().unzip();
+    let n = ms.len();
+    let mut terms = Terms::first(ms[n - 1]);
+    terms.noise = noise;
+    let (d1, d2);
+    match n {
+        1 => {}
+        2 => {
+            let r0 = (lambdas[1] - lambdas[0]) / h;
+            d1 = scaled_diff(1.0 / r0, ms[1], ms[0]);
+            terms.d1 = Some((d1_weight, &d1));
+        }
+        _ => {
+            let r0 = (lambdas[2] - lambdas[1]) / h;
+            let r1 = (lambdas[1] - lambdas[0]) / h;
+            let d1_0 = scaled_diff(1.0 / r0, ms[2], ms[1]);
+            let d1_1 = scaled_diff(1.0 / r1, ms[1], ms[0]);
+            let diff: Vec<f64> = d1_0.iter().zip(&d1_1).map(|(a, b)| a - b).collect();
+            d1 = lincomb(&[(1.0, &d1_0), (r0 / (r0 + r1), &diff)]);
+            d2 = diff
+                .iter()
+                .map(|v| (1.0 / (r0 + r1)) * v)
+                .collect::<Vec<f64>>();
+            terms.d1 = Some((D1Weight::Taylor, &d1));
+            terms.d2 = Some(&d2);
+        }
+    }
+    update(form, x, base, target, h, &terms)
 }

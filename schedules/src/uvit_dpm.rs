@@ -7,7 +7,7 @@
 //! *converted* model output m, which is a data prediction when `predict_x0` is set.
 
 use crate::error::{Error, Result};
-use crate::exp_integrator::{update, D1Weight, Form, Terms};
+use crate::exp_integrator::{multistep_update, update, D1Weight, Form, Terms};
 use crate::noise::NoiseSource;
 use crate::ops::{lincomb, scaled_diff};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
@@ -421,36 +421,15 @@ impl UvitDpmRun {
         self.outputs.push(m);
         let k = self.k;
         let n = self.outputs.len();
-        let ms = &self.outputs;
+        let history: Vec<(&[f64], f64)> = (0..order)
+            .map(|j| {
+                let m = self.outputs[n - order + j].as_slice();
+                (m, ns.level(grid[k + 1 + j - order]).lambda)
+            })
+            .collect();
         let (l0, lt) = (ns.level(grid[k]), ns.level(grid[k + 1]));
-        let h = lt.lambda - l0.lambda;
-        let mut terms = Terms::first(&ms[n - 1]);
-        let (d1, d2);
-        match order {
-            1 => {}
-            2 => {
-                let l1 = ns.level(grid[k - 1]);
-                let r0 = (l0.lambda - l1.lambda) / h;
-                d1 = scaled_diff(1.0 / r0, &ms[n - 1], &ms[n - 2]);
-                terms.d1 = Some((p.config.solver_type.d1_weight(), &d1));
-            }
-            _ => {
-                let (l1, l2) = (ns.level(grid[k - 1]), ns.level(grid[k - 2]));
-                let r0 = (l0.lambda - l1.lambda) / h;
-                let r1 = (l1.lambda - l2.lambda) / h;
-                let d1_0 = scaled_diff(1.0 / r0, &ms[n - 1], &ms[n - 2]);
-                let d1_1 = scaled_diff(1.0 / r1, &ms[n - 2], &ms[n - 3]);
-                let diff: Vec<f64> = d1_0.iter().zip(&d1_1).map(|(a, b)| a - b).collect();
-                d1 = lincomb(&[(1.0, &d1_0), (r0 / (r0 + r1), &diff)]);
-                d2 = diff
-                    .iter()
-                    .map(|v| (1.0 / (r0 + r1)) * v)
-                    .collect::<Vec<f64>>();
-                terms.d1 = Some((D1Weight::Taylor, &d1));
-                terms.d2 = Some(&d2);
-            }
-        }
-        self.x = update(form, &self.x, l0, lt, h, &terms);
+        let weight = p.config.solver_type.d1_weight();
+        self.x = multistep_update(form, &self.x, l0, lt, &history, weight, None);
         self.k += 1;
         StepInfo {
             index: k,
