@@ -6,9 +6,9 @@
 use crate::betas::BetaConfig;
 use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmSolverType};
 use crate::error::{Error, Result};
-use crate::exp_integrator::{update, D1Weight, Form, Terms};
+use crate::exp_integrator::{taylor_diffs, update, D1Weight, Form, Terms};
 use crate::noise::NoiseSource;
-use crate::ops::{lincomb, scaled_diff};
+use crate::ops::scaled_diff;
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
 use crate::spacing::{
@@ -193,8 +193,7 @@ impl Solver for DpmSinglestepRun {
                 let d1_1 = scaled_diff(1.0 / r0, m0, m2);
                 let mut terms = Terms::first(m2);
                 if heun {
-                    d1 = lincomb(&[(r0 / (r0 - r1), &d1_0), (-r1 / (r0 - r1), &d1_1)]);
-                    d2 = scaled_diff(2.0 / (r0 - r1), &d1_1, &d1_0);
+                    (d1, d2) = taylor_diffs(r1, &d1_0, r0, &d1_1);
                     terms.d1 = Some((D1Weight::Taylor, &d1));
                     terms.d2 = Some(&d2);
                 } else {

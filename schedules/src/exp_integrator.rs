@@ -172,3 +172,12 @@ pub(crate) fn multistep_update(
     }
     update(form, x, base, target, h, &terms)
 }
+
+/// Taylor differences from two intermediate points at step fractions `ra` and `rb` with first
+/// differences `da`, `db` (each (m − m_base)/r): D1 = (rb·da − ra·db)/(rb − ra) and
+/// D2 = 2(db − da)/(rb − ra). Used by the third-order singlestep solvers.
+pub(crate) fn taylor_diffs(ra: f64, da: &[f64], rb: f64, db: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let d1 = lincomb(&[(rb / (rb - ra), da), (-ra / (rb - ra), db)]);
+    let d2 = scaled_diff(2.0 / (rb - ra), db, da);
+    (d1, d2)
+}

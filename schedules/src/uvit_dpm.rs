@@ -7,9 +7,9 @@
 //! *converted* model output m, which is a data prediction when `predict_x0` is set.
 
 use crate::error::{Error, Result};
-use crate::exp_integrator::{multistep_update, update, D1Weight, Form, Terms};
+use crate::exp_integrator::{multistep_update, taylor_diffs, update, D1Weight, Form, Terms};
 use crate::noise::NoiseSource;
-use crate::ops::{lincomb, scaled_diff};
+use crate::ops::scaled_diff;
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
 use crate::spacing::linspace;
 use crate::uvit_schedule::{UvitSchedule, UvitScheduleConfig};
@@ -393,8 +393,7 @@ impl UvitDpmRun {
                 let (r1, r2) = (step.r1, step.r2);
                 let d1_0 = scaled_diff(1.0 / r1, &ms[1], &ms[0]);
                 let d1_1 = scaled_diff(1.0 / r2, &ms[2], &ms[0]);
-                d1 = lincomb(&[(r2 / (r2 - r1), &d1_0), (-r1 / (r2 - r1), &d1_1)]);
-                d2 = scaled_diff(2.0 / (r2 - r1), &d1_1, &d1_0);
+                (d1, d2) = taylor_diffs(r1, &d1_0, r2, &d1_1);
                 terms.d1 = Some((D1Weight::Taylor, &d1));
                 terms.d2 = Some(&d2);
             }
