@@ -29,20 +29,8 @@ impl Attention {
 
     /// `[B, S, D]` → `[B, S, D]`; every token attends to every token (no mask).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        let h = self.num_heads;
-        // Channel k·D + h·Dh + d: q/k/v is the slowest index, then the head.
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, s, 3, h, d / h))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let logits = q.matmul(&k.t()?)?;
-        let attn = kernels::scaled_softmax(&logits, self.scale)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, s, d))?;
-        self.proj.forward(&out)
+        let qkv = self.qkv.forward(x)?;
+        self.proj
+            .forward(&kernels::attention(&qkv, self.num_heads, self.scale)?)
     }
 }
