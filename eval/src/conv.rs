@@ -1,0 +1,188 @@
+//! `BasicConv2d` (conv → batch norm → ReLU) with the batch norm folded into the weights at load
+//! time, run as im2col + one `gemm` call per conv on HWC maps.
+
+use crate::error::{FidError, Result};
+use crate::fmap::FMap;
+use crate::weights::StateDict;
+use gemm::Parallelism;
+
+/// pytorch-fid's batch-norm epsilon.
+const BN_EPS: f64 = 1e-3;
+
+/// A conv layer with folded batch norm and fused ReLU.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    cin: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    ph: usize,
+    pw: usize,
+    /// `[kh·kw·cin, cout]` row-major: row `(ky·kw + kx)·cin + ci` matches the im2col columns.
+    w: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Conv {
+    /// Loads `<layer>.conv.weight` and `<layer>.bn.*` and folds
+    /// `γ·(conv(x) − mean)/sqrt(var + 1e-3) + β` into one weight and bias (computed in f64).
+    pub fn load(sd: &StateDict, layer: &str, stride: usize, pad: (usize, usize)) -> Result<Self> {
+        let get = |suffix: &str| {
+            sd.get(&format!("{layer}.{suffix}"))
+                .ok_or_else(|| FidError::Invalid(format!("weights lack tensor `{layer}.{suffix}`")))
+        };
+        let wt = get("conv.weight")?;
+        let [cout, cin, kh, kw] = wt.shape[..] else {
+            return Err(FidError::Invalid(format!(
+                "`{layer}.conv.weight` is not 4-d: {:?}",
+                wt.shape
+            )));
+        };
+        let (gamma, beta, mean, var) = (
+            get("bn.weight")?,
+            get("bn.bias")?,
+            get("bn.running_mean")?,
+            get("bn.running_var")?,
+        );
+        if [gamma, beta, mean, var]
+            .iter()
+            .any(|t| t.data.len() != cout)
+        {
+            return Err(FidError::Invalid(format!(
+                "batch norm of `{layer}` does not have {cout} channels"
+            )));
+        }
+        let scale: Vec<f64> = (0..cout)
+            .map(|o| gamma.data[o] as f64 / (var.data[o] as f64 + BN_EPS).sqrt())
+            .collect();
+        let bias = (0..cout)
+            .map(|o| (beta.data[o] as f64 - mean.data[o] as f64 * scale[o]) as f32)
+            .collect();
+        let mut w = vec![0.0f32; kh * kw * cin * cout];
+        for o in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let v = wt.data[((o * cin + ci) * kh + ky) * kw + kx] as f64 * scale[o];
+                        w[((ky * kw + kx) * cin + ci) * cout + o] = v as f32;
+                    }
+                }
+            }
+        }
+        Ok(Conv {
+            cin,
+            cout,
+            kh,
+            kw,
+            stride,
+            ph: pad.0,
+            pw: pad.1,
+            w,
+            bias,
+        })
+    }
+
+    pub fn cout(&self) -> usize {
+        self.cout
+    }
+
+    fn out_size(&self, x: &FMap) -> (usize, usize) {
+        (
+            (x.h + 2 * self.ph - self.kh) / self.stride + 1,
+            (x.w + 2 * self.pw - self.kw) / self.stride + 1,
+        )
+    }
+
+    /// Runs the layer on `x` (a new map).
+    pub fn forward(&self, x: &FMap, par: Parallelism) -> FMap {
+        let (ho, wo) = self.out_size(x);
+        let mut out = FMap::zeros(ho, wo, self.cout);
+        self.forward_into(x, &mut out, 0, par);
+        out
+    }
+
+    /// Runs the layer on `x`, writing channels `c_off..c_off+cout` of `dst` (a concat slice).
+    pub fn forward_into(&self, x: &FMap, dst: &mut FMap, c_off: usize, par: Parallelism) {
+        assert_eq!(x.c, self.cin, "conv input channels");
+        let (ho, wo) = self.out_size(x);
+        assert!(
+            dst.h == ho && dst.w == wo && c_off + self.cout <= dst.c,
+            "conv output slice"
+        );
+        let (m, k, n) = (ho * wo, self.kh * self.kw * self.cin, self.cout);
+        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1;
+        let cols;
+        let lhs: &[f32] = if direct {
+            &x.data
+        } else {
+            cols = self.im2col(x, ho, wo);
+            &cols
+        };
+        for row in dst.data.chunks_exact_mut(dst.c) {
+            row[c_off..c_off + n].copy_from_slice(&self.bias);
+        }
+        // SAFETY: lhs is m×k row-major, w is k×n row-major and dst holds m rows of dst.c floats
+        // with the n written columns starting at c_off, all checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.data.as_mut_ptr().add(c_off),
+                1,
+                dst.c as isize,
+                true,
+                lhs.as_ptr(),
+                1,
+                k as isize,
+                self.w.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        for row in dst.data.chunks_exact_mut(dst.c) {
+            row[c_off..c_off + n]
+                .iter_mut()
+                .for_each(|v| *v = v.max(0.0));
+        }
+    }
+
+    /// Unfolds the receptive fields into an `[ho·wo, kh·kw·cin]` matrix (zeros for padding).
+    fn im2col(&self, x: &FMap, ho: usize, wo: usize) -> Vec<f32> {
+        let c = self.cin;
+        let k = self.kh * self.kw * c;
+        let mut cols = vec![0.0f32; ho * wo * k];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let row = &mut cols[(oy * wo + ox) * k..(oy * wo + ox + 1) * k];
+                for ky in 0..self.kh {
+                    let Some(iy) = (oy * self.stride + ky)
+                        .checked_sub(self.ph)
+                        .filter(|&iy| iy < x.h)
+                    else {
+                        continue;
+                    };
+                    for kx in 0..self.kw {
+                        let Some(ix) = (ox * self.stride + kx)
+                            .checked_sub(self.pw)
+                            .filter(|&ix| ix < x.w)
+                        else {
+                            continue;
+                        };
+                        let src = (iy * x.w + ix) * c;
+                        let d = (ky * self.kw + kx) * c;
+                        row[d..d + c].copy_from_slice(&x.data[src..src + c]);
+                    }
+                }
+            }
+        }
+        cols
+    }
+}

@@ -1,0 +1,187 @@
+//! Minimal `.npy`/`.npz` support: what `np.savez_compressed` writes and `np.load` reads
+//! (little-endian f8/f4/i8/i4 arrays, C or Fortran order, deflated or stored members).
+
+use crate::error::{FidError, Result};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// An n-d array widened to f64, in C order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// Reads every member `<key>.npy` of an `.npz` file.
+pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>> {
+    let file = std::fs::File::open(path).map_err(|e| FidError::file(path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| FidError::file(path, format!("not an .npz (zip) file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for i in 0..zip.len() {
+        let mut member = zip.by_index(i).map_err(|e| FidError::file(path, e))?;
+        let name = member
+            .name()
+            .map_err(|e| FidError::file(path, e))?
+            .into_owned();
+        let Some(key) = name.strip_suffix(".npy").map(str::to_string) else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(member.size() as usize);
+        member
+            .read_to_end(&mut bytes)
+            .map_err(|e| FidError::file(path, format!("member {key}.npy: {e}")))?;
+        let array = parse_npy(&bytes)
+            .map_err(|e| FidError::file(path, format!("member {key}.npy: {e}")))?;
+        out.insert(key, array);
+    }
+    Ok(out)
+}
+
+/// Writes `arrays` as a deflated `.npz` (float64 members), like `np.savez_compressed`.
+pub fn write_npz(path: &Path, arrays: &[(&str, &Array)]) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| FidError::file(path, e))?;
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(
+            arrays
+                .iter()
+                .any(|(_, a)| a.data.len() * 8 >= u32::MAX as usize / 2),
+        );
+    for (key, array) in arrays {
+        zip.start_file(format!("{key}.npy"), options)
+            .map_err(|e| FidError::file(path, e))?;
+        zip.write_all(&npy_bytes(array))
+            .map_err(|e| FidError::file(path, e))?;
+    }
+    zip.finish()
+        .map_err(|e| FidError::file(path, e))?
+        .flush()
+        .map_err(|e| FidError::file(path, e))
+}
+
+/// `.npy` version 1.0 bytes of a little-endian float64 C-order array (header padded to 64).
+pub fn npy_bytes(a: &Array) -> Vec<u8> {
+    let shape = match a.shape.len() {
+        1 => format!("({},)", a.shape[0]),
+        _ => format!(
+            "({})",
+            a.shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    header.extend(std::iter::repeat_n(' ', pad % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + 8 * a.data.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    a.data
+        .iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    out
+}
+
+/// Parses `.npy` bytes (versions 1–3).
+pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not an .npy array (bad magic)".into());
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("truncated .npy header")?;
+    let descr = dict_value(header, "descr")
+        .ok_or("header lacks 'descr'")?
+        .trim_matches(|c| c == '\'' || c == '"');
+    let fortran =
+        dict_value(header, "fortran_order").ok_or("header lacks 'fortran_order'")? == "True";
+    let shape_text = dict_value(header, "shape").ok_or("header lacks 'shape'")?;
+    let shape = shape_text
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape {shape_text}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let numel: usize = shape.iter().product();
+    let body = &bytes[start + header_len..];
+    let width = match descr {
+        "<f8" | "<i8" => 8,
+        "<f4" | "<i4" => 4,
+        d => {
+            return Err(format!(
+                "unsupported dtype {d} (expected little-endian float64/float32/int)"
+            ))
+        }
+    };
+    if body.len() != numel * width {
+        return Err(format!(
+            "holds {} data bytes, expected {} for shape {shape:?} {descr}",
+            body.len(),
+            numel * width
+        ));
+    }
+    let mut data: Vec<f64> = body
+        .chunks_exact(width)
+        .map(|b| match descr {
+            "<f8" => f64::from_le_bytes(b.try_into().unwrap()),
+            "<i8" => i64::from_le_bytes(b.try_into().unwrap()) as f64,
+            "<f4" => f32::from_le_bytes(b.try_into().unwrap()) as f64,
+            _ => i32::from_le_bytes(b.try_into().unwrap()) as f64,
+        })
+        .collect();
+    if fortran && shape.len() > 1 {
+        data = fortran_to_c(&data, &shape);
+    }
+    Ok(Array { shape, data })
+}
+
+/// Value text of `'key': value` in a numpy header dict (tuples kept whole).
+fn dict_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
+    let rest = &header[header.find(&format!("'{key}'"))? + key.len() + 2..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([',', '}'])?
+    };
+    Some(rest[..end].trim())
+}
+
+/// Reorders column-major data into row-major.
+fn fortran_to_c(data: &[f64], shape: &[usize]) -> Vec<f64> {
+    let n = data.len();
+    let mut out = vec![0.0; n];
+    let mut idx = vec![0usize; shape.len()];
+    for &v in data {
+        let c_pos = idx.iter().zip(shape).fold(0, |acc, (&i, &s)| acc * s + i);
+        out[c_pos] = v;
+        for (i, &s) in idx.iter_mut().zip(shape) {
+            *i += 1;
+            if *i < s {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    out
+}

@@ -1,0 +1,66 @@
+//! The hash-initialised network (reference README §2) against pytorch-fid's features.
+
+mod common;
+use common::{max_abs_diff, read_safetensors};
+use deediff_eval::hashinit::{fnv1a64, hash_state_dict, hash_uniforms, SplitMix64};
+use deediff_eval::FidInception;
+
+#[test]
+fn generator_check_values() {
+    assert_eq!(fnv1a64("a"), 0xaf63dc4c8601ec8c);
+    assert_eq!(fnv1a64("input_32"), 0xd00dfd0cb5f122cd);
+    let mut rng = SplitMix64(fnv1a64("input_32"));
+    assert_eq!(
+        [rng.next_u64(), rng.next_u64(), rng.next_u64()],
+        [0x0b42518f8515e274, 0x31b059fcbc14490d, 0x787f140509381d96]
+    );
+}
+
+#[test]
+fn hash_weights_and_input_are_bit_exact() {
+    let r = read_safetensors("hashinit_expected.safetensors");
+    let sd = hash_state_dict();
+    assert_eq!(sd.len(), 94 * 5);
+    let mut checked = 0;
+    for (key, t) in &r {
+        let Some(rest) = key.strip_prefix("check.") else {
+            continue;
+        };
+        let (name, _) = rest.split_once('[').unwrap();
+        let ours = &sd[name].data[..t.data.len()];
+        assert!(
+            ours.iter().zip(&t.data).all(|(&a, &b)| a as f64 == b),
+            "{key} differs: {ours:?}"
+        );
+        checked += 1;
+    }
+    let input = &r["input_32"];
+    let ours = hash_uniforms("input_32", input.data.len());
+    assert!(
+        ours.iter().zip(&input.data).all(|(&a, &b)| a as f64 == b),
+        "input_32 differs"
+    );
+    println!("bit-exact: input_32 and {checked} check tensors");
+    assert!(checked >= 2);
+}
+
+#[test]
+fn hash_features_match_pytorch_fid() {
+    let r = read_safetensors("hashinit_expected.safetensors");
+    let net = FidInception::from_state_dict(&hash_state_dict()).unwrap();
+    let input = &r["input_32"];
+    let [n, c, h, w] = input.shape[..] else {
+        panic!("input_32 shape")
+    };
+    assert_eq!(c, 3);
+    let data: Vec<f32> = input.data.iter().map(|&v| v as f32).collect();
+    let blocks = net.blocks_nchw(&data, n, h, w, 3).unwrap();
+    for f in &blocks {
+        let expected = &r[&format!("feat{}", f.dims)];
+        assert_eq!(expected.shape, vec![n, f.dims]);
+        let ours: Vec<f64> = f.data.iter().map(|&v| v as f64).collect();
+        let d = max_abs_diff(&ours, &expected.data);
+        println!("feat{}: max abs diff {d:.3e} over {n} images", f.dims);
+        assert!(d <= 1e-4, "feat{} max abs diff {d}", f.dims);
+    }
+}

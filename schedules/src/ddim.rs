@@ -1,0 +1,154 @@
+//! DDIM (Song et al. 2021) as diffusers' `DDIMScheduler`, with η ≥ 0.
+//!
+//! Quirk Q2: the previous timestep is always t − T//N, whatever the spacing; below 0 it is
+//! `final_alpha_cumprod` (1 with `set_alpha_to_one`, else ᾱ₀).
+
+use crate::betas::BetaConfig;
+use crate::error::{Error, Result};
+use crate::noise::{draw, NoiseSource};
+use crate::ops::{clamp, lincomb};
+use crate::prediction::PredictionType;
+use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
+use crate::spacing::{timesteps, Family, Spacing};
+use std::sync::Arc;
+
+/// `DDIMScheduler` settings (plus the `eta` that diffusers passes to `step`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdimConfig {
+    pub betas: BetaConfig,
+    pub prediction_type: PredictionType,
+    /// `Some(range)` clamps x̂₀ to ±range (`clip_sample` + `clip_sample_range`).
+    pub clip_sample: Option<f64>,
+    pub set_alpha_to_one: bool,
+    pub steps_offset: usize,
+    pub timestep_spacing: Spacing,
+    /// η: 0 is deterministic DDIM, 1 matches DDPM's posterior variance.
+    pub eta: f64,
+}
+
+/// A DDIM schedule for a fixed number of steps.
+#[derive(Debug, Clone)]
+pub(crate) struct Ddim {
+    config: DdimConfig,
+    alphas_cumprod: Vec<f64>,
+    final_alpha_cumprod: f64,
+    timesteps: Vec<f64>,
+    step_ratio: i64,
+}
+
+impl Ddim {
+    pub(crate) fn new(config: &DdimConfig, n: usize) -> Result<Self> {
+        if !(config.eta >= 0.0 && config.eta.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "DDIM eta must be finite and >= 0, got {}",
+                config.eta
+            )));
+        }
+        let alphas_cumprod = config.betas.alphas_cumprod()?;
+        let t = config.betas.num_train_timesteps;
+        let timesteps = timesteps(
+            Family::Ddim,
+            config.timestep_spacing,
+            t,
+            t,
+            n,
+            config.steps_offset,
+        )?;
+        Ok(Self {
+            final_alpha_cumprod: if config.set_alpha_to_one {
+                1.0
+            } else {
+                alphas_cumprod[0]
+            },
+            alphas_cumprod,
+            timesteps,
+            step_ratio: (t / n) as i64,
+            config: config.clone(),
+        })
+    }
+
+    pub(crate) fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    pub(crate) fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+
+    pub(crate) fn is_stochastic(&self) -> bool {
+        self.config.eta > 0.0
+    }
+
+    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
+        self.timesteps
+            .iter()
+            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
+            .collect()
+    }
+
+    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(DdimRun {
+            plan: self.clone(),
+            x,
+            i: 0,
+        })
+    }
+}
+
+struct DdimRun {
+    plan: Arc<Ddim>,
+    x: Vec<f64>,
+    i: usize,
+}
+
+impl Solver for DdimRun {
+    fn next_eval(&self) -> Option<Evaluation<'_>> {
+        let t = *self.plan.timesteps.get(self.i)?;
+        Some(Evaluation {
+            x: &self.x,
+            time: ModelTime::discrete(&self.plan.alphas_cumprod, t),
+        })
+    }
+
+    fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
+        let p = &self.plan;
+        let cfg = &p.config;
+        let t = p.timesteps[self.i] as i64;
+        let prev_t = t - p.step_ratio;
+        let a_t = p.alphas_cumprod[t as usize];
+        let a_prev = if prev_t >= 0 {
+            p.alphas_cumprod[prev_t as usize]
+        } else {
+            p.final_alpha_cumprod
+        };
+        let b_t = 1.0 - a_t;
+        let (sa, sb) = (a_t.sqrt(), b_t.sqrt());
+        let mut x0 = cfg.prediction_type.to_x0(out, &self.x, sa, sb);
+        let eps = cfg.prediction_type.to_eps(out, &self.x, sa, sb);
+        if let Some(range) = cfg.clip_sample {
+            clamp(&mut x0, range);
+        }
+        let variance = ((1.0 - a_prev) / b_t) * (1.0 - a_t / a_prev);
+        let std_dev = cfg.eta * variance.sqrt();
+        let dir = (1.0 - a_prev - std_dev * std_dev).sqrt();
+        let mut prev = lincomb(&[(a_prev.sqrt(), &x0), (dir, &eps)]);
+        if cfg.eta > 0.0 {
+            let z = draw(noise, prev.len())?;
+            for (p, z) in prev.iter_mut().zip(&z) {
+                *p += std_dev * z;
+            }
+        }
+        self.x = prev;
+        self.i += 1;
+        Ok(Some(StepInfo {
+            index: self.i - 1,
+            order: 1,
+            pred_x0: Some(x0),
+            t: None,
+        }))
+    }
+
+    fn sample(&self) -> &[f64] {
+        &self.x
+    }
+}

@@ -1,0 +1,150 @@
+//! DDPM ancestral sampling (Ho et al. 2020) as diffusers' `DDPMScheduler`.
+//!
+//! Unlike DDIM, the previous timestep is the next entry of the schedule (ᾱ_prev = 1 after the
+//! last one), and noise is drawn whenever t > 0 (README Q2, Q10).
+
+use crate::betas::BetaConfig;
+use crate::error::Result;
+use crate::noise::{draw, NoiseSource};
+use crate::ops::{clamp, lincomb};
+use crate::prediction::PredictionType;
+use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
+use crate::spacing::{timesteps, Family, Spacing};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The fixed posterior variances DDPM supports (learned variances need a split network output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceType {
+    /// β̃_t = (1 − ᾱ_prev)/(1 − ᾱ_t)·β_t, clamped below at 1e-20.
+    FixedSmall,
+    /// The same variance, applied through exp(½ log β̃_t).
+    FixedSmallLog,
+    /// β_t = 1 − ᾱ_t/ᾱ_prev.
+    FixedLarge,
+}
+
+/// `DDPMScheduler` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdpmConfig {
+    pub betas: BetaConfig,
+    pub prediction_type: PredictionType,
+    pub variance_type: VarianceType,
+    /// `Some(range)` clamps x̂₀ to ±range.
+    pub clip_sample: Option<f64>,
+    pub steps_offset: usize,
+    pub timestep_spacing: Spacing,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Ddpm {
+    config: DdpmConfig,
+    alphas_cumprod: Vec<f64>,
+    timesteps: Vec<f64>,
+}
+
+impl Ddpm {
+    pub(crate) fn new(config: &DdpmConfig, n: usize) -> Result<Self> {
+        let t = config.betas.num_train_timesteps;
+        Ok(Self {
+            alphas_cumprod: config.betas.alphas_cumprod()?,
+            timesteps: timesteps(
+                Family::Ddim,
+                config.timestep_spacing,
+                t,
+                t,
+                n,
+                config.steps_offset,
+            )?,
+            config: config.clone(),
+        })
+    }
+
+    pub(crate) fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    pub(crate) fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+
+    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
+        self.timesteps
+            .iter()
+            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
+            .collect()
+    }
+
+    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(DdpmRun {
+            plan: self.clone(),
+            x,
+            i: 0,
+        })
+    }
+}
+
+struct DdpmRun {
+    plan: Arc<Ddpm>,
+    x: Vec<f64>,
+    i: usize,
+}
+
+impl Solver for DdpmRun {
+    fn next_eval(&self) -> Option<Evaluation<'_>> {
+        let t = *self.plan.timesteps.get(self.i)?;
+        Some(Evaluation {
+            x: &self.x,
+            time: ModelTime::discrete(&self.plan.alphas_cumprod, t),
+        })
+    }
+
+    fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
+        let p = &self.plan;
+        let cfg = &p.config;
+        let t = p.timesteps[self.i];
+        let a_t = p.alphas_cumprod[t as usize];
+        let a_prev = match p.timesteps.get(self.i + 1) {
+            Some(&prev) => p.alphas_cumprod[prev as usize],
+            None => 1.0,
+        };
+        let b_t = 1.0 - a_t;
+        let b_prev = 1.0 - a_prev;
+        let cur_alpha = a_t / a_prev;
+        let cur_beta = 1.0 - cur_alpha;
+        let mut x0 = cfg
+            .prediction_type
+            .to_x0(out, &self.x, a_t.sqrt(), b_t.sqrt());
+        if let Some(range) = cfg.clip_sample {
+            clamp(&mut x0, range);
+        }
+        let c_x0 = (a_prev.sqrt() * cur_beta) / b_t;
+        let c_x = cur_alpha.sqrt() * b_prev / b_t;
+        let mut prev = lincomb(&[(c_x0, &x0), (c_x, &self.x)]);
+        if t > 0.0 {
+            let z = draw(noise, prev.len())?;
+            let small = (b_prev / b_t * cur_beta).max(1e-20);
+            let std = match cfg.variance_type {
+                VarianceType::FixedSmall => small.sqrt(),
+                VarianceType::FixedSmallLog => (0.5 * small.ln()).exp(),
+                VarianceType::FixedLarge => cur_beta.sqrt(),
+            };
+            for (p, z) in prev.iter_mut().zip(&z) {
+                *p += std * z;
+            }
+        }
+        self.x = prev;
+        self.i += 1;
+        Ok(Some(StepInfo {
+            index: self.i - 1,
+            order: 1,
+            pred_x0: Some(x0),
+            t: None,
+        }))
+    }
+
+    fn sample(&self) -> &[f64] {
+        &self.x
+    }
+}

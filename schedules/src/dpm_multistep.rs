@@ -1,0 +1,237 @@
+//! DPM-Solver(++) multistep, orders 1–3, and SDE-DPM-Solver++, as diffusers'
+//! `DPMSolverMultistepScheduler` (README Q5–Q7).
+
+use crate::betas::BetaConfig;
+use crate::error::{Error, Result};
+use crate::exp_integrator::{multistep_update, D1Weight, Form};
+use crate::noise::{draw, NoiseSource};
+use crate::prediction::PredictionType;
+use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::spacing::{
+    last_timestep, timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// diffusers `algorithm_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlgorithmType {
+    /// Data-prediction ODE solver (DPM-Solver++).
+    #[serde(rename = "dpmsolver++")]
+    DpmSolverPp,
+    /// Noise-prediction ODE solver (the original DPM-Solver).
+    #[serde(rename = "dpmsolver")]
+    DpmSolver,
+    /// Data-prediction SDE solver (SDE-DPM-Solver++).
+    #[serde(rename = "sde-dpmsolver++")]
+    SdeDpmSolverPp,
+}
+
+impl AlgorithmType {
+    pub(crate) fn form(self) -> Form {
+        match self {
+            Self::DpmSolverPp => Form::Data,
+            Self::DpmSolver => Form::Noise,
+            Self::SdeDpmSolverPp => Form::DataSde,
+        }
+    }
+}
+
+/// diffusers `solver_type` of the DPM solvers: how the first difference is weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpmSolverType {
+    Midpoint,
+    Heun,
+}
+
+impl DpmSolverType {
+    pub(crate) fn d1_weight(self) -> D1Weight {
+        match self {
+            Self::Midpoint => D1Weight::Midpoint,
+            Self::Heun => D1Weight::Taylor,
+        }
+    }
+}
+
+/// `DPMSolverMultistepScheduler` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpmMultistepConfig {
+    pub betas: BetaConfig,
+    pub solver_order: usize,
+    pub prediction_type: PredictionType,
+    pub algorithm_type: AlgorithmType,
+    pub solver_type: DpmSolverType,
+    pub lower_order_final: bool,
+    pub euler_at_final: bool,
+    pub use_karras_sigmas: bool,
+    pub final_sigmas_type: FinalSigmas,
+    pub lambda_min_clipped: f64,
+    pub timestep_spacing: Spacing,
+    pub steps_offset: usize,
+}
+
+impl DpmMultistepConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=3).contains(&self.solver_order) {
+            return Err(Error::Invalid(format!(
+                "solver_order must be 1, 2 or 3, got {}",
+                self.solver_order
+            )));
+        }
+        check_final_sigmas(self.algorithm_type, self.final_sigmas_type).map_err(Error::Invalid)
+    }
+}
+
+/// diffusers rejects the noise-prediction solver with σ_final = 0 (README Q7): its last step
+/// would divide by σ = 0.
+pub(crate) fn check_final_sigmas(
+    algorithm: AlgorithmType,
+    final_sigmas: FinalSigmas,
+) -> std::result::Result<(), String> {
+    if algorithm == AlgorithmType::DpmSolver && final_sigmas == FinalSigmas::Zero {
+        return Err(
+            "algorithm_type \"dpmsolver\" contradicts final_sigmas_type \"zero\" (use \"sigma_min\")"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DpmMultistep {
+    config: DpmMultistepConfig,
+    pub(crate) schedule: SigmaSchedule,
+    orders: Vec<usize>,
+}
+
+impl DpmMultistep {
+    pub(crate) fn new(config: &DpmMultistepConfig, n: usize) -> Result<Self> {
+        config.validate()?;
+        let ac = config.betas.alphas_cumprod_finite()?;
+        let t = config.betas.num_train_timesteps;
+        let last = last_timestep(&ac, config.lambda_min_clipped);
+        let spaced = timesteps(
+            Family::Dpm,
+            config.timestep_spacing,
+            t,
+            last,
+            n,
+            config.steps_offset,
+        )?;
+        let karras = config.use_karras_sigmas.then_some(KarrasRule {
+            sigma_min: None,
+            sigma_max: None,
+            round: !matches!(
+                config.betas.schedule,
+                crate::betas::BetaSchedule::SquaredCosCapV2
+            ),
+        });
+        let final_type = config.final_sigmas_type;
+        let schedule = SigmaSchedule::new(ac, spaced, karras, |ac, _| match final_type {
+            FinalSigmas::Zero => 0.0,
+            FinalSigmas::SigmaMin => SigmaSchedule::table_sigma_min(ac),
+        });
+        let n = schedule.timesteps.len();
+        let orders = (0..n).map(|i| order_at(config, i, n)).collect();
+        Ok(Self {
+            config: config.clone(),
+            schedule,
+            orders,
+        })
+    }
+
+    pub(crate) fn orders(&self) -> &[usize] {
+        &self.orders
+    }
+
+    pub(crate) fn is_stochastic(&self) -> bool {
+        self.config.algorithm_type == AlgorithmType::SdeDpmSolverPp
+    }
+
+    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(DpmMultistepRun {
+            plan: self.clone(),
+            x,
+            i: 0,
+            history: Vec::new(),
+        })
+    }
+}
+
+/// diffusers' order at step `i` of `n` (warm-up, `lower_order_final`, Q5).
+fn order_at(c: &DpmMultistepConfig, i: usize, n: usize) -> usize {
+    let done = i.min(c.solver_order);
+    let final_first = i == n - 1
+        && (c.euler_at_final
+            || (c.lower_order_final && n < 15)
+            || c.final_sigmas_type == FinalSigmas::Zero);
+    let second_capped = n >= 2 && i == n - 2 && c.lower_order_final && n < 15;
+    if c.solver_order == 1 || done < 1 || final_first {
+        1
+    } else if c.solver_order == 2 || done < 2 || second_capped {
+        2
+    } else {
+        3
+    }
+}
+
+struct DpmMultistepRun {
+    plan: Arc<DpmMultistep>,
+    x: Vec<f64>,
+    i: usize,
+    /// Converted model outputs, oldest first (at most `solver_order`).
+    history: Vec<Vec<f64>>,
+}
+
+impl Solver for DpmMultistepRun {
+    fn next_eval(&self) -> Option<Evaluation<'_>> {
+        (self.i < self.plan.orders.len()).then(|| Evaluation {
+            x: &self.x,
+            time: self.plan.schedule.model_time(self.i),
+        })
+    }
+
+    fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
+        let p = &self.plan;
+        let cfg = &p.config;
+        let sch = &p.schedule;
+        let i = self.i;
+        let s0 = sch.level(i);
+        let form = cfg.algorithm_type.form();
+        let m = match form {
+            Form::Noise => cfg.prediction_type.to_eps(out, &self.x, s0.alpha, s0.sigma),
+            _ => cfg.prediction_type.to_x0(out, &self.x, s0.alpha, s0.sigma),
+        };
+        if self.history.len() == cfg.solver_order {
+            self.history.remove(0);
+        }
+        self.history.push(m);
+        let z = match form {
+            Form::DataSde => Some(draw(noise, self.x.len())?),
+            _ => None,
+        };
+        let order = p.orders[i];
+        let k = self.history.len();
+        let history: Vec<(&[f64], f64)> = (0..order)
+            .map(|j| {
+                let m = self.history[k - order + j].as_slice();
+                (m, sch.level(i + 1 + j - order).lambda)
+            })
+            .collect();
+        let weight = cfg.solver_type.d1_weight();
+        let t = sch.level(i + 1);
+        self.x = multistep_update(form, &self.x, s0, t, &history, weight, z.as_deref());
+        self.i += 1;
+        Ok(Some(StepInfo {
+            index: i,
+            order,
+            pred_x0: None,
+            t: None,
+        }))
+    }
+
+    fn sample(&self) -> &[f64] {
+        &self.x
+    }
+}

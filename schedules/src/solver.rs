@@ -1,0 +1,63 @@
+//! The step-by-step protocol every solver implements: ask for a model evaluation, feed the
+//! model output back, observe completed steps. The k-diffusion style [`crate::sample`] loop and
+//! callers that drive a network themselves (early exiting, caching) both sit on top of it.
+
+use crate::error::Result;
+use crate::noise::NoiseSource;
+
+/// The noise level at which the model is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelTime {
+    /// The time label the network is conditioned on: the diffusers timestep (integer valued,
+    /// fractional for Euler linspace/Karras), or U-ViT's time input 1000·t (discrete) / 999·t
+    /// (continuous).
+    pub t: f64,
+    /// VP signal scale α of the model input (x_in = α x₀ + σ ε).
+    pub alpha: f64,
+    /// VP noise scale σ of the model input.
+    pub sigma: f64,
+}
+
+impl ModelTime {
+    /// An integer diffusers timestep: α = √ᾱ_t, σ = √(1 − ᾱ_t) (the model sees the
+    /// timestep, even where a solver works with a fractional Karras σ).
+    pub fn discrete(alphas_cumprod: &[f64], t: f64) -> Self {
+        let ac = alphas_cumprod[t as usize];
+        Self {
+            t,
+            alpha: ac.sqrt(),
+            sigma: (1.0 - ac).sqrt(),
+        }
+    }
+}
+
+/// One pending model evaluation: the model input and its time.
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluation<'a> {
+    /// Model input (already scaled for the Euler family), same flat layout as the sample.
+    pub x: &'a [f64],
+    pub time: ModelTime,
+}
+
+/// Reported after every completed solver step (one trajectory row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepInfo {
+    /// 0-based step index.
+    pub index: usize,
+    /// Solver order used by this step.
+    pub order: usize,
+    /// `pred_original_sample` where the diffusers scheduler returns one (DDIM, DDPM, Euler family).
+    pub pred_x0: Option<Vec<f64>>,
+    /// U-ViT: continuous time reached by this step.
+    pub t: Option<f64>,
+}
+
+/// A solver in flight (internal; wrapped by [`crate::Run`]).
+pub(crate) trait Solver: Send {
+    /// The next evaluation the solver needs, or `None` when it is finished.
+    fn next_eval(&self) -> Option<Evaluation<'_>>;
+    /// Consume the model output of the pending evaluation.
+    fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>>;
+    /// The current sample: after the last step, the final output.
+    fn sample(&self) -> &[f64];
+}

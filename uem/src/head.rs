@@ -1,0 +1,70 @@
+//! Certainty heads (the "UEM", official `lte_classifer.{n}.lte`): one `Linear(D→p²C)` + sigmoid per
+//! block, on the block's raw output with the extra tokens stripped.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use deediff_unet::checkpoint::CERTAINTY_HEAD_PREFIX;
+use deediff_unet::embedding::unpatchify;
+use deediff_unet::layers::linear;
+use deediff_unet::UVitConfig;
+
+/// The `depth + 1` certainty heads of a U-ViT. A value near 1 means "the exit at this block is
+/// accurate" (training regresses it onto `1 - tanh(|eps_i - eps|)`).
+#[derive(Debug, Clone)]
+pub struct CertaintyHeads {
+    heads: Vec<Linear>,
+    extras: usize,
+    num_patches: usize,
+    in_chans: usize,
+}
+
+impl CertaintyHeads {
+    /// Builds the heads from `vb` at the model root (keys `lte_classifer.{n}.lte.{weight,bias}`).
+    /// A `VarMap` backend creates them freshly with the official init (weight trunc-normal
+    /// std 0.02, bias 0), e.g. to add heads to a plain U-ViT checkpoint for fine-tuning.
+    pub fn new(cfg: &UVitConfig, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp(CERTAINTY_HEAD_PREFIX);
+        let heads = (0..cfg.num_blocks())
+            .map(|n| linear(cfg.embed_dim, cfg.patch_dim(), true, vb.pp(n).pp("lte")))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            heads,
+            extras: cfg.extras(),
+            num_patches: cfg.num_patches(),
+            in_chans: cfg.in_chans,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// Head `i` on block `i`'s output `h [B, S, D]` → sigmoid logits per patch `[B, L, p²C]`.
+    /// The input is detached, as in the official code: the certainty loss never reaches the
+    /// backbone.
+    fn patch_certainty(&self, i: usize, h: &Tensor) -> Result<Tensor> {
+        let Some(head) = self.heads.get(i) else {
+            candle_core::bail!(
+                "certainty head {i} out of range ({} heads)",
+                self.heads.len()
+            )
+        };
+        let patches = h.detach().narrow(1, self.extras, self.num_patches)?;
+        candle_nn::ops::sigmoid(&head.forward(&patches)?)
+    }
+
+    /// Certainty map `c_i [B, C, H, W]` in (0, 1) (unpatchified like the output head, no conv).
+    pub fn map(&self, i: usize, h: &Tensor) -> Result<Tensor> {
+        unpatchify(&self.patch_certainty(i, h)?, self.in_chans)
+    }
+
+    /// Per-sample mean certainty `[B]` of head `i` (the mean is layout-independent, so the
+    /// unpatchify is skipped).
+    pub fn sample_means(&self, i: usize, h: &Tensor) -> Result<Tensor> {
+        self.patch_certainty(i, h)?.flatten_from(1)?.mean(D::Minus1)
+    }
+}
