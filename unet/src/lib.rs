@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod kernels;
 pub mod layers;
 pub mod macs;
+pub mod text_encoder;
 pub mod uvit;
 
 pub use checkpoint::{Checkpoint, CheckpointError, ConfigHints, LoadedUVit};

@@ -1,0 +1,14 @@
+//! Training data: image sets read from common on-disk formats, held in memory as `[-1, 1]` pixels,
+//! and captions generated from labels for text-to-image training.
+
+pub mod captions;
+pub mod cifar;
+pub mod dataset;
+pub mod error;
+pub mod folder;
+pub mod idx;
+pub mod mnist_json;
+
+pub use captions::{Captioner, Concept, CONCEPTS};
+pub use dataset::ImageDataset;
+pub use error::DataError;
