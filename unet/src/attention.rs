@@ -1,10 +1,10 @@
 //! Multi-head self-attention with the official `(K H D)` split of the fused qkv projection.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::kernels;
-use crate::layers::linear;
+use crate::layers::{linear, Linear};
 
 /// `qkv` Linear(D→3D) (bias optional, off in all official configs) and `proj` Linear(D→D).
 #[derive(Debug, Clone)]
@@ -27,10 +27,11 @@ impl Attention {
         })
     }
 
-    /// `[B, S, D]` → `[B, S, D]`; every token attends to every token (no mask).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `residual + Attn(x)` for `x, residual [B, S, D]`; every token attends to every token (no
+    /// mask). The residual add is fused into the output projection.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
-        self.proj
-            .forward(&kernels::attention(&qkv, self.num_heads, self.scale)?)
+        let heads = kernels::attention(&qkv, self.num_heads, self.scale)?;
+        self.proj.forward_add(&heads, residual)
     }
 }

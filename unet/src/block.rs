@@ -1,11 +1,11 @@
 //! The pre-LN transformer block of U-ViT, with the optional long-skip fusion of out-blocks.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::attention::Attention;
 use crate::kernels;
-use crate::layers::{linear, LayerNorm};
+use crate::layers::{linear, LayerNorm, Linear};
 
 /// `fc1` → exact GELU → `fc2`. The `fc1` bias is kept apart so it fuses into the GELU kernel.
 #[derive(Debug, Clone)]
@@ -28,9 +28,10 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `residual + Mlp(x)`, the residual add fused into `fc2`.
+    fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let h = kernels::bias_gelu(&self.fc1.forward(x)?, &self.fc1_bias)?;
-        self.fc2.forward(&h)
+        self.fc2.forward_add(&h, residual)
     }
 }
 
@@ -75,7 +76,7 @@ impl Block {
             (Some(_), None) => candle_core::bail!("out-block called without a skip tensor"),
             (None, _) => x.clone(),
         };
-        let x = (&x + self.attn.forward(&self.norm1.forward(&x)?)?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+        let x = self.attn.forward_add(&self.norm1.forward(&x)?, &x)?;
+        self.mlp.forward_add(&self.norm2.forward(&x)?, &x)
     }
 }

@@ -9,7 +9,7 @@
 
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout,
-    Result, Shape, Tensor, D,
+    Module, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 
@@ -60,6 +60,36 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         return x.contiguous()?.apply_op2_no_bwd(bias, &BiasGeluOp);
     }
     x.broadcast_add(bias)?.gelu_erf()
+}
+
+/// `x·Wᵀ + bias (+ residual)` over the last dimension of `x` (`w` is `[out, in]`, PyTorch
+/// layout). On the inference path bias and residual are written into the output before one gemm
+/// accumulates into it: no separate add passes, no extra buffers.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let all: Vec<&Tensor> = [Some(x), Some(w), bias, residual]
+        .into_iter()
+        .flatten()
+        .collect();
+    if inference_path(&all) {
+        let op = LinearOp {
+            bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
+        };
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return match residual {
+            Some(r) => x.apply_op3_no_bwd(&w, &r.contiguous()?, &op),
+            None => x.apply_op2_no_bwd(&w, &op),
+        };
+    }
+    let y = candle_nn::Linear::new(w.clone(), bias.cloned()).forward(x)?;
+    match residual {
+        Some(r) => r + y,
+        None => Ok(y),
+    }
 }
 
 /// Compiles `$body` twice, for baseline x86-64 and for AVX2+FMA, and picks at run time (the
@@ -130,13 +160,46 @@ multiversion! {
     }
 }
 
+/// Sum of `f(x)` with 8 independent accumulators, so the loop vectorises (a single f32
+/// accumulator is a serial dependency the compiler may not reorder).
+#[inline(always)]
+fn sum_lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum with 8 independent lanes (see [`sum_lanes`]).
+#[inline(always)]
+fn max_lanes(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 multiversion! {
     /// Row-wise layer-norm of whole rows of width `w.len()`.
     fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
         let d = w.len();
         for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            let mean = xr.iter().sum::<f32>() / d as f32;
-            let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let mean = sum_lanes(xr, |v| v) / d as f32;
+            let var = sum_lanes(xr, |v| (v - mean) * (v - mean)) / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
             for (((o, &v), &wi), &bi) in or.iter_mut().zip(xr).zip(w).zip(b) {
                 *o = (v - mean) * inv * wi + bi;
@@ -146,17 +209,16 @@ multiversion! {
 }
 
 multiversion! {
-    /// In-place softmax of each row of width `n`.
-    fn softmax_rows(x: &mut [f32], n: usize) {
-        for row in x.chunks_exact_mut(n) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
+    /// In place, each row of width `n` becomes `exp(x - max)`; returns nothing but writes the
+    /// reciprocal row sums to `inv_sums` (the normalisation is applied later, to the much smaller
+    /// attention output).
+    fn softmax_rows_unnormalised(x: &mut [f32], n: usize, inv_sums: &mut [f32]) {
+        for (row, inv) in x.chunks_exact_mut(n).zip(inv_sums.iter_mut()) {
+            let max = max_lanes(row);
             for v in row.iter_mut() {
                 *v = exp_f32(*v - max);
-                sum += *v;
             }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|v| *v *= inv);
+            *inv = 1.0 / sum_lanes(row, |v| v);
         }
     }
 }
@@ -309,7 +371,8 @@ impl CustomOp1 for AttentionOp {
                     gemm::Parallelism::None,
                 );
             }
-            softmax_rows(&mut logits, s);
+            let mut inv_sums = vec![0f32; s];
+            softmax_rows_unnormalised(&mut logits, s, &mut inv_sums);
             unsafe {
                 gemm::gemm(
                     s,
@@ -332,9 +395,136 @@ impl CustomOp1 for AttentionOp {
                     false,
                     gemm::Parallelism::None,
                 );
+                for (r, &inv) in inv_sums.iter().enumerate() {
+                    let row = out_ptr.get().add(bi * s * d + r * d + hi * dh);
+                    for j in 0..dh {
+                        *row.add(j) *= inv;
+                    }
+                }
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, s, d))))
+    }
+}
+
+struct LinearOp {
+    bias: Option<Vec<f32>>,
+}
+
+impl LinearOp {
+    const NAME: &'static str = "deediff-linear";
+
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(x.0, x.1, Self::NAME)?;
+        let ws = f32_slice(w.0, w.1, Self::NAME)?;
+        let (n, k) = w.1.shape().dims2()?;
+        let dims = x.1.dims();
+        if dims.last() != Some(&k) || self.bias.as_ref().is_some_and(|b| b.len() != n) {
+            candle_core::bail!("linear: input {dims:?} vs weight [{n}, {k}]");
+        }
+        let m = xs.len() / k.max(1);
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = n;
+        }
+        let res = residual
+            .map(|(s, l)| {
+                let r = f32_slice(s, l, Self::NAME)?;
+                if r.len() != m * n {
+                    candle_core::bail!("linear: residual {:?} vs output {out_dims:?}", l.dims());
+                }
+                Ok(r)
+            })
+            .transpose()?;
+        let mut out = vec![0f32; m * n];
+        let chunk = rows_per_task(n) * n;
+        match (res, &self.bias) {
+            (Some(r), Some(b)) => {
+                out.par_chunks_mut(chunk)
+                    .zip(r.par_chunks(chunk))
+                    .for_each(|(o, r)| {
+                        for (or, rr) in o.chunks_exact_mut(n).zip(r.chunks_exact(n)) {
+                            for ((o, &r), &b) in or.iter_mut().zip(rr).zip(b) {
+                                *o = r + b;
+                            }
+                        }
+                    })
+            }
+            (Some(r), None) => out
+                .par_chunks_mut(chunk)
+                .zip(r.par_chunks(chunk))
+                .for_each(|(o, r)| o.copy_from_slice(r)),
+            (None, Some(b)) => out
+                .par_chunks_mut(chunk)
+                .for_each(|o| o.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b))),
+            (None, None) => {}
+        }
+        let accumulate = res.is_some() || self.bias.is_some();
+        // SAFETY: `out` is m×n row-major, `xs` m×k row-major, `ws` n×k row-major read as its
+        // transpose (k×n with column stride k); all lengths were checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                xs.as_ptr(),
+                1,
+                k as isize,
+                ws.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
 
@@ -399,6 +589,21 @@ mod tests {
             1e-5,
         )?;
         check(bias_gelu(&x, &b)?, bias_gelu(var.as_tensor(), &b)?, 1e-5)?;
+        let w = Tensor::randn(0f32, 0.2, (5, 24), &dev)?;
+        let bias = Tensor::randn(0f32, 0.2, 5, &dev)?;
+        let r = Tensor::randn(0f32, 1.0, (2, 7, 5), &dev)?;
+        for (bias, r) in [
+            (None, None),
+            (Some(&bias), None),
+            (None, Some(&r)),
+            (Some(&bias), Some(&r)),
+        ] {
+            check(
+                linear(&x, &w, bias, r)?,
+                linear(var.as_tensor(), &w, bias, r)?,
+                1e-5,
+            )?;
+        }
         let qkv = Tensor::randn(0f32, 1.0, (2, 9, 3 * 24), &dev)?;
         let qvar = candle_core::Var::from_tensor(&qkv)?;
         check(
