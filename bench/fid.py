@@ -47,13 +47,20 @@ def pytorch_fid_model(weights):
     return pi.InceptionV3([pi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
 
 
-def rust_bench(args):
+def rust_bench(images, reps, frechet):
     cmd = ["cargo", "bench", "-q", "-p", "deediff-eval", "--bench", "fid", "--",
-           "--images", str(args.images), "--reps", str(args.reps)]
-    if args.skip_frechet:
+           "--images", str(images), "--reps", str(reps)]
+    if not frechet:
         cmd.append("--skip-frechet")
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def torch_seconds(model, x):
+    with torch.no_grad():
+        t = time.perf_counter()
+        model(x)
+        return time.perf_counter() - t
 
 
 def main():
@@ -67,22 +74,22 @@ def main():
     if not weights.exists():
         raise SystemExit(f"{weights}: missing; run scripts/fetch_fid_weights.sh")
     model = pytorch_fid_model(weights)
-    rust = rust_bench(args)
     rng = np.random.default_rng(7)
+    inputs = {side: torch.from_numpy(rng.integers(0, 256, (args.images, 3, side, side)).astype(np.float32) / 255)
+              for side in (28, 32)}
+    with torch.no_grad():
+        model(inputs[28][:2])
+    # Alternate the two sides rep by rep so both see the same background load on a shared machine.
+    ours, theirs = {28: [], 32: []}, {28: [], 32: []}
+    for _ in range(args.reps):
+        for r in rust_bench(args.images, 1, False):
+            ours[r["side"]].append(r["images_per_s"])
+        for side, x in inputs.items():
+            theirs[side].append(args.images / torch_seconds(model, x))
     rows = []
     for side in (28, 32):
-        x = torch.from_numpy(rng.integers(0, 256, (args.images, 3, side, side)).astype(np.float32) / 255)
-        times = []
-        with torch.no_grad():
-            model(x[:2])
-            for _ in range(args.reps):
-                t = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t)
-        torch_ips = args.images / statistics.median(times)
-        ours = next(r for r in rust if r["bench"] == "features" and r["side"] == side)
-        rows.append((f"features {side}x{side} -> 299, 2048-d (images/s)", ours["images_per_s"], torch_ips,
-                     ours["images_per_s"] / torch_ips))
+        o, t = statistics.median(ours[side]), statistics.median(theirs[side])
+        rows.append((f"features {side}x{side} -> 299, 2048-d (images/s)", o, t, o / t))
     if not args.skip_frechet:
         import scipy.linalg
         from pytorch_fid.fid_score import calculate_frechet_distance
@@ -95,7 +102,7 @@ def main():
         t = time.perf_counter()
         calculate_frechet_distance(m1, s1, m2, s2)
         fid_s = time.perf_counter() - t
-        ours = next(r for r in rust if r["bench"] == "frechet")["seconds"]
+        ours = next(r for r in rust_bench(2, 1, True) if r["bench"] == "frechet")["seconds"]
         rows.append(("Fréchet distance D=2048, s (vs scipy sqrtm)", ours, sqrtm_s, ours / sqrtm_s))
         rows.append(("Fréchet distance D=2048, s (vs pytorch-fid total)", ours, fid_s, ours / fid_s))
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
