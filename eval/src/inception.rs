@@ -427,8 +427,9 @@ impl FidInception {
         Ok(self.blocks_nchw(data, n, h, w, last)?.swap_remove(last))
     }
 
-    /// pytorch-fid features for a `candle_core::Tensor` `[N, 3, H, W]` with values in [0, 1]
-    /// (any float dtype, any device), e.g. a batch of generated samples.
+    /// pytorch-fid features for a `candle_core::Tensor` `[N, 3, H, W]` on any device: `U8`
+    /// values are read as `u8 / 255` (exactly what saved PNGs give); float values must lie in
+    /// [0, 1] and are used as they are, so quantise samples first to score what a file would hold.
     pub fn features_tensor(&self, x: &candle_core::Tensor, dims: usize) -> Result<Features> {
         let (n, c, h, w) = x.dims4()?;
         if c != 3 {
@@ -437,10 +438,15 @@ impl FidInception {
                 x.dims()
             )));
         }
-        let data = x
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let flat = x.flatten_all()?;
+        let data: Vec<f32> = if x.dtype() == candle_core::DType::U8 {
+            flat.to_vec1::<u8>()?
+                .into_iter()
+                .map(|v| v as f32 / 255.0)
+                .collect()
+        } else {
+            flat.to_dtype(candle_core::DType::F32)?.to_vec1()?
+        };
         self.features_nchw(&data, n, h, w, dims)
     }
 

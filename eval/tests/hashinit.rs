@@ -89,5 +89,12 @@ fn tensor_and_u8_inputs_match_the_f32_path() {
     assert_eq!(net.features_rgb8(&images, 192).unwrap(), reference);
     let t = candle_core::Tensor::from_vec(nchw, (n, 3, h, w), &candle_core::Device::Cpu).unwrap();
     assert_eq!(net.features_tensor(&t, 192).unwrap(), reference);
+    let u8_nchw = (&t * 255.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .to_dtype(candle_core::DType::U8)
+        .unwrap();
+    assert_eq!(net.features_tensor(&u8_nchw, 192).unwrap(), reference);
     assert!(net.features_tensor(&t, 100).is_err());
 }
