@@ -60,9 +60,9 @@ impl SchedulerConfig {
     /// Read and parse a diffusers `scheduler_config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(path).map_err(|reason| Error::Io {
             path: path.display().to_string(),
-            source,
+            reason,
         })?;
         parse_diffusers(&text, &path.display().to_string())
     }
@@ -451,7 +451,7 @@ where
     while let Some(ev) = run.next_eval() {
         let index = model_times.len();
         model_times.push(ev.time);
-        let out = model(ev.x, ev.time).map_err(|source| Error::Model { index, source })?;
+        let out = model(ev.x, ev.time).map_err(|reason| Error::Model { index, reason })?;
         if let Some(step) = run.feed(&out, noise)? {
             orders.push(step.order);
             on_step(&step, run.sample());

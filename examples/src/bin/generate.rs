@@ -70,7 +70,15 @@ fn image_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("{i:06}.png"))
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // One line: the error and its causes, outermost first.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if cli.num == 0 || cli.batch == 0 {
         bail!("--num and --batch must be at least 1");

@@ -97,7 +97,7 @@ fn reference(cli: &Cli) -> Result<Vec<image::RgbImage>> {
         .collect())
 }
 
-fn run(
+fn measure(
     pipeline: &Pipeline,
     cli: &Cli,
     net: &FidInception,
@@ -185,7 +185,15 @@ fn plot(rows: &[Row], path: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // One line: the error and its causes, outermost first.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let device = Device::Cpu;
     let net = FidInception::load(None)?;
@@ -218,7 +226,7 @@ fn main() -> Result<()> {
         let mut static_depths = Vec::new();
         for policy in policies {
             p.set_policy(policy)?;
-            let (report, fid) = run(&p, &cli, &net, &real)?;
+            let (report, fid) = measure(&p, &cli, &net, &real)?;
             eprintln!(
                 "{spec} {policy}: depth {:.2} FID {fid:.2} {:.1} s",
                 report.mean_blocks(),
@@ -239,7 +247,7 @@ fn main() -> Result<()> {
         let full_depth = p.model().model().num_blocks();
         for depth in static_depths.into_iter().filter(|&d| d < full_depth) {
             p.set_policy(ExitPolicy::fixed_depth(depth)?)?;
-            let (report, fid) = run(&p, &cli, &net, &real)?;
+            let (report, fid) = measure(&p, &cli, &net, &real)?;
             eprintln!(
                 "{spec} static:{depth}: FID {fid:.2} {:.1} s",
                 report.seconds

@@ -43,7 +43,15 @@ struct Cli {
     sampling: SamplingArgs,
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // One line: the error and its causes, outermost first.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if cli.num == 0 {
         bail!("--num must be at least 1");
