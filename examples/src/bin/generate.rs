@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
+use deediff_eval::{frechet_distance, FidInception, Moments, Stats};
 use deediff_examples::cli::{build_pipeline, load_model, ModelArgs, SamplingArgs};
 use deediff_examples::progress::EvalBar;
 use deediff_examples::write_atomic;
@@ -49,6 +50,11 @@ struct Cli {
     /// Write the run report (this invocation's images) as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Score the shard against these pytorch-fid statistics (`.npz`) as it is generated (new
+    /// images are featurised in memory, resumed ones read back); writes the shard's mergeable
+    /// moments to `OUT/fid-moments-K-of-N.npz` for `fid --merge-stats`.
+    #[arg(long)]
+    fid_stats: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -145,6 +151,24 @@ fn run() -> Result<()> {
         .clone()
         .filter(|&i| !image_path(&cli.out, i).exists())
         .collect();
+    // FID scoring: the network and reference load before any work, so a bad path fails early.
+    let mut scoring = match &cli.fid_stats {
+        Some(path) => {
+            let net = FidInception::load(None)?;
+            let reference = Stats::load(path)?;
+            let mut moments = Moments::new(2048);
+            let resumed: Vec<PathBuf> = range
+                .clone()
+                .filter(|i| !todo.contains(i))
+                .map(|i| image_path(&cli.out, i))
+                .collect();
+            if !resumed.is_empty() {
+                moments.add_features(&net.features_files(&resumed, 2048, 50, &mut |_| {})?)?;
+            }
+            Some((net, reference, moments))
+        }
+        None => None,
+    };
     eprintln!(
         "shard {} = images {}..{}: {} done, {} to generate with {}",
         cli.shard,
@@ -165,7 +189,12 @@ fn run() -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         let seeds: Vec<u64> = chunk.iter().map(|&i| cli.seed + i as u64).collect();
         let generated = pipeline.generate(&conds, &seeds, Hooks::default())?;
-        for (&i, img) in chunk.iter().zip(to_images(&generated.samples)?) {
+        let images = to_images(&generated.samples)?;
+        if let Some((net, _, moments)) = &mut scoring {
+            let rgb: Vec<_> = images.iter().map(|i| i.to_rgb8()).collect();
+            moments.add_features(&net.features_rgb8(&rgb, 2048)?)?;
+        }
+        for (&i, img) in chunk.iter().zip(images) {
             let path = image_path(&cli.out, i);
             write_atomic(&path, |tmp| {
                 Ok(img.save_with_format(tmp, image::ImageFormat::Png)?)
@@ -181,6 +210,21 @@ fn run() -> Result<()> {
     }
     bar.finish();
 
+    if let Some((_, reference, moments)) = &scoring {
+        let (k, n) = cli.shard.split_once('/').expect("validated by shard_range");
+        let path = cli.out.join(format!("fid-moments-{k}-of-{n}.npz"));
+        write_atomic(&path, |tmp| Ok(moments.save(tmp)?))?;
+        println!(
+            "FID of these {} images vs {}: {:.4} (moments: {})",
+            range.len(),
+            cli.fid_stats
+                .as_ref()
+                .expect("scoring implies stats")
+                .display(),
+            frechet_distance(&moments.stats()?, reference)?,
+            path.display()
+        );
+    }
     if let Some(r) = &report {
         eprintln!(
             "{} images in {:.1} s ({:.2} images/s) | mean depth {:.2}/{} blocks ({:.1}%) | compute {:.1}% of full depth",

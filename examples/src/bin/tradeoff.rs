@@ -61,20 +61,7 @@ struct Row {
 
 /// u8 images (as a PNG would hold them) → pytorch-fid statistics.
 fn stats_of(net: &FidInception, images: &[image::RgbImage]) -> Result<Stats> {
-    let (h, w) = (images[0].height() as usize, images[0].width() as usize);
-    let mut data = Vec::with_capacity(images.len() * 3 * h * w);
-    for img in images {
-        for c in 0..3 {
-            data.extend(img.pixels().map(|p| f32::from(p[c]) / 255.0));
-        }
-    }
-    Ok(Stats::from_features(&net.features_nchw(
-        &data,
-        images.len(),
-        h,
-        w,
-        2048,
-    )?)?)
+    Ok(Stats::from_features(&net.features_rgb8(images, 2048)?)?)
 }
 
 fn reference(cli: &Cli) -> Result<Vec<image::RgbImage>> {
