@@ -24,6 +24,15 @@ impl Level {
     }
 }
 
+/// Appends the newest converted model output to a multistep history (oldest first), dropping
+/// the oldest once `cap` (the solver order) are kept.
+pub(crate) fn push_history(history: &mut Vec<Vec<f64>>, m: Vec<f64>, cap: usize) {
+    if history.len() == cap {
+        history.remove(0);
+    }
+    history.push(m);
+}
+
 /// Which ODE/SDE is integrated, i.e. what the model terms are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Form {
@@ -33,6 +42,13 @@ pub(crate) enum Form {
     Noise,
     /// Data prediction, SDE (SDE-DPM-Solver++); needs a noise draw.
     DataSde,
+}
+
+impl Form {
+    /// Whether the model term is the data prediction x̂₀ (else the noise prediction ε̂).
+    pub(crate) fn is_data(self) -> bool {
+        self != Self::Noise
+    }
 }
 
 /// The weight given to the first difference D1.
