@@ -3,7 +3,7 @@
 
 use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
-use crate::exp_integrator::{multistep_update, push_history, D1Weight, Form};
+use crate::exp_integrator::{check_solver_order, multistep_update, push_history, D1Weight, Form};
 use crate::noise::{draw, NoiseSource};
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
@@ -73,12 +73,7 @@ pub struct DpmMultistepConfig {
 
 impl DpmMultistepConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        if !(1..=3).contains(&self.solver_order) {
-            return Err(Error::Invalid(format!(
-                "solver_order must be 1, 2 or 3, got {}",
-                self.solver_order
-            )));
-        }
+        check_solver_order("solver_order", self.solver_order)?;
         check_final_sigmas(self.algorithm_type, self.final_sigmas_type).map_err(Error::Invalid)
     }
 }

@@ -6,7 +6,9 @@
 use crate::betas::BetaConfig;
 use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmSolverType};
 use crate::error::{Error, Result};
-use crate::exp_integrator::{push_history, taylor_diffs, update, D1Weight, Terms};
+use crate::exp_integrator::{
+    check_solver_order, push_history, taylor_diffs, update, D1Weight, Terms,
+};
 use crate::noise::NoiseSource;
 use crate::ops::scaled_diff;
 use crate::prediction::PredictionType;
@@ -41,12 +43,7 @@ pub(crate) struct DpmSinglestep {
 
 impl DpmSinglestep {
     pub(crate) fn new(config: &DpmSinglestepConfig, n: usize) -> Result<Self> {
-        if !(1..=3).contains(&config.solver_order) {
-            return Err(Error::Invalid(format!(
-                "solver_order must be 1, 2 or 3, got {}",
-                config.solver_order
-            )));
-        }
+        check_solver_order("solver_order", config.solver_order)?;
         if config.algorithm_type == AlgorithmType::SdeDpmSolverPp {
             return Err(Error::Invalid(
                 "DPMSolverSinglestepScheduler with algorithm_type \"sde-dpmsolver++\" is not supported".into(),

@@ -3,6 +3,7 @@
 //! point over a step h in half log-SNR, with a zeroth-order term m, an optional first
 //! difference D1 and an optional second difference D2.
 
+use crate::error::{Error, Result};
 use crate::ops::{lincomb, scaled_diff};
 use crate::prediction::lambda;
 
@@ -21,6 +22,18 @@ impl Level {
             sigma,
             lambda: lambda(alpha, sigma),
         }
+    }
+}
+
+/// The diffusers multistep, singlestep and UniPC solvers implement orders 1 to 3; `setting`
+/// names the offending setting in the error.
+pub(crate) fn check_solver_order(setting: &str, order: usize) -> Result<()> {
+    if (1..=3).contains(&order) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{setting} must be 1, 2 or 3, got {order}"
+        )))
     }
 }
 

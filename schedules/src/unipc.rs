@@ -3,8 +3,8 @@
 //! output, then the predictor UniP. Order-2 predictors use the fixed weight ρ = ½.
 
 use crate::betas::BetaConfig;
-use crate::error::{Error, Result};
-use crate::exp_integrator::{push_history, Level};
+use crate::error::Result;
+use crate::exp_integrator::{check_solver_order, push_history, Level};
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
@@ -51,12 +51,7 @@ pub(crate) struct UniPc {
 
 impl UniPc {
     pub(crate) fn new(config: &UniPcConfig, n: usize) -> Result<Self> {
-        if !(1..=3).contains(&config.solver_order) {
-            return Err(Error::Invalid(format!(
-                "UniPC solver_order must be 1, 2 or 3, got {}",
-                config.solver_order
-            )));
-        }
+        check_solver_order("UniPC solver_order", config.solver_order)?;
         let ac = config.betas.alphas_cumprod_finite()?;
         let t = config.betas.num_train_timesteps;
         let spaced = timesteps(
