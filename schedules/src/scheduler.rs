@@ -9,7 +9,7 @@ use crate::dpm_multistep::{AlgorithmType, DpmMultistep, DpmMultistepConfig, DpmS
 use crate::dpm_singlestep::{DpmSinglestep, DpmSinglestepConfig};
 use crate::error::{Error, ModelError, Result};
 use crate::euler::{Euler, EulerConfig};
-use crate::euler_ancestral::{EulerAncestral, EulerAncestralConfig};
+use crate::euler_ancestral::EulerAncestralConfig;
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
@@ -203,7 +203,7 @@ enum Plan {
     DpmMultistep(Arc<DpmMultistep>),
     DpmSinglestep(Arc<DpmSinglestep>),
     Euler(Arc<Euler>),
-    EulerAncestral(Arc<EulerAncestral>),
+    EulerAncestral(Arc<Euler>),
     UniPc(Arc<UniPc>),
     UvitDpm(Arc<UvitDpm>),
     UvitEm(Arc<UvitEm>),
@@ -231,7 +231,7 @@ impl Scheduler {
             }
             SchedulerConfig::Euler(c) => Plan::Euler(Arc::new(Euler::new(c, steps)?)),
             SchedulerConfig::EulerAncestral(c) => {
-                Plan::EulerAncestral(Arc::new(EulerAncestral::new(c, steps)?))
+                Plan::EulerAncestral(Arc::new(Euler::ancestral(c, steps)?))
             }
             SchedulerConfig::UniPc(c) => Plan::UniPc(Arc::new(UniPc::new(c, steps)?)),
             SchedulerConfig::UvitDpm(c) => Plan::UvitDpm(Arc::new(UvitDpm::new(c, steps)?)),
