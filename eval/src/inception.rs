@@ -72,6 +72,15 @@ struct Branch {
 }
 
 impl Branch {
+    /// The max-pool branch of the reduction blocks (B and D): the block input at half size.
+    fn reduce() -> Self {
+        Self {
+            pool: Some(Pool::Reduce),
+            chain: vec![],
+            fork: vec![],
+        }
+    }
+
     /// Writes this branch's channels from `c_off` on; returns how many it wrote.
     fn forward_into(&self, x: &FMap, dst: &mut FMap, c_off: usize, par: Parallelism) -> usize {
         let mut cur = match self.pool {
@@ -226,11 +235,7 @@ fn block_b(sd: &StateDict, name: &str, cin: usize) -> Result<Stage> {
             ("branch3x3dbl_2", 1, P1),
             ("branch3x3dbl_3", 2, P0),
         ])?,
-        Branch {
-            pool: Some(Pool::Reduce),
-            chain: vec![],
-            fork: vec![],
-        },
+        Branch::reduce(),
     ];
     Ok(b.mixed(cin, branches, true))
 }
@@ -267,11 +272,7 @@ fn block_d(sd: &StateDict, name: &str, cin: usize) -> Result<Stage> {
             ("branch7x7x3_3", 1, (3, 0)),
             ("branch7x7x3_4", 2, P0),
         ])?,
-        Branch {
-            pool: Some(Pool::Reduce),
-            chain: vec![],
-            fork: vec![],
-        },
+        Branch::reduce(),
     ];
     Ok(b.mixed(cin, branches, true))
 }
