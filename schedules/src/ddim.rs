@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::noise::{draw, NoiseSource};
 use crate::ops::{clamp, lincomb};
 use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
-use crate::spacing::{timesteps, Family, Spacing};
+use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::spacing::{DiscreteSchedule, Spacing};
 use std::sync::Arc;
 
 /// `DDIMScheduler` settings (plus the `eta` that diffusers passes to `step`).
@@ -30,9 +30,8 @@ pub struct DdimConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct Ddim {
     config: DdimConfig,
-    alphas_cumprod: Vec<f64>,
+    pub(crate) schedule: DiscreteSchedule,
     final_alpha_cumprod: f64,
-    timesteps: Vec<f64>,
     step_ratio: i64,
 }
 
@@ -44,46 +43,26 @@ impl Ddim {
                 config.eta
             )));
         }
-        let alphas_cumprod = config.betas.alphas_cumprod()?;
-        let t = config.betas.num_train_timesteps;
-        let timesteps = timesteps(
-            Family::Ddim,
+        let schedule = DiscreteSchedule::new(
+            &config.betas,
             config.timestep_spacing,
-            t,
-            t,
-            n,
             config.steps_offset,
+            n,
         )?;
         Ok(Self {
             final_alpha_cumprod: if config.set_alpha_to_one {
                 1.0
             } else {
-                alphas_cumprod[0]
+                schedule.alphas_cumprod[0]
             },
-            alphas_cumprod,
-            timesteps,
-            step_ratio: (t / n) as i64,
+            schedule,
+            step_ratio: (config.betas.num_train_timesteps / n) as i64,
             config: config.clone(),
         })
     }
 
-    pub(crate) fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    pub(crate) fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
     pub(crate) fn is_stochastic(&self) -> bool {
         self.config.eta > 0.0
-    }
-
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        self.timesteps
-            .iter()
-            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
-            .collect()
     }
 
     pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
@@ -103,21 +82,18 @@ struct DdimRun {
 
 impl Solver for DdimRun {
     fn next_eval(&self) -> Option<Evaluation<'_>> {
-        let t = *self.plan.timesteps.get(self.i)?;
-        Some(Evaluation {
-            x: &self.x,
-            time: ModelTime::discrete(&self.plan.alphas_cumprod, t),
-        })
+        self.plan.schedule.evaluation(self.i, &self.x)
     }
 
     fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
         let p = &self.plan;
         let cfg = &p.config;
-        let t = p.timesteps[self.i] as i64;
+        let (timesteps, ac) = (&p.schedule.timesteps, &p.schedule.alphas_cumprod);
+        let t = timesteps[self.i] as i64;
         let prev_t = t - p.step_ratio;
-        let a_t = p.alphas_cumprod[t as usize];
+        let a_t = ac[t as usize];
         let a_prev = if prev_t >= 0 {
-            p.alphas_cumprod[prev_t as usize]
+            ac[prev_t as usize]
         } else {
             p.final_alpha_cumprod
         };

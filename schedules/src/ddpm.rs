@@ -8,8 +8,8 @@ use crate::error::Result;
 use crate::noise::{draw, NoiseSource};
 use crate::ops::{clamp, lincomb};
 use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
-use crate::spacing::{timesteps, Family, Spacing};
+use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::spacing::{DiscreteSchedule, Spacing};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -40,40 +40,20 @@ pub struct DdpmConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct Ddpm {
     config: DdpmConfig,
-    alphas_cumprod: Vec<f64>,
-    timesteps: Vec<f64>,
+    pub(crate) schedule: DiscreteSchedule,
 }
 
 impl Ddpm {
     pub(crate) fn new(config: &DdpmConfig, n: usize) -> Result<Self> {
-        let t = config.betas.num_train_timesteps;
         Ok(Self {
-            alphas_cumprod: config.betas.alphas_cumprod()?,
-            timesteps: timesteps(
-                Family::Ddim,
+            schedule: DiscreteSchedule::new(
+                &config.betas,
                 config.timestep_spacing,
-                t,
-                t,
-                n,
                 config.steps_offset,
+                n,
             )?,
             config: config.clone(),
         })
-    }
-
-    pub(crate) fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    pub(crate) fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        self.timesteps
-            .iter()
-            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
-            .collect()
     }
 
     pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
@@ -93,20 +73,17 @@ struct DdpmRun {
 
 impl Solver for DdpmRun {
     fn next_eval(&self) -> Option<Evaluation<'_>> {
-        let t = *self.plan.timesteps.get(self.i)?;
-        Some(Evaluation {
-            x: &self.x,
-            time: ModelTime::discrete(&self.plan.alphas_cumprod, t),
-        })
+        self.plan.schedule.evaluation(self.i, &self.x)
     }
 
     fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
         let p = &self.plan;
         let cfg = &p.config;
-        let t = p.timesteps[self.i];
-        let a_t = p.alphas_cumprod[t as usize];
-        let a_prev = match p.timesteps.get(self.i + 1) {
-            Some(&prev) => p.alphas_cumprod[prev as usize],
+        let (timesteps, ac) = (&p.schedule.timesteps, &p.schedule.alphas_cumprod);
+        let t = timesteps[self.i];
+        let a_t = ac[t as usize];
+        let a_prev = match timesteps.get(self.i + 1) {
+            Some(&prev) => ac[prev as usize],
             None => 1.0,
         };
         let b_t = 1.0 - a_t;

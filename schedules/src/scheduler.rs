@@ -238,8 +238,8 @@ impl Scheduler {
             SchedulerConfig::UvitEm(c) => Plan::UvitEm(Arc::new(UvitEm::new(c, steps)?)),
         };
         let model_times = match &plan {
-            Plan::Ddim(p) => p.model_times(),
-            Plan::Ddpm(p) => p.model_times(),
+            Plan::Ddim(p) => p.schedule.model_times(),
+            Plan::Ddpm(p) => p.schedule.model_times(),
             Plan::DpmMultistep(p) => p.schedule.model_times(),
             Plan::DpmSinglestep(p) => p.schedule.model_times(),
             Plan::Euler(p) => p.schedule.model_times(),
@@ -271,8 +271,8 @@ impl Scheduler {
     /// (T first, then the time after each step).
     pub fn timesteps(&self) -> Vec<f64> {
         match &*self.plan {
-            Plan::Ddim(p) => p.timesteps().to_vec(),
-            Plan::Ddpm(p) => p.timesteps().to_vec(),
+            Plan::Ddim(p) => p.schedule.timesteps.clone(),
+            Plan::Ddpm(p) => p.schedule.timesteps.clone(),
             Plan::DpmMultistep(p) => p.schedule.timesteps.clone(),
             Plan::DpmSinglestep(p) => p.schedule.timesteps.clone(),
             Plan::Euler(p) => p.schedule.timesteps.clone(),
@@ -298,8 +298,8 @@ impl Scheduler {
     /// ᾱ of DDIM/DDPM (with an exact 0 under zero terminal SNR).
     pub fn alphas_cumprod(&self) -> Option<&[f64]> {
         match &*self.plan {
-            Plan::Ddim(p) => Some(p.alphas_cumprod()),
-            Plan::Ddpm(p) => Some(p.alphas_cumprod()),
+            Plan::Ddim(p) => Some(&p.schedule.alphas_cumprod),
+            Plan::Ddpm(p) => Some(&p.schedule.alphas_cumprod),
             _ => None,
         }
     }

@@ -2,6 +2,7 @@
 //! σ → t inverse. The rules differ per scheduler family (README quirks Q2–Q4), so each family
 //! has its own entry point here rather than a flag hidden inside the solvers.
 
+use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
 use crate::exp_integrator::Level;
 use crate::prediction::vp_from_ve;
@@ -233,6 +234,45 @@ impl FinalSigmas {
             Self::Zero => 0.0,
             Self::SigmaMin => SigmaSchedule::table_sigma_min(alphas_cumprod),
         }
+    }
+}
+
+/// The DDIM/DDPM schedule: integer timesteps on the ᾱ table, the model input unscaled.
+#[derive(Debug, Clone)]
+pub(crate) struct DiscreteSchedule {
+    pub alphas_cumprod: Vec<f64>,
+    pub timesteps: Vec<f64>,
+}
+
+impl DiscreteSchedule {
+    pub(crate) fn new(
+        betas: &BetaConfig,
+        spacing: Spacing,
+        steps_offset: usize,
+        n: usize,
+    ) -> Result<Self> {
+        let alphas_cumprod = betas.alphas_cumprod()?;
+        let t = betas.num_train_timesteps;
+        Ok(Self {
+            alphas_cumprod,
+            timesteps: timesteps(Family::Ddim, spacing, t, t, n, steps_offset)?,
+        })
+    }
+
+    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
+        self.timesteps
+            .iter()
+            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
+            .collect()
+    }
+
+    /// The evaluation of step `i` at the sample `x`, or `None` past the last step.
+    pub(crate) fn evaluation<'a>(&self, i: usize, x: &'a [f64]) -> Option<Evaluation<'a>> {
+        let t = *self.timesteps.get(i)?;
+        Some(Evaluation {
+            x,
+            time: ModelTime::discrete(&self.alphas_cumprod, t),
+        })
     }
 }
 
