@@ -5,7 +5,7 @@
 
 use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
-use crate::noise::{draw, NoiseSource};
+use crate::noise::{add_noise, NoiseSource};
 use crate::ops::{clamp, lincomb};
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
@@ -109,10 +109,7 @@ impl Solver for DdimRun {
         let dir = (1.0 - a_prev - std_dev * std_dev).sqrt();
         let mut prev = lincomb(&[(a_prev.sqrt(), &x0), (dir, &eps)]);
         if cfg.eta > 0.0 {
-            let z = draw(noise, prev.len())?;
-            for (p, z) in prev.iter_mut().zip(&z) {
-                *p += std_dev * z;
-            }
+            add_noise(noise, &mut prev, std_dev)?;
         }
         self.x = prev;
         self.i += 1;

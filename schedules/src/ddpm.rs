@@ -5,7 +5,7 @@
 
 use crate::betas::BetaConfig;
 use crate::error::Result;
-use crate::noise::{draw, NoiseSource};
+use crate::noise::{add_noise, NoiseSource};
 use crate::ops::{clamp, lincomb};
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
@@ -100,16 +100,13 @@ impl Solver for DdpmRun {
         let c_x = cur_alpha.sqrt() * b_prev / b_t;
         let mut prev = lincomb(&[(c_x0, &x0), (c_x, &self.x)]);
         if t > 0.0 {
-            let z = draw(noise, prev.len())?;
             let small = (b_prev / b_t * cur_beta).max(1e-20);
             let std = match cfg.variance_type {
                 VarianceType::FixedSmall => small.sqrt(),
                 VarianceType::FixedSmallLog => (0.5 * small.ln()).exp(),
                 VarianceType::FixedLarge => cur_beta.sqrt(),
             };
-            for (p, z) in prev.iter_mut().zip(&z) {
-                *p += std * z;
-            }
+            add_noise(noise, &mut prev, std)?;
         }
         self.x = prev;
         self.i += 1;

@@ -96,3 +96,13 @@ pub(crate) fn draw(noise: &mut dyn NoiseSource, n: usize) -> Result<Vec<f64>> {
     noise.fill(&mut v)?;
     Ok(v)
 }
+
+/// Adds `scale`·z with a fresh draw z to `x`: the noise term of DDIM (η > 0), DDPM and the
+/// reverse SDE.
+pub(crate) fn add_noise(noise: &mut dyn NoiseSource, x: &mut [f64], scale: f64) -> Result<()> {
+    let z = draw(noise, x.len())?;
+    for (x, z) in x.iter_mut().zip(&z) {
+        *x += scale * z;
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! probability-flow ODE, on the grid [0, linspace(ε, T, steps)] traversed downwards.
 
 use crate::error::{Error, Result};
-use crate::noise::{draw, NoiseSource};
+use crate::noise::{add_noise, NoiseSource};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
 use crate::spacing::linspace;
 use crate::uvit_schedule::{UvitSchedule, UvitScheduleConfig};
@@ -125,10 +125,7 @@ impl Solver for UvitEmRun {
             .collect();
         if c.reverse == ReverseProcess::Sde && s != 0.0 {
             let sigma = beta.sqrt() * (-dt).sqrt();
-            let z = draw(noise, x.len())?;
-            for (x, z) in x.iter_mut().zip(&z) {
-                *x += sigma * z;
-            }
+            add_noise(noise, &mut x, sigma)?;
         }
         self.x = x;
         self.k += 1;
