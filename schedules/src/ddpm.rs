@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::noise::{add_noise, NoiseSource};
 use crate::ops::{clamp, lincomb};
 use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{DiscreteSchedule, Spacing};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::exp_integrator::{check_solver_order, multistep_update, push_history, D1Weight, Form};
 use crate::noise::{draw, NoiseSource};
 use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{
     last_timestep, timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
 };

@@ -12,7 +12,7 @@ use crate::exp_integrator::{
 use crate::noise::NoiseSource;
 use crate::ops::scaled_diff;
 use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{
     last_timestep, timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
 };

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::euler_ancestral::ancestral_step;
 use crate::noise::{draw, NoiseSource};
 use crate::prediction::{vp_from_ve, PredictionType};
-use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
+use crate::solver::{Evaluation, ModelTime, Solver, StepInfo, StepTimes};
 use crate::spacing::{
     interp_table, karras_sigmas, sigma_to_t, timesteps, ve_sigmas, Family, FinalSigmas, Spacing,
 };
@@ -73,26 +73,26 @@ impl VeSchedule {
         })
     }
 
-    pub(crate) fn model_time(&self, i: usize) -> ModelTime {
+    /// x/√(σ_i² + 1): what the network receives at step i.
+    pub(crate) fn scale_input(&self, x: &[f64], i: usize) -> Vec<f64> {
+        let s = self.sigmas[i];
+        let c = (s * s + 1.0).sqrt();
+        x.iter().map(|v| v / c).collect()
+    }
+}
+
+impl StepTimes for VeSchedule {
+    fn steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    fn model_time(&self, i: usize) -> ModelTime {
         let (alpha, sigma) = vp_from_ve(self.sigmas[i]);
         ModelTime {
             t: self.timesteps[i],
             alpha,
             sigma,
         }
-    }
-
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        (0..self.timesteps.len())
-            .map(|i| self.model_time(i))
-            .collect()
-    }
-
-    /// x/√(σ_i² + 1): what the network receives at step i.
-    pub(crate) fn scale_input(&self, x: &[f64], i: usize) -> Vec<f64> {
-        let s = self.sigmas[i];
-        let c = (s * s + 1.0).sqrt();
-        x.iter().map(|v| v / c).collect()
     }
 }
 
@@ -143,10 +143,7 @@ struct EulerRun {
 
 impl Solver for EulerRun {
     fn next_eval(&self) -> Option<Evaluation<'_>> {
-        (self.i < self.plan.schedule.timesteps.len()).then(|| Evaluation {
-            x: &self.input,
-            time: self.plan.schedule.model_time(self.i),
-        })
+        self.plan.schedule.evaluation(self.i, &self.input)
     }
 
     fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {

@@ -12,7 +12,7 @@ use crate::euler::{Euler, EulerConfig};
 use crate::euler_ancestral::EulerAncestralConfig;
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
+use crate::solver::{Evaluation, ModelTime, Solver, StepInfo, StepTimes};
 use crate::spacing::{FinalSigmas, Spacing};
 use crate::unipc::{UniPc, UniPcConfig, UniPcSolverType};
 use crate::uvit_dpm::{SkipType, UvitDpm, UvitDpmConfig, UvitMethod, UvitSolverType};

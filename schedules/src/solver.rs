@@ -39,6 +39,27 @@ pub struct Evaluation<'a> {
     pub time: ModelTime,
 }
 
+/// A schedule's model times, one per step; the evaluations a solver asks for come from it.
+pub(crate) trait StepTimes {
+    /// Number of steps (model evaluations).
+    fn steps(&self) -> usize;
+
+    /// The model time of step `i`.
+    fn model_time(&self, i: usize) -> ModelTime;
+
+    fn model_times(&self) -> Vec<ModelTime> {
+        (0..self.steps()).map(|i| self.model_time(i)).collect()
+    }
+
+    /// The evaluation of step `i` with model input `x`, or `None` past the last step.
+    fn evaluation<'a>(&self, i: usize, x: &'a [f64]) -> Option<Evaluation<'a>> {
+        (i < self.steps()).then(|| Evaluation {
+            x,
+            time: self.model_time(i),
+        })
+    }
+}
+
 /// Reported after every completed solver step (one trajectory row).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepInfo {

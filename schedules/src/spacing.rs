@@ -6,7 +6,7 @@ use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
 use crate::exp_integrator::Level;
 use crate::prediction::vp_from_ve;
-use crate::solver::{Evaluation, ModelTime};
+use crate::solver::{ModelTime, StepTimes};
 use serde::{Deserialize, Serialize};
 
 /// diffusers `timestep_spacing`.
@@ -258,21 +258,15 @@ impl DiscreteSchedule {
             timesteps: timesteps(Family::Ddim, spacing, t, t, n, steps_offset)?,
         })
     }
+}
 
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        self.timesteps
-            .iter()
-            .map(|&t| ModelTime::discrete(&self.alphas_cumprod, t))
-            .collect()
+impl StepTimes for DiscreteSchedule {
+    fn steps(&self) -> usize {
+        self.timesteps.len()
     }
 
-    /// The evaluation of step `i` at the sample `x`, or `None` past the last step.
-    pub(crate) fn evaluation<'a>(&self, i: usize, x: &'a [f64]) -> Option<Evaluation<'a>> {
-        let t = *self.timesteps.get(i)?;
-        Some(Evaluation {
-            x,
-            time: ModelTime::discrete(&self.alphas_cumprod, t),
-        })
+    fn model_time(&self, i: usize) -> ModelTime {
+        ModelTime::discrete(&self.alphas_cumprod, self.timesteps[i])
     }
 }
 
@@ -313,23 +307,15 @@ impl SigmaSchedule {
         let (a, s) = vp_from_ve(self.sigmas[k]);
         Level::new(a, s)
     }
+}
 
-    pub(crate) fn model_time(&self, i: usize) -> ModelTime {
+impl StepTimes for SigmaSchedule {
+    fn steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    fn model_time(&self, i: usize) -> ModelTime {
         ModelTime::discrete(&self.alphas_cumprod, self.timesteps[i])
-    }
-
-    /// The evaluation of step `i` at the sample `x`, or `None` past the last step.
-    pub(crate) fn evaluation<'a>(&self, i: usize, x: &'a [f64]) -> Option<Evaluation<'a>> {
-        (i < self.timesteps.len()).then(|| Evaluation {
-            x,
-            time: self.model_time(i),
-        })
-    }
-
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        (0..self.timesteps.len())
-            .map(|i| self.model_time(i))
-            .collect()
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::exp_integrator::{check_solver_order, push_history, Level};
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, Solver, StepInfo};
+use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::noise::{add_noise, NoiseSource};
-use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
+use crate::solver::{Evaluation, ModelTime, Solver, StepInfo, StepTimes};
 use crate::spacing::linspace;
 use crate::uvit_schedule::{UvitSchedule, UvitScheduleConfig};
 use serde::{Deserialize, Serialize};
@@ -68,23 +68,24 @@ impl UvitEm {
         self.config.reverse == ReverseProcess::Sde
     }
 
-    fn time(&self, t: f64) -> ModelTime {
-        self.ns.model_time(t, self.config.time_input_scale)
-    }
-
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        self.grid[..self.grid.len() - 1]
-            .iter()
-            .map(|&t| self.time(t))
-            .collect()
-    }
-
     pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
         Box::new(UvitEmRun {
             plan: self.clone(),
             x,
             k: 0,
         })
+    }
+}
+
+/// One evaluation per grid interval, at its start.
+impl StepTimes for UvitEm {
+    fn steps(&self) -> usize {
+        self.grid.len() - 1
+    }
+
+    fn model_time(&self, i: usize) -> ModelTime {
+        self.ns
+            .model_time(self.grid[i], self.config.time_input_scale)
     }
 }
 
@@ -96,11 +97,7 @@ struct UvitEmRun {
 
 impl Solver for UvitEmRun {
     fn next_eval(&self) -> Option<Evaluation<'_>> {
-        let t = *self.plan.grid[..self.plan.grid.len() - 1].get(self.k)?;
-        Some(Evaluation {
-            x: &self.x,
-            time: self.plan.time(t),
-        })
+        self.plan.evaluation(self.k, &self.x)
     }
 
     fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
