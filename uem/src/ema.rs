@@ -54,7 +54,8 @@ impl Ema {
     pub fn load(&mut self, prefix: &str, get: impl Fn(&str) -> Option<Tensor>) -> Result<()> {
         for (n, _, s) in &mut self.shadow {
             let key = format!("{prefix}{n}");
-            let t = get(&key).ok_or_else(|| candle_core::Error::msg(format!("checkpoint lacks {key}")))?;
+            let t = get(&key)
+                .ok_or_else(|| candle_core::Error::msg(format!("checkpoint lacks {key}")))?;
             let values = host_values(&t)?;
             if values.len() != s.len() {
                 candle_core::bail!("{key}: {} values, expected {}", values.len(), s.len());

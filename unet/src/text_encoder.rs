@@ -45,7 +45,12 @@ impl TextEncoderConfig {
         let mut known: Vec<String> = corpus.iter().flat_map(|c| words(c)).collect();
         known.sort();
         known.dedup();
-        let max_tokens = corpus.iter().map(|c| words(c).count()).max().unwrap_or(1).max(1);
+        let max_tokens = corpus
+            .iter()
+            .map(|c| words(c).count())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Self {
             vocab: std::iter::once(PAD_WORD.to_string()).chain(known).collect(),
             max_tokens,
@@ -152,14 +157,26 @@ impl TextEncoder {
     /// Builds the encoder from `vb` (pass `vb.pp("text_encoder")` of the model file).
     pub fn new(cfg: &TextEncoderConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.vocab.first().map(String::as_str) != Some(PAD_WORD) || cfg.max_tokens == 0 {
-            candle_core::bail!("text encoder config needs vocab[0] = {PAD_WORD:?} and max_tokens > 0");
+            candle_core::bail!(
+                "text encoder config needs vocab[0] = {PAD_WORD:?} and max_tokens > 0"
+            );
         }
         let d = cfg.dim;
-        let table = vb.get_with_hints((cfg.vocab.len(), d), "token_embed.weight", TRUNC_NORMAL_002)?;
+        let table =
+            vb.get_with_hints((cfg.vocab.len(), d), "token_embed.weight", TRUNC_NORMAL_002)?;
         let pos_embed = vb.get_with_hints((1, cfg.max_tokens, d), "pos_embed", TRUNC_NORMAL_002)?;
         let hidden = (d as f64 * cfg.mlp_ratio) as usize;
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(d, cfg.num_heads, hidden, false, false, vb.pp(format!("blocks.{i}"))))
+            .map(|i| {
+                Block::new(
+                    d,
+                    cfg.num_heads,
+                    hidden,
+                    false,
+                    false,
+                    vb.pp(format!("blocks.{i}")),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -181,7 +198,10 @@ impl TextEncoder {
 
     /// Token ids `[B, max_tokens]` (u32) → context `[B, max_tokens, dim]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let mut h = self.token_embed.forward(ids)?.broadcast_add(&self.pos_embed)?;
+        let mut h = self
+            .token_embed
+            .forward(ids)?
+            .broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
             h = block.forward(&h, None)?;
         }

@@ -177,8 +177,12 @@ fn load_data(args: &Args, model: &UVitConfig) -> Result<ImageDataset> {
         parts.push(idx_pair(d, false)?.with_label_offset(10));
     }
     if let Some(d) = &args.cifar10 {
-        let files: Vec<PathBuf> = (1..=5).map(|i| d.join(format!("data_batch_{i}.bin"))).collect();
-        parts.push(load_cifar10(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?);
+        let files: Vec<PathBuf> = (1..=5)
+            .map(|i| d.join(format!("data_batch_{i}.bin")))
+            .collect();
+        parts.push(load_cifar10(
+            &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        )?);
     }
     if let Some(d) = &args.image_folder {
         parts.push(load_image_folder(d, model.img_size, model.in_chans, true)?);
@@ -192,7 +196,12 @@ fn load_data(args: &Args, model: &UVitConfig) -> Result<ImageDataset> {
     }
     let [c, h, w] = data.image_shape();
     if c != model.in_chans || h != model.img_size || w != model.img_size {
-        bail!("data images are {c}x{h}x{w} but the model expects {}x{}x{}", model.in_chans, model.img_size, model.img_size);
+        bail!(
+            "data images are {c}x{h}x{w} but the model expects {}x{}x{}",
+            model.in_chans,
+            model.img_size,
+            model.img_size
+        );
     }
     Ok(data)
 }
@@ -200,8 +209,10 @@ fn load_data(args: &Args, model: &UVitConfig) -> Result<ImageDataset> {
 fn new_config(args: &Args) -> Result<TrainConfig> {
     let (model, text_encoder) = match &args.model_config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
-            let model: UVitConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a U-ViT config", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            let model: UVitConfig = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a U-ViT config", p.display()))?;
             let te = (model.variant == Variant::UvitT2i).then(|| {
                 let mut te = default_text_encoder();
                 te.dim = model.clip_dim;
@@ -265,7 +276,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = Device::Cpu;
     let ac = ddpm_alphas_cumprod();
-    std::fs::create_dir_all(&args.out_dir).with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
     let mut trainer = match &args.resume {
         Some(p) => {
             let steps = args.steps;
@@ -275,7 +287,11 @@ fn main() -> Result<()> {
             let mut t = Trainer::new(new_config(&args)?, &ac, &device)?;
             if let Some(p) = &args.init_from {
                 let fresh = t.load_pretrained(p)?;
-                eprintln!("loaded {}; {} tensors newly initialised", p.display(), fresh.len());
+                eprintln!(
+                    "loaded {}; {} tensors newly initialised",
+                    p.display(),
+                    fresh.len()
+                );
             }
             t
         }
@@ -312,10 +328,18 @@ fn main() -> Result<()> {
         let elapsed = start.elapsed().as_secs_f64();
         let ips = (s.step - start_step) as f64 / elapsed.max(1e-9);
         log_line(&mut log, &s, ips, elapsed)?;
-        let msg = format!("loss {:.4} simple {:.4} u {:.4} layer {:.4}", s.loss, s.simple, s.certainty, s.layer);
+        let msg = format!(
+            "loss {:.4} simple {:.4} u {:.4} layer {:.4}",
+            s.loss, s.simple, s.certainty, s.layer
+        );
         if args.plain && (s.step % 20 == 0 || s.step == cfg.total_steps) {
             let eta = (cfg.total_steps - s.step) as f64 / ips.max(1e-9);
-            eprintln!("step {} {:.2} s/step eta {:.0} s {msg}", s.step, 1.0 / ips.max(1e-9), eta);
+            eprintln!(
+                "step {} {:.2} s/step eta {:.0} s {msg}",
+                s.step,
+                1.0 / ips.max(1e-9),
+                eta
+            );
         }
         bar.set_position(s.step);
         bar.set_message(msg);
@@ -326,6 +350,10 @@ fn main() -> Result<()> {
     }
     save(&trainer, &args.out_dir)?;
     bar.finish();
-    eprintln!("done: {} steps in {:.0} s", trainer.step() - start_step, start.elapsed().as_secs_f64());
+    eprintln!(
+        "done: {} steps in {:.0} s",
+        trainer.step() - start_step,
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -90,10 +90,14 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         let meta = read_checkpoint_meta(path)?;
         if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
-            return Err(load_err(path, format!("not a training checkpoint (format {CHECKPOINT_FORMAT} expected)")));
+            return Err(load_err(
+                path,
+                format!("not a training checkpoint (format {CHECKPOINT_FORMAT} expected)"),
+            ));
         }
-        let mut cfg: TrainConfig = serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or(""))
-            .map_err(|e| load_err(path, format!("bad train_config metadata: {e}")))?;
+        let mut cfg: TrainConfig =
+            serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or(""))
+                .map_err(|e| load_err(path, format!("bad train_config metadata: {e}")))?;
         let step: u64 = meta
             .get("step")
             .and_then(|s| s.parse().ok())
@@ -106,12 +110,21 @@ impl Trainer {
         for (name, var) in &trainer.vars {
             let t = get(name).ok_or_else(|| load_err(path, format!("checkpoint lacks {name}")))?;
             if t.dims() != var.dims() {
-                return Err(load_err(path, format!("{name}: shape {:?}, model needs {:?}", t.dims(), var.dims())));
+                return Err(load_err(
+                    path,
+                    format!("{name}: shape {:?}, model needs {:?}", t.dims(), var.dims()),
+                ));
             }
             var.set(&t)?;
         }
-        trainer.ema.load("ema.", get).map_err(|e| load_err(path, e.to_string()))?;
-        trainer.opt.load_state(get, step).map_err(|e| load_err(path, e.to_string()))?;
+        trainer
+            .ema
+            .load("ema.", get)
+            .map_err(|e| load_err(path, e.to_string()))?;
+        trainer
+            .opt
+            .load_state(get, step)
+            .map_err(|e| load_err(path, e.to_string()))?;
         trainer.step = step;
         Ok(trainer)
     }
@@ -122,7 +135,10 @@ impl Trainer {
             ("format".to_string(), MODEL_FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
             ("uvit_config".to_string(), json(&self.cfg.model)?),
-            ("scheduler_config".to_string(), self.cfg.scheduler.to_string()),
+            (
+                "scheduler_config".to_string(),
+                self.cfg.scheduler.to_string(),
+            ),
             ("train_config".to_string(), json(&self.cfg)?),
         ]);
         if let Some(tc) = &self.cfg.text_encoder {
