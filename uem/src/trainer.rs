@@ -113,7 +113,7 @@ impl Trainer {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         seeded_init(&vars, cfg.seed)?;
         let opt = AdamW::new(vars.clone(), cfg.optim);
-        let ema = Ema::new(vars.clone(), cfg.ema_decay)?;
+        let ema = Ema::new(vars.clone(), cfg.ema_decay);
         let sqrt_ac = alphas_cumprod.iter().map(|a| a.sqrt() as f32).collect();
         let sqrt_one_minus_ac = alphas_cumprod
             .iter()
@@ -192,7 +192,7 @@ impl Trainer {
                 msg: problems.join("; "),
             });
         }
-        self.ema = Ema::new(self.vars.clone(), self.cfg.ema_decay)?;
+        self.ema = Ema::new(self.vars.clone(), self.cfg.ema_decay);
         Ok(fresh)
     }
 

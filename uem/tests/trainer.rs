@@ -7,7 +7,7 @@ use deediff_uem::data::ImageDataset;
 use deediff_uem::loss::LossConfig;
 use deediff_uem::optim::AdamWConfig;
 use deediff_uem::trainer::{LrSchedule, TrainConfig, Trainer};
-use deediff_unet::text_encoder::TextEncoderConfig;
+use deediff_unet::text_encoder::{TextEncoder, TextEncoderConfig};
 use deediff_unet::{UVitConfig, Variant};
 
 fn tiny_model(variant: Variant) -> UVitConfig {
@@ -228,6 +228,27 @@ fn text_to_image_model_trains_and_exports() {
         );
     }
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    // Bias-corrected EMA: after one update the average is exactly the current parameters.
+    for (name, t) in tr.parameters() {
+        let (a, b) = (values(&t), values(&tensors[&name]));
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0)),
+            "{name}"
+        );
+    }
+    // The text encoder ships inside the model file, tokenizer included.
+    let te = TextEncoder::load(&path, &Device::Cpu).unwrap();
+    let ctx = te
+        .encode_prompts(&["a pair of trousers"], &Device::Cpu)
+        .unwrap();
+    assert_eq!(ctx.dims(), &[1, te.config().max_tokens, 8]);
+    let err = te
+        .encode_prompts(&["zebra"], &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a t-shirt"), "{err}");
     assert!(tensors.contains_key("text_encoder.token_embed.weight"));
     assert!(tensors.contains_key("lte_classifer.2.lte.weight"));
     assert!(tensors.contains_key("context_embed.weight"));
