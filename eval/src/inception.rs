@@ -72,6 +72,15 @@ struct Branch {
 }
 
 impl Branch {
+    /// The max-pool branch of the reduction blocks (B and D): the block input at half size.
+    fn reduce() -> Self {
+        Self {
+            pool: Some(Pool::Reduce),
+            chain: vec![],
+            fork: vec![],
+        }
+    }
+
     /// Writes this branch's channels from `c_off` on; returns how many it wrote.
     fn forward_into(&self, x: &FMap, dst: &mut FMap, c_off: usize, par: Parallelism) -> usize {
         let mut cur = match self.pool {
@@ -226,11 +235,7 @@ fn block_b(sd: &StateDict, name: &str, cin: usize) -> Result<Stage> {
             ("branch3x3dbl_2", 1, P1),
             ("branch3x3dbl_3", 2, P0),
         ])?,
-        Branch {
-            pool: Some(Pool::Reduce),
-            chain: vec![],
-            fork: vec![],
-        },
+        Branch::reduce(),
     ];
     Ok(b.mixed(cin, branches, true))
 }
@@ -267,11 +272,7 @@ fn block_d(sd: &StateDict, name: &str, cin: usize) -> Result<Stage> {
             ("branch7x7x3_3", 1, (3, 0)),
             ("branch7x7x3_4", 2, P0),
         ])?,
-        Branch {
-            pool: Some(Pool::Reduce),
-            chain: vec![],
-            fork: vec![],
-        },
+        Branch::reduce(),
     ];
     Ok(b.mixed(cin, branches, true))
 }
@@ -427,8 +428,9 @@ impl FidInception {
         Ok(self.blocks_nchw(data, n, h, w, last)?.swap_remove(last))
     }
 
-    /// pytorch-fid features for a `candle_core::Tensor` `[N, 3, H, W]` with values in [0, 1]
-    /// (any float dtype, any device), e.g. a batch of generated samples.
+    /// pytorch-fid features for a `candle_core::Tensor` `[N, 3, H, W]` on any device: `U8`
+    /// values are read as `u8 / 255` (exactly what saved PNGs give); float values must lie in
+    /// [0, 1] and are used as they are, so quantise samples first to score what a file would hold.
     pub fn features_tensor(&self, x: &candle_core::Tensor, dims: usize) -> Result<Features> {
         let (n, c, h, w) = x.dims4()?;
         if c != 3 {
@@ -437,10 +439,15 @@ impl FidInception {
                 x.dims()
             )));
         }
-        let data = x
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let flat = x.flatten_all()?;
+        let data: Vec<f32> = if x.dtype() == candle_core::DType::U8 {
+            flat.to_vec1::<u8>()?
+                .into_iter()
+                .map(|v| v as f32 / 255.0)
+                .collect()
+        } else {
+            flat.to_dtype(candle_core::DType::F32)?.to_vec1()?
+        };
         self.features_nchw(&data, n, h, w, dims)
     }
 

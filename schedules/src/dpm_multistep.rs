@@ -3,7 +3,7 @@
 
 use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
-use crate::exp_integrator::{multistep_update, D1Weight, Form};
+use crate::exp_integrator::{check_solver_order, multistep_update, push_history, D1Weight, Form};
 use crate::noise::{draw, NoiseSource};
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
@@ -73,12 +73,7 @@ pub struct DpmMultistepConfig {
 
 impl DpmMultistepConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        if !(1..=3).contains(&self.solver_order) {
-            return Err(Error::Invalid(format!(
-                "solver_order must be 1, 2 or 3, got {}",
-                self.solver_order
-            )));
-        }
+        check_solver_order("solver_order", self.solver_order)?;
         check_final_sigmas(self.algorithm_type, self.final_sigmas_type).map_err(Error::Invalid)
     }
 }
@@ -128,10 +123,7 @@ impl DpmMultistep {
             ),
         });
         let final_type = config.final_sigmas_type;
-        let schedule = SigmaSchedule::new(ac, spaced, karras, |ac, _| match final_type {
-            FinalSigmas::Zero => 0.0,
-            FinalSigmas::SigmaMin => SigmaSchedule::table_sigma_min(ac),
-        });
+        let schedule = SigmaSchedule::new(ac, spaced, karras, |ac, _| final_type.table_sigma(ac));
         let n = schedule.timesteps.len();
         let orders = (0..n).map(|i| order_at(config, i, n)).collect();
         Ok(Self {
@@ -186,10 +178,7 @@ struct DpmMultistepRun {
 
 impl Solver for DpmMultistepRun {
     fn next_eval(&self) -> Option<Evaluation<'_>> {
-        (self.i < self.plan.orders.len()).then(|| Evaluation {
-            x: &self.x,
-            time: self.plan.schedule.model_time(self.i),
-        })
+        self.plan.schedule.evaluation(self.i, &self.x)
     }
 
     fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
@@ -199,14 +188,10 @@ impl Solver for DpmMultistepRun {
         let i = self.i;
         let s0 = sch.level(i);
         let form = cfg.algorithm_type.form();
-        let m = match form {
-            Form::Noise => cfg.prediction_type.to_eps(out, &self.x, s0.alpha, s0.sigma),
-            _ => cfg.prediction_type.to_x0(out, &self.x, s0.alpha, s0.sigma),
-        };
-        if self.history.len() == cfg.solver_order {
-            self.history.remove(0);
-        }
-        self.history.push(m);
+        let m = cfg
+            .prediction_type
+            .to_term(form.is_data(), out, &self.x, s0.alpha, s0.sigma);
+        push_history(&mut self.history, m, cfg.solver_order);
         let z = match form {
             Form::DataSde => Some(draw(noise, self.x.len())?),
             _ => None,

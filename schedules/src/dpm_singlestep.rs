@@ -6,7 +6,9 @@
 use crate::betas::BetaConfig;
 use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmSolverType};
 use crate::error::{Error, Result};
-use crate::exp_integrator::{taylor_diffs, update, D1Weight, Form, Terms};
+use crate::exp_integrator::{
+    check_solver_order, push_history, taylor_diffs, update, D1Weight, Terms,
+};
 use crate::noise::NoiseSource;
 use crate::ops::scaled_diff;
 use crate::prediction::PredictionType;
@@ -41,12 +43,7 @@ pub(crate) struct DpmSinglestep {
 
 impl DpmSinglestep {
     pub(crate) fn new(config: &DpmSinglestepConfig, n: usize) -> Result<Self> {
-        if !(1..=3).contains(&config.solver_order) {
-            return Err(Error::Invalid(format!(
-                "solver_order must be 1, 2 or 3, got {}",
-                config.solver_order
-            )));
-        }
+        check_solver_order("solver_order", config.solver_order)?;
         if config.algorithm_type == AlgorithmType::SdeDpmSolverPp {
             return Err(Error::Invalid(
                 "DPMSolverSinglestepScheduler with algorithm_type \"sde-dpmsolver++\" is not supported".into(),
@@ -65,10 +62,7 @@ impl DpmSinglestep {
             round: true,
         });
         let final_type = config.final_sigmas_type;
-        let schedule = SigmaSchedule::new(ac, spaced, karras, |ac, _| match final_type {
-            FinalSigmas::Zero => 0.0,
-            FinalSigmas::SigmaMin => SigmaSchedule::table_sigma_min(ac),
-        });
+        let schedule = SigmaSchedule::new(ac, spaced, karras, |ac, _| final_type.table_sigma(ac));
         // diffusers switches lower_order_final on for uneven step counts and for σ_final = 0.
         let lower_order_final = config.lower_order_final
             || !n.is_multiple_of(config.solver_order)
@@ -136,10 +130,7 @@ struct DpmSinglestepRun {
 
 impl Solver for DpmSinglestepRun {
     fn next_eval(&self) -> Option<Evaluation<'_>> {
-        (self.i < self.plan.orders.len()).then(|| Evaluation {
-            x: &self.x,
-            time: self.plan.schedule.model_time(self.i),
-        })
+        self.plan.schedule.evaluation(self.i, &self.x)
     }
 
     fn feed(&mut self, out: &[f64], _noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
@@ -149,14 +140,10 @@ impl Solver for DpmSinglestepRun {
         let i = self.i;
         let s0 = sch.level(i);
         let form = cfg.algorithm_type.form();
-        let m = match form {
-            Form::Noise => cfg.prediction_type.to_eps(out, &self.x, s0.alpha, s0.sigma),
-            _ => cfg.prediction_type.to_x0(out, &self.x, s0.alpha, s0.sigma),
-        };
-        if self.history.len() == cfg.solver_order {
-            self.history.remove(0);
-        }
-        self.history.push(m);
+        let m = cfg
+            .prediction_type
+            .to_term(form.is_data(), out, &self.x, s0.alpha, s0.sigma);
+        push_history(&mut self.history, m, cfg.solver_order);
         let order = p.orders[i].min(self.history.len());
         if order == 1 {
             self.restart = self.x.clone();

@@ -9,23 +9,19 @@ pub enum Error {
     /// A scheduler configuration is malformed, contradictory or asks for something unsupported.
     #[error("{origin}: {message}")]
     Config { origin: String, message: String },
-    /// A configuration file could not be read.
-    #[error("{path}: cannot read scheduler config: {source}")]
+    /// A configuration file could not be read. The I/O error is part of the message (not a
+    /// `source`), so chained reports print it once.
+    #[error("{path}: cannot read scheduler config: {reason}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// Arguments that do not fit the scheduler (step count, buffer length, …).
     #[error("{0}")]
     Invalid(String),
-    /// The model callback failed.
-    #[error("model evaluation {index} failed: {source}")]
-    Model {
-        index: usize,
-        #[source]
-        source: ModelError,
-    },
+    /// The model callback failed (its error is part of the message, as for `Io`).
+    #[error("model evaluation {index} failed: {reason}")]
+    Model { index: usize, reason: ModelError },
     /// A noise source could not deliver (e.g. a replay ran out of recorded draws).
     #[error("noise source: {0}")]
     Noise(String),

@@ -3,7 +3,8 @@
 
 use crate::betas::BetaConfig;
 use crate::error::Result;
-use crate::noise::NoiseSource;
+use crate::euler_ancestral::ancestral_step;
+use crate::noise::{draw, NoiseSource};
 use crate::prediction::{vp_from_ve, PredictionType};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
 use crate::spacing::{
@@ -95,10 +96,13 @@ impl VeSchedule {
     }
 }
 
+/// Euler or Euler ancestral: both take x̂₀ on the same VE schedule and differ only in the step.
 #[derive(Debug, Clone)]
 pub(crate) struct Euler {
-    prediction_type: PredictionType,
+    pub(crate) prediction_type: PredictionType,
     pub(crate) schedule: VeSchedule,
+    /// Step to σ_down and add noise of scale σ_up ([`ancestral_step`]).
+    pub(crate) ancestral: bool,
 }
 
 impl Euler {
@@ -116,6 +120,7 @@ impl Euler {
                 karras,
                 config.final_sigmas_type,
             )?,
+            ancestral: false,
         })
     }
 
@@ -144,7 +149,7 @@ impl Solver for EulerRun {
         })
     }
 
-    fn feed(&mut self, out: &[f64], _noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
+    fn feed(&mut self, out: &[f64], noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
         let sch = &self.plan.schedule;
         let i = self.i;
         let x0 = self
@@ -152,10 +157,15 @@ impl Solver for EulerRun {
             .prediction_type
             .to_x0_ve(out, &self.x, sch.sigmas[i]);
         let (sigma, next) = (sch.sigmas[i], sch.sigmas[i + 1]);
-        let dt = next - sigma;
-        for (x, x0) in self.x.iter_mut().zip(&x0) {
-            let derivative = (*x - x0) / sigma;
-            *x += derivative * dt;
+        if self.plan.ancestral {
+            let z = draw(noise, self.x.len())?;
+            ancestral_step(&mut self.x, &x0, sigma, next, &z);
+        } else {
+            let dt = next - sigma;
+            for (x, x0) in self.x.iter_mut().zip(&x0) {
+                let derivative = (*x - x0) / sigma;
+                *x += derivative * dt;
+            }
         }
         self.i += 1;
         if self.i < sch.timesteps.len() {

@@ -3,6 +3,7 @@
 //! point over a step h in half log-SNR, with a zeroth-order term m, an optional first
 //! difference D1 and an optional second difference D2.
 
+use crate::error::{Error, Result};
 use crate::ops::{lincomb, scaled_diff};
 use crate::prediction::lambda;
 
@@ -24,6 +25,27 @@ impl Level {
     }
 }
 
+/// The diffusers multistep, singlestep and UniPC solvers implement orders 1 to 3; `setting`
+/// names the offending setting in the error.
+pub(crate) fn check_solver_order(setting: &str, order: usize) -> Result<()> {
+    if (1..=3).contains(&order) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{setting} must be 1, 2 or 3, got {order}"
+        )))
+    }
+}
+
+/// Appends the newest converted model output to a multistep history (oldest first), dropping
+/// the oldest once `cap` (the solver order) are kept.
+pub(crate) fn push_history(history: &mut Vec<Vec<f64>>, m: Vec<f64>, cap: usize) {
+    if history.len() == cap {
+        history.remove(0);
+    }
+    history.push(m);
+}
+
 /// Which ODE/SDE is integrated, i.e. what the model terms are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Form {
@@ -33,6 +55,13 @@ pub(crate) enum Form {
     Noise,
     /// Data prediction, SDE (SDE-DPM-Solver++); needs a noise draw.
     DataSde,
+}
+
+impl Form {
+    /// Whether the model term is the data prediction x̂₀ (else the noise prediction ε̂).
+    pub(crate) fn is_data(self) -> bool {
+        self != Self::Noise
+    }
 }
 
 /// The weight given to the first difference D1.

@@ -49,6 +49,23 @@ impl PredictionType {
                 .collect(),
         }
     }
+
+    /// The model term an exponential integrator carries: x̂₀ when it solves in data
+    /// prediction (`data`), else ε̂.
+    pub(crate) fn to_term(
+        self,
+        data: bool,
+        out: &[f64],
+        x: &[f64],
+        alpha: f64,
+        sigma: f64,
+    ) -> Vec<f64> {
+        if data {
+            self.to_x0(out, x, alpha, sigma)
+        } else {
+            self.to_eps(out, x, alpha, sigma)
+        }
+    }
 }
 
 impl PredictionType {

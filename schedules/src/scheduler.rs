@@ -9,7 +9,7 @@ use crate::dpm_multistep::{AlgorithmType, DpmMultistep, DpmMultistepConfig, DpmS
 use crate::dpm_singlestep::{DpmSinglestep, DpmSinglestepConfig};
 use crate::error::{Error, ModelError, Result};
 use crate::euler::{Euler, EulerConfig};
-use crate::euler_ancestral::{EulerAncestral, EulerAncestralConfig};
+use crate::euler_ancestral::EulerAncestralConfig;
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
@@ -60,9 +60,9 @@ impl SchedulerConfig {
     /// Read and parse a diffusers `scheduler_config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(path).map_err(|reason| Error::Io {
             path: path.display().to_string(),
-            source,
+            reason,
         })?;
         parse_diffusers(&text, &path.display().to_string())
     }
@@ -203,7 +203,7 @@ enum Plan {
     DpmMultistep(Arc<DpmMultistep>),
     DpmSinglestep(Arc<DpmSinglestep>),
     Euler(Arc<Euler>),
-    EulerAncestral(Arc<EulerAncestral>),
+    EulerAncestral(Arc<Euler>),
     UniPc(Arc<UniPc>),
     UvitDpm(Arc<UvitDpm>),
     UvitEm(Arc<UvitEm>),
@@ -231,7 +231,7 @@ impl Scheduler {
             }
             SchedulerConfig::Euler(c) => Plan::Euler(Arc::new(Euler::new(c, steps)?)),
             SchedulerConfig::EulerAncestral(c) => {
-                Plan::EulerAncestral(Arc::new(EulerAncestral::new(c, steps)?))
+                Plan::EulerAncestral(Arc::new(Euler::ancestral(c, steps)?))
             }
             SchedulerConfig::UniPc(c) => Plan::UniPc(Arc::new(UniPc::new(c, steps)?)),
             SchedulerConfig::UvitDpm(c) => Plan::UvitDpm(Arc::new(UvitDpm::new(c, steps)?)),
@@ -451,7 +451,7 @@ where
     while let Some(ev) = run.next_eval() {
         let index = model_times.len();
         model_times.push(ev.time);
-        let out = model(ev.x, ev.time).map_err(|source| Error::Model { index, source })?;
+        let out = model(ev.x, ev.time).map_err(|reason| Error::Model { index, reason })?;
         if let Some(step) = run.feed(&out, noise)? {
             orders.push(step.order);
             on_step(&step, run.sample());

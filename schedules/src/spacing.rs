@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::exp_integrator::Level;
 use crate::prediction::vp_from_ve;
-use crate::solver::ModelTime;
+use crate::solver::{Evaluation, ModelTime};
 use serde::{Deserialize, Serialize};
 
 /// diffusers `timestep_spacing`.
@@ -226,6 +226,16 @@ pub enum FinalSigmas {
     SigmaMin,
 }
 
+impl FinalSigmas {
+    /// The final σ of a DPM-family schedule over the ᾱ table `alphas_cumprod`.
+    pub(crate) fn table_sigma(self, alphas_cumprod: &[f64]) -> f64 {
+        match self {
+            Self::Zero => 0.0,
+            Self::SigmaMin => SigmaSchedule::table_sigma_min(alphas_cumprod),
+        }
+    }
+}
+
 /// The DPM-family schedule shared by multistep, singlestep and UniPC: integer model timesteps,
 /// N + 1 VE sigmas and the ᾱ table the model times come from.
 #[derive(Debug, Clone)]
@@ -266,6 +276,14 @@ impl SigmaSchedule {
 
     pub(crate) fn model_time(&self, i: usize) -> ModelTime {
         ModelTime::discrete(&self.alphas_cumprod, self.timesteps[i])
+    }
+
+    /// The evaluation of step `i` at the sample `x`, or `None` past the last step.
+    pub(crate) fn evaluation<'a>(&self, i: usize, x: &'a [f64]) -> Option<Evaluation<'a>> {
+        (i < self.timesteps.len()).then(|| Evaluation {
+            x,
+            time: self.model_time(i),
+        })
     }
 
     pub(crate) fn model_times(&self) -> Vec<ModelTime> {

@@ -3,8 +3,8 @@
 //! output, then the predictor UniP. Order-2 predictors use the fixed weight ρ = ½.
 
 use crate::betas::BetaConfig;
-use crate::error::{Error, Result};
-use crate::exp_integrator::Level;
+use crate::error::Result;
+use crate::exp_integrator::{check_solver_order, push_history, Level};
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
 use crate::solver::{Evaluation, Solver, StepInfo};
@@ -51,12 +51,7 @@ pub(crate) struct UniPc {
 
 impl UniPc {
     pub(crate) fn new(config: &UniPcConfig, n: usize) -> Result<Self> {
-        if !(1..=3).contains(&config.solver_order) {
-            return Err(Error::Invalid(format!(
-                "UniPC solver_order must be 1, 2 or 3, got {}",
-                config.solver_order
-            )));
-        }
+        check_solver_order("UniPC solver_order", config.solver_order)?;
         let ac = config.betas.alphas_cumprod_finite()?;
         let t = config.betas.num_train_timesteps;
         let spaced = timesteps(
@@ -74,10 +69,9 @@ impl UniPc {
         });
         let (final_type, with_karras) = (config.final_sigmas_type, config.use_karras_sigmas);
         let schedule = SigmaSchedule::new(ac, spaced, karras, |ac, sigmas| match final_type {
-            FinalSigmas::Zero => 0.0,
             // diffusers: with Karras sigmas "sigma_min" repeats the last Karras sigma.
             FinalSigmas::SigmaMin if with_karras => sigmas[sigmas.len() - 1],
-            FinalSigmas::SigmaMin => SigmaSchedule::table_sigma_min(ac),
+            other => other.table_sigma(ac),
         });
         let n = schedule.timesteps.len();
         let orders = (0..n)
@@ -233,10 +227,7 @@ struct UniPcRun {
 
 impl Solver for UniPcRun {
     fn next_eval(&self) -> Option<Evaluation<'_>> {
-        (self.i < self.plan.orders.len()).then(|| Evaluation {
-            x: &self.x,
-            time: self.plan.schedule.model_time(self.i),
-        })
+        self.plan.schedule.evaluation(self.i, &self.x)
     }
 
     fn feed(&mut self, out: &[f64], _noise: &mut dyn NoiseSource) -> Result<Option<StepInfo>> {
@@ -244,13 +235,9 @@ impl Solver for UniPcRun {
         let cfg = &p.config;
         let i = self.i;
         let s_i = p.level(i);
-        let m_new = if cfg.predict_x0 {
-            cfg.prediction_type
-                .to_x0(out, &self.x, s_i.alpha, s_i.sigma)
-        } else {
-            cfg.prediction_type
-                .to_eps(out, &self.x, s_i.alpha, s_i.sigma)
-        };
+        let m_new = cfg
+            .prediction_type
+            .to_term(cfg.predict_x0, out, &self.x, s_i.alpha, s_i.sigma);
         if let Some(last) = self
             .last_sample
             .as_ref()
@@ -278,10 +265,7 @@ impl Solver for UniPcRun {
             }
             self.x = p.base_update(last, s0, s_i, &c, m0, &res);
         }
-        if self.history.len() == cfg.solver_order {
-            self.history.remove(0);
-        }
-        self.history.push(m_new);
+        push_history(&mut self.history, m_new, cfg.solver_order);
         let order = p.orders[i];
         let t = p.level(i + 1);
         let k = self.history.len();

@@ -1,10 +1,10 @@
 //! Multi-head self-attention with the official `(K H D)` split of the fused qkv projection.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::kernels;
-use crate::layers::linear;
+use crate::layers::{linear, Linear};
 
 /// `qkv` Linear(D→3D) (bias optional, off in all official configs) and `proj` Linear(D→D).
 #[derive(Debug, Clone)]
@@ -27,22 +27,11 @@ impl Attention {
         })
     }
 
-    /// `[B, S, D]` → `[B, S, D]`; every token attends to every token (no mask).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        let h = self.num_heads;
-        // Channel k·D + h·Dh + d: q/k/v is the slowest index, then the head.
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, s, 3, h, d / h))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let logits = q.matmul(&k.t()?)?;
-        let attn = kernels::scaled_softmax(&logits, self.scale)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, s, d))?;
-        self.proj.forward(&out)
+    /// `residual + Attn(x)` for `x, residual [B, S, D]`; every token attends to every token (no
+    /// mask). The residual add is fused into the output projection.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        let heads = kernels::attention(&qkv, self.num_heads, self.scale)?;
+        self.proj.forward_add(&heads, residual)
     }
 }

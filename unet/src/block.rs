@@ -1,22 +1,37 @@
 //! The pre-LN transformer block of U-ViT, with the optional long-skip fusion of out-blocks.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::attention::Attention;
 use crate::kernels;
-use crate::layers::{linear, LayerNorm};
+use crate::layers::{linear, LayerNorm, Linear};
 
-/// `fc1` → exact GELU → `fc2`.
+/// `fc1` → exact GELU → `fc2`. The `fc1` bias is kept apart so it fuses into the GELU kernel.
 #[derive(Debug, Clone)]
 struct Mlp {
+    /// `fc1` without its bias.
     fc1: Linear,
+    fc1_bias: Tensor,
     fc2: Linear,
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&kernels::gelu_erf(&self.fc1.forward(x)?)?)
+    fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let fc1_bias = vb
+            .pp("fc1")
+            .get_with_hints(hidden, "bias", candle_nn::Init::Const(0.0))?;
+        Ok(Self {
+            fc1: linear(dim, hidden, false, vb.pp("fc1"))?,
+            fc1_bias,
+            fc2: linear(hidden, dim, true, vb.pp("fc2"))?,
+        })
+    }
+
+    /// `residual + Mlp(x)`, the residual add fused into `fc2`.
+    fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = kernels::bias_gelu(&self.fc1.forward(x)?, &self.fc1_bias)?;
+        self.fc2.forward_add(&h, residual)
     }
 }
 
@@ -49,10 +64,7 @@ impl Block {
             norm1: LayerNorm::new(dim, vb.pp("norm1"))?,
             attn: Attention::new(dim, num_heads, qkv_bias, vb.pp("attn"))?,
             norm2: LayerNorm::new(dim, vb.pp("norm2"))?,
-            mlp: Mlp {
-                fc1: linear(dim, mlp_hidden, true, vb.pp("mlp.fc1"))?,
-                fc2: linear(mlp_hidden, dim, true, vb.pp("mlp.fc2"))?,
-            },
+            mlp: Mlp::new(dim, mlp_hidden, vb.pp("mlp"))?,
             skip_linear,
         })
     }
@@ -64,7 +76,7 @@ impl Block {
             (Some(_), None) => candle_core::bail!("out-block called without a skip tensor"),
             (None, _) => x.clone(),
         };
-        let x = (&x + self.attn.forward(&self.norm1.forward(&x)?)?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+        let x = self.attn.forward_add(&self.norm1.forward(&x)?, &x)?;
+        self.mlp.forward_add(&self.norm2.forward(&x)?, &x)
     }
 }

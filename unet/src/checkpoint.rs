@@ -491,7 +491,14 @@ pub fn expected_tensors(cfg: &UVitConfig, certainty_heads: bool) -> Vec<(String,
     out
 }
 
-/// candle errors may carry backtraces or multi-line context; keep the first line.
+/// candle errors may carry backtraces, multi-line context or their own copy of the path (which
+/// our messages already lead with); keep the first line of the innermost error.
 fn one_line(e: &candle_core::Error) -> String {
+    let mut e = e;
+    while let candle_core::Error::WithPath { inner, .. }
+    | candle_core::Error::WithBacktrace { inner, .. } = e
+    {
+        e = inner;
+    }
     e.to_string().lines().next().unwrap_or_default().to_string()
 }

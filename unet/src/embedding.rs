@@ -2,9 +2,9 @@
 //! and the inverse `unpatchify`.
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::layers::linear;
+use crate::layers::{linear, Linear};
 
 /// Sinusoidal timestep embedding `[cos(t·f), sin(t·f)]` (cos first), width `dim`.
 ///

@@ -4,7 +4,7 @@
 //! backend the hints are ignored and the stored tensors are used.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use crate::kernels;
 
@@ -23,7 +23,37 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
+    Ok(Linear { weight, bias })
+}
+
+/// `y = x·Wᵀ + b` routed through [`kernels::linear`] (fused gemm on the inference path, candle's
+/// differentiable ops in training).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `[out, in]` weight, as in PyTorch.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// `residual + x·Wᵀ + b` in one pass (the residual connections of a block).
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        kernels::linear(x, &self.weight, self.bias.as_ref(), Some(residual))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::linear(x, &self.weight, self.bias.as_ref(), None)
+    }
 }
 
 /// LayerNorm (eps 1e-5) routed through [`kernels::layer_norm`], so it stays differentiable in

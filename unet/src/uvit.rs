@@ -1,12 +1,12 @@
 //! The U-ViT model with a block-by-block API shared by the trainer and the early-exit driver.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Embedding, Linear, VarBuilder};
+use candle_nn::{Conv2d, Embedding, VarBuilder};
 
 use crate::block::Block;
 use crate::config::{UVitConfig, Variant};
 use crate::embedding::{unpatchify, PatchEmbed, TimeEmbed};
-use crate::layers::{linear, LayerNorm, TRUNC_NORMAL_002};
+use crate::layers::{linear, LayerNorm, Linear, TRUNC_NORMAL_002};
 use crate::macs::MacCounts;
 
 /// What the network is conditioned on, besides `x_t` and `t`.

@@ -1,0 +1,148 @@
+//! Arguments and set-up shared by the sampling tools (`txt2img`, `generate`): which model, which
+//! scheduler, which exit policy — turned into a ready [`Pipeline`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use deediff_sampler::{Guidance, ModelBundle, Pipeline, TrainingSchedule};
+use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
+use deediff_uem::{EarlyExitUVit, ExitPolicy};
+use deediff_unet::ConfigHints;
+
+/// The noise process an official U-ViT checkpoint was trained with (deediff model files record
+/// their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrainedWith {
+    /// DDPM linear betas 1e-4…0.02, diffusers timestep labels 0…999.
+    DdpmLinear,
+    /// Stable Diffusion's scaled-linear betas, U-ViT labels 1…1000 (latent ImageNet / MS-COCO).
+    SdDiscrete,
+    /// Continuous VP-linear SDE β 0.1→20, labels 999·t (U-ViT's CIFAR-10 / CelebA checkpoints).
+    VpLinear,
+}
+
+impl TrainedWith {
+    fn schedule(self) -> TrainingSchedule {
+        match self {
+            Self::DdpmLinear => TrainingSchedule::Diffusers(BetaConfig::ddpm_linear(1000)),
+            Self::SdDiscrete => TrainingSchedule::UvitDiscrete(BetaConfig {
+                schedule: BetaSchedule::ScaledLinear {
+                    start: 0.00085,
+                    end: 0.012,
+                },
+                num_train_timesteps: 1000,
+                rescale_betas_zero_snr: false,
+            }),
+            Self::VpLinear => TrainingSchedule::UvitContinuous {
+                beta_0: 0.1,
+                beta_1: 20.0,
+            },
+        }
+    }
+}
+
+/// Which model to sample from.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A deediff model file, or an official U-ViT/AdaDiff checkpoint (.pth or safetensors).
+    /// Default: the embedded text-to-image model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Attention heads of an official checkpoint (not inferable from its shapes).
+    #[arg(long)]
+    pub num_heads: Option<usize>,
+    /// Training noise process of an official checkpoint.
+    #[arg(long, value_enum)]
+    pub trained_with: Option<TrainedWith>,
+}
+
+/// How to sample: scheduler, steps, exit policy, guidance.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Scheduler preset (see --help for names) …
+    #[arg(long, default_value = "dpmpp-2m", value_parser = clap::builder::PossibleValuesParser::new(SCHEDULER_NAMES))]
+    pub scheduler: String,
+    /// … or a diffusers scheduler_config.json (overrides --scheduler).
+    #[arg(long)]
+    pub scheduler_config: Option<PathBuf>,
+    /// Inference steps (U-ViT DPM-Solver: model evaluations).
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Classifier-free guidance scale g (diffusers convention; 1 = off; U-ViT's s is g − 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
+    /// The unconditional pass stops where the conditional pass of the same image stopped.
+    #[arg(long)]
+    pub shared_exit: bool,
+    /// Exit threshold on the certainty (0, 1]; with --policy per-sample/official.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Target mean depth as a fraction of the full network (0, 1]: calibrates the threshold.
+    #[arg(long, conflicts_with = "threshold")]
+    pub budget: Option<f64>,
+    /// per-sample (default), official, full, or static:K.
+    #[arg(long, default_value = "per-sample")]
+    pub policy: String,
+}
+
+/// Exits of a model with certainty heads default to this threshold.
+pub const DEFAULT_THRESHOLD: f32 = 0.9;
+
+impl SamplingArgs {
+    /// The policy from `--policy` (its own syntax, see [`ExitPolicy`]'s `FromStr`) with
+    /// `--threshold` filled in for `per-sample` / `official`.
+    pub fn policy(&self) -> Result<ExitPolicy> {
+        let t = self.threshold.unwrap_or(DEFAULT_THRESHOLD);
+        let spec = match self.policy.as_str() {
+            "per-sample" | "official" => format!("{}:{t}", self.policy),
+            other => other.to_string(),
+        };
+        Ok(spec.parse()?)
+    }
+}
+
+/// A model loaded from `ModelArgs`, with the text encoder when it has one.
+pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
+    let Some(path) = &args.model else {
+        return Ok(ModelBundle::default_model(device)?);
+    };
+    if ModelBundle::is_bundle(path)? {
+        return Ok(ModelBundle::load(path, device)?);
+    }
+    let trained_with = args.trained_with.with_context(|| {
+        format!(
+            "{}: an official checkpoint needs --trained-with (ddpm-linear, sd-discrete or vp-linear)",
+            path.display()
+        )
+    })?;
+    let hints = ConfigHints {
+        num_heads: args.num_heads,
+        ..ConfigHints::default()
+    };
+    let model = EarlyExitUVit::load(path, &hints, device)?;
+    Ok(ModelBundle::from_model(model, trained_with.schedule()))
+}
+
+/// The pipeline the sampling flags describe (budget calibration is left to the caller, which
+/// knows its images).
+pub fn build_pipeline(
+    bundle: ModelBundle,
+    args: &SamplingArgs,
+    device: &Device,
+) -> Result<Pipeline> {
+    let scheduler = match &args.scheduler_config {
+        Some(path) => SchedulerConfig::from_file(path)?,
+        None => SchedulerConfig::by_name(&args.scheduler, bundle.training.betas())?,
+    };
+    let mut pipeline = Pipeline::from_bundle(bundle, scheduler, args.steps, device.clone())?;
+    if args.budget.is_none() {
+        pipeline.set_policy(args.policy()?)?;
+    }
+    pipeline.set_guidance(Guidance {
+        scale: args.guidance,
+        shared_exit: args.shared_exit,
+    })?;
+    Ok(pipeline)
+}

@@ -1,0 +1,146 @@
+//! A self-contained deediff model file: U-ViT weights with official names, its certainty heads
+//! (`lte_classifer.*`), an optional text encoder (`text_encoder.*`), and in the safetensors
+//! metadata the configs that make it usable alone — `uvit_config`, `text_encoder_config` and the
+//! diffusers `scheduler_config` it was trained with.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use deediff_schedules::SchedulerConfig;
+use deediff_uem::{CertaintyHeads, EarlyExitUVit};
+use deediff_unet::text_encoder::{TextEncoder as WordEncoder, TextEncoderConfig};
+use deediff_unet::{UVit, UVitConfig};
+
+use crate::conditioning::TextEncoder;
+use crate::error::{Result, SamplerError};
+use crate::training_schedule::TrainingSchedule;
+
+/// Everything needed to sample from one model file.
+pub struct ModelBundle {
+    pub model: EarlyExitUVit,
+    pub text: Option<WordEncoder>,
+    pub training: TrainingSchedule,
+    /// Every metadata entry of the file (configs, training recipe, step); empty for an official
+    /// checkpoint.
+    pub metadata: HashMap<String, String>,
+}
+
+/// The model embedded in the library: the default text-to-image model (see `MODEL.md`).
+#[cfg(feature = "default-model")]
+pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../models/uvit_t2i_fashion_digits.safetensors");
+
+impl ModelBundle {
+    /// A model without a bundle file (e.g. an official checkpoint) and the process it was
+    /// trained with.
+    pub fn from_model(model: EarlyExitUVit, training: TrainingSchedule) -> Self {
+        Self {
+            model,
+            text: None,
+            training,
+            metadata: HashMap::new(),
+        }
+    }
+
+    /// Whether `path` is a deediff model file (safetensors whose metadata has `uvit_config`),
+    /// as opposed to an official checkpoint.
+    pub fn is_bundle(path: impl AsRef<Path>) -> Result<bool> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| {
+            SamplerError::Request(format!("{}: cannot open model file: {e}", path.display()))
+        })?;
+        // Only the header is read: an 8-byte length, then JSON.
+        let mut len = [0u8; 8];
+        let mut reader = std::io::BufReader::new(file);
+        use std::io::Read;
+        if reader.read_exact(&mut len).is_err() {
+            return Ok(false);
+        }
+        let n = u64::from_le_bytes(len);
+        if n > 100 << 20 {
+            return Ok(false);
+        }
+        let mut header = vec![0u8; n as usize];
+        if reader.read_exact(&mut header).is_err() {
+            return Ok(false);
+        }
+        let header: serde_json::Value = match serde_json::from_slice(&header) {
+            Ok(v) => v,
+            Err(_) => return Ok(false),
+        };
+        Ok(header["__metadata__"]["uvit_config"].is_string())
+    }
+
+    /// Reads a model file written by the trainer's export.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| {
+            SamplerError::Request(format!("{}: cannot read model file: {e}", path.display()))
+        })?;
+        Self::from_bytes(bytes, &path.display().to_string(), device)
+    }
+
+    /// The embedded default model.
+    #[cfg(feature = "default-model")]
+    pub fn default_model(device: &Device) -> Result<Self> {
+        Self::from_bytes(DEFAULT_MODEL.to_vec(), "<embedded default model>", device)
+    }
+
+    /// Parses a model file held in memory; `origin` names it in errors.
+    pub fn from_bytes(bytes: Vec<u8>, origin: &str, device: &Device) -> Result<Self> {
+        let bad = |what: String| SamplerError::Request(format!("{origin}: {what}"));
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a safetensors model file ({e})")))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let field = |key: &str| {
+            metadata
+                .get(key)
+                .ok_or_else(|| bad(format!("metadata has no {key:?}: not a deediff model file")))
+        };
+        let cfg: UVitConfig = serde_json::from_str(field("uvit_config")?)
+            .map_err(|e| bad(format!("bad uvit_config: {e}")))?;
+        let scheduler_config = SchedulerConfig::from_diffusers_json(field("scheduler_config")?)
+            .map_err(|e| bad(format!("bad scheduler_config: {e}")))?;
+        let training =
+            TrainingSchedule::of_diffusers(&scheduler_config).map_err(|e| bad(e.to_string()))?;
+        let text_cfg: Option<TextEncoderConfig> = metadata
+            .get("text_encoder_config")
+            .map(|s| serde_json::from_str(s))
+            .transpose()
+            .map_err(|e| bad(format!("bad text_encoder_config: {e}")))?;
+
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
+            .map_err(|e| bad(e.to_string()))?;
+        let model = UVit::new(&cfg, vb.clone()).map_err(|e| bad(e.to_string()))?;
+        let heads = CertaintyHeads::new(&cfg, vb.clone()).map_err(|e| bad(e.to_string()))?;
+        let text = text_cfg
+            .map(|tc| WordEncoder::new(&tc, vb.pp("text_encoder")))
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            model: EarlyExitUVit::new(model, Some(heads)),
+            text,
+            training,
+            metadata,
+        })
+    }
+}
+
+impl TextEncoder for WordEncoder {
+    fn encode(
+        &self,
+        prompts: &[Option<&str>],
+        device: &Device,
+    ) -> std::result::Result<Tensor, String> {
+        let rows = prompts
+            .iter()
+            .map(|p| match p {
+                Some(p) => self.tokenizer().encode(p).map(|e| e.ids),
+                None => Ok(self.tokenizer().null()),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        self.forward_ids(&rows, device).map_err(|e| e.to_string())
+    }
+}

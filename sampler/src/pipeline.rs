@@ -1,0 +1,348 @@
+//! The sampling pipeline: a scheduler drives the early-exit U-ViT, one evaluation at a time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use deediff_schedules::{Scheduler, SchedulerConfig};
+use deediff_uem::{EarlyExitUVit, ExitPolicy, SampleExit};
+use deediff_unet::Conditioning;
+
+use crate::conditioning::{cat, Condition, Conditioner, TextEncoder};
+use crate::error::{Result, SamplerError};
+use crate::guidance::Guidance;
+use crate::noise::PerImageNoise;
+use crate::report::RunReport;
+use crate::training_schedule::{TimeLabel, TrainingSchedule};
+
+/// Where a run is, for progress bars.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Model evaluations done / per run.
+    pub eval: usize,
+    pub evals: usize,
+    /// Mean blocks executed per network pass so far in this run.
+    pub mean_blocks: f64,
+}
+
+/// Optional observers of a run.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub progress: Option<&'a mut dyn FnMut(&Progress)>,
+    /// Checked before every evaluation; when set the run stops with [`SamplerError::Cancelled`].
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// Samples and the report of their run.
+pub struct Generated {
+    /// `[B, C, H, W]` f32 in the model's data space (pixels in [-1, 1] for pixel models).
+    pub samples: Tensor,
+    pub report: RunReport,
+}
+
+/// A model with its scheduler, exit policy and guidance: call [`Pipeline::generate`].
+pub struct Pipeline {
+    model: EarlyExitUVit,
+    training: TrainingSchedule,
+    text: Option<Box<dyn TextEncoder>>,
+    scheduler_config: SchedulerConfig,
+    scheduler: Scheduler,
+    time_label: TimeLabel,
+    policy: ExitPolicy,
+    guidance: Guidance,
+    /// Replaces the null condition in the unconditional pass (a negative prompt).
+    negative: Option<Condition>,
+    device: Device,
+}
+
+impl Pipeline {
+    /// A pipeline for `model` (trained on `training`), sampling with `scheduler_config` in
+    /// `steps` steps. The exit policy defaults to per-sample exits at threshold 0.9 when the model
+    /// has certainty heads, full depth otherwise.
+    pub fn new(
+        model: EarlyExitUVit,
+        training: TrainingSchedule,
+        text: Option<Box<dyn TextEncoder>>,
+        scheduler_config: SchedulerConfig,
+        steps: usize,
+        device: Device,
+    ) -> Result<Self> {
+        let time_label = TimeLabel::new(&training, &scheduler_config)?;
+        let scheduler = Scheduler::new(&scheduler_config, steps)?;
+        let policy = match model.heads() {
+            Some(_) => ExitPolicy::per_sample(0.9)?,
+            None => ExitPolicy::Full,
+        };
+        Ok(Self {
+            model,
+            training,
+            text,
+            scheduler_config,
+            scheduler,
+            time_label,
+            policy,
+            guidance: Guidance::default(),
+            negative: None,
+            device,
+        })
+    }
+
+    /// A pipeline over a loaded model file (its text encoder included).
+    pub fn from_bundle(
+        bundle: crate::ModelBundle,
+        scheduler_config: SchedulerConfig,
+        steps: usize,
+        device: Device,
+    ) -> Result<Self> {
+        let text = bundle.text.map(|t| Box::new(t) as Box<dyn TextEncoder>);
+        Self::new(
+            bundle.model,
+            bundle.training,
+            text,
+            scheduler_config,
+            steps,
+            device,
+        )
+    }
+
+    /// Replaces the scheduler (checked against the model's training schedule).
+    pub fn set_scheduler(&mut self, config: SchedulerConfig, steps: usize) -> Result<()> {
+        self.time_label = TimeLabel::new(&self.training, &config)?;
+        self.scheduler = Scheduler::new(&config, steps)?;
+        self.scheduler_config = config;
+        Ok(())
+    }
+
+    pub fn set_policy(&mut self, policy: ExitPolicy) -> Result<()> {
+        policy.validate()?;
+        if self.model.heads().is_none()
+            && matches!(
+                policy,
+                ExitPolicy::Official { .. } | ExitPolicy::PerSample { .. }
+            )
+        {
+            return Err(SamplerError::Request(
+                "this model has no certainty heads: use the full or static:K policy".into(),
+            ));
+        }
+        self.policy = policy;
+        Ok(())
+    }
+
+    pub fn set_guidance(&mut self, guidance: Guidance) -> Result<()> {
+        if !guidance.scale.is_finite() || guidance.scale < 0.0 {
+            return Err(SamplerError::Request(format!(
+                "guidance scale {} must be a finite number ≥ 0",
+                guidance.scale
+            )));
+        }
+        if guidance.is_active() && !self.conditioner().supports_guidance() {
+            return Err(SamplerError::Request(
+                "guidance needs a class-conditional or text-to-image model".into(),
+            ));
+        }
+        self.guidance = guidance;
+        Ok(())
+    }
+
+    /// Guidance steers away from `negative` instead of the null condition (a negative prompt).
+    pub fn set_negative(&mut self, negative: Option<Condition>) -> Result<()> {
+        if let Some(n) = &negative {
+            // Validates the condition against the model (e.g. unknown words) before any run.
+            self.conditioner()
+                .batch(std::slice::from_ref(n), &self.device)?;
+        }
+        self.negative = negative;
+        Ok(())
+    }
+
+    pub fn model(&self) -> &EarlyExitUVit {
+        &self.model
+    }
+
+    pub fn policy(&self) -> ExitPolicy {
+        self.policy
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn conditioner(&self) -> Conditioner<'_> {
+        Conditioner::new(self.model.model().config(), self.text.as_deref())
+    }
+
+    /// Samples one image per condition; image `k` uses seed `seeds[k]` for all its noise, so it
+    /// is the same image in any batch, shard or subset.
+    pub fn generate(
+        &self,
+        conditions: &[Condition],
+        seeds: &[u64],
+        hooks: Hooks<'_>,
+    ) -> Result<Generated> {
+        let passes = if self.guidance.is_active() { 2 } else { 1 };
+        let mut report = RunReport::new(conditions.len(), self.model.model().num_blocks(), passes);
+        let start = Instant::now();
+        let samples = self.run(conditions, seeds, hooks, self.policy, &mut |t, exits| {
+            report.record(t, exits)
+        })?;
+        report.seconds = start.elapsed().as_secs_f64();
+        Ok(Generated { samples, report })
+    }
+
+    /// The sampling loop under `policy`; `observe` sees every evaluation's per-pass exits.
+    pub(crate) fn run(
+        &self,
+        conditions: &[Condition],
+        seeds: &[u64],
+        mut hooks: Hooks<'_>,
+        policy: ExitPolicy,
+        observe: &mut dyn FnMut(f64, &[SampleExit]),
+    ) -> Result<Tensor> {
+        if conditions.is_empty() || conditions.len() != seeds.len() {
+            return Err(SamplerError::Request(format!(
+                "{} conditions and {} seeds: need one seed per image, at least one image",
+                conditions.len(),
+                seeds.len()
+            )));
+        }
+        let cfg = self.model.model().config();
+        let b = conditions.len();
+        let shape = (b, cfg.in_chans, cfg.img_size, cfg.img_size);
+        let conditioner = self.conditioner();
+        let cond = conditioner.batch(conditions, &self.device)?;
+        let uncond = match (&self.negative, self.guidance.is_active()) {
+            (_, false) => None,
+            (Some(n), true) => Some(conditioner.batch(&vec![n.clone(); b], &self.device)?),
+            (None, true) => Some(conditioner.unconditional(b, &self.device)?),
+        };
+
+        let mut noise = PerImageNoise::new(seeds.iter().copied());
+        let mut z = vec![0.0; shape.0 * shape.1 * shape.2 * shape.3];
+        deediff_schedules::NoiseSource::fill(&mut noise, &mut z)?;
+        let mut run = self.scheduler.start(&z);
+        let evals = self.scheduler.nfe();
+        let (mut eval, mut blocks, mut passes) = (0, 0usize, 0usize);
+        while let Some(ev) = run.next_eval() {
+            if hooks.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(SamplerError::Cancelled);
+            }
+            let x =
+                Tensor::from_iter(ev.x.iter().map(|&v| v as f32), &self.device)?.reshape(shape)?;
+            let label = self.time_label.label(&ev.time);
+            let t = Tensor::full(label as f32, b, &self.device)?;
+            let (eps, exits) = self.predict(&x, &t, &cond, uncond.as_ref(), policy)?;
+            observe(label, &exits);
+            blocks += exits.iter().map(|e| e.blocks_executed).sum::<usize>();
+            passes += exits.len();
+            let out: Vec<f64> = eps
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            run.feed(&out, &mut noise)?;
+            eval += 1;
+            if let Some(p) = hooks.progress.as_mut() {
+                p(&Progress {
+                    eval,
+                    evals,
+                    mean_blocks: blocks as f64 / passes as f64,
+                });
+            }
+        }
+        let x: Vec<f32> = run.into_sample().into_iter().map(|v| v as f32).collect();
+        Ok(Tensor::from_vec(x, shape, &self.device)?)
+    }
+
+    /// One guided network evaluation: the prediction and the exits of every pass (conditional
+    /// passes first).
+    fn predict(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        uncond: Option<&Conditioning>,
+        policy: ExitPolicy,
+    ) -> Result<(Tensor, Vec<SampleExit>)> {
+        let Some(uncond) = uncond else {
+            let out = self.model.forward(x, t, cond, &policy)?;
+            return Ok((out.eps, out.samples));
+        };
+        let b = x.dim(0)?;
+        let (eps_c, eps_u, exits) = match policy {
+            // Per-sample decisions are independent, so both passes share one batch.
+            ExitPolicy::PerSample { .. } if !self.guidance.shared_exit => {
+                let out = self.model.forward(
+                    &Tensor::cat(&[x, x], 0)?,
+                    &Tensor::cat(&[t, t], 0)?,
+                    &cat(cond, uncond)?,
+                    &policy,
+                )?;
+                (
+                    out.eps.narrow(0, 0, b)?,
+                    out.eps.narrow(0, b, b)?,
+                    out.samples,
+                )
+            }
+            _ => {
+                let c = self.model.forward(x, t, cond, &policy)?;
+                let u = if self.guidance.shared_exit {
+                    self.forward_at_depths(x, t, uncond, &c.samples)?
+                } else {
+                    self.model.forward(x, t, uncond, &policy)?
+                };
+                let mut exits = c.samples;
+                exits.extend(u.samples);
+                (c.eps, u.eps, exits)
+            }
+        };
+        let g = self.guidance.scale;
+        let eps = ((&eps_u * (1.0 - g))? + (&eps_c * g)?)?;
+        Ok((eps.to_dtype(DType::F32)?, exits))
+    }
+
+    /// Runs each sample to the depth `like` gives it (grouped by depth, static exits).
+    fn forward_at_depths(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        like: &[SampleExit],
+    ) -> Result<deediff_uem::ExitOutput> {
+        let mut depths: Vec<usize> = like.iter().map(|e| e.blocks_executed).collect();
+        depths.sort_unstable();
+        depths.dedup();
+        let mut eps_rows: Vec<Option<Tensor>> = vec![None; like.len()];
+        let mut samples: Vec<Option<SampleExit>> = vec![None; like.len()];
+        for depth in depths {
+            let idx: Vec<u32> = (0..like.len() as u32)
+                .filter(|&i| like[i as usize].blocks_executed == depth)
+                .collect();
+            let sel = Tensor::new(idx.as_slice(), &self.device)?;
+            let out = self.model.forward(
+                &x.index_select(&sel, 0)?,
+                &t.index_select(&sel, 0)?,
+                &cond.index_select(&sel)?,
+                &ExitPolicy::fixed_depth(depth)?,
+            )?;
+            for (k, &i) in idx.iter().enumerate() {
+                eps_rows[i as usize] = Some(out.eps.narrow(0, k, 1)?);
+                samples[i as usize] = Some(out.samples[k].clone());
+            }
+        }
+        let rows: Vec<Tensor> = eps_rows.into_iter().flatten().collect();
+        Ok(deediff_uem::ExitOutput {
+            eps: Tensor::cat(&rows, 0)?,
+            samples: samples.into_iter().flatten().collect(),
+        })
+    }
+}
