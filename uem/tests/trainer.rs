@@ -334,3 +334,21 @@ fn labels_outside_the_model_are_an_error() {
     let err = tr.train_step(&data).unwrap_err().to_string();
     assert!(err.contains("label 5"), "{err}");
 }
+
+#[test]
+fn learning_rate_warms_up_then_follows_the_schedule() {
+    let mut cfg = config(tiny_model(Variant::Uvit), None);
+    cfg.lr = 1e-3;
+    cfg.warmup_steps = 10;
+    cfg.total_steps = 110;
+    assert!((cfg.lr_at(0) - 1e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(4) - 5e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(9) - 1e-3).abs() < 1e-12);
+    assert_eq!(cfg.lr_at(50), 1e-3);
+    cfg.schedule = LrSchedule::Cosine { min_lr: 1e-4 };
+    assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-12);
+    // Halfway through the cosine: the mean of peak and floor.
+    assert!((cfg.lr_at(60) - 5.5e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(110) - 1e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(500) - 1e-4).abs() < 1e-12);
+}
