@@ -11,7 +11,7 @@ bash scripts/fetch_data.sh
 ARGS=(--out-dir "$OUT"
       --fashion-mnist /usr/share/datasets/fashion-mnist
       --mnist-json .cache/data/mnist/package/src/digits
-      --steps 4000 --batch-size 32
+      --steps 9000 --batch-size 32
       --lr 3e-4 --warmup 200 --cosine-min-lr 3e-5
       --weight-decay 0.03 --grad-clip 1 --ema-decay 0.999
       --lambda 1 --beta 0.5 --cond-drop 0.1

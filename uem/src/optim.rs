@@ -43,7 +43,9 @@ pub struct AdamW {
 
 /// Flattens a tensor to host f32 values.
 pub(crate) fn host_values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()
+    t.flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()
 }
 
 impl AdamW {
@@ -73,7 +75,11 @@ impl AdamW {
         let mut sq = 0f64;
         for s in &self.slots {
             if let Some(g) = grads.get(s.var.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         Ok(sq.sqrt())
@@ -119,8 +125,7 @@ impl AdamW {
                     *p -= step_size * *m / ((*v).sqrt() / bc2_sqrt + eps);
                 });
             let shape = s.var.shape().clone();
-            s.var
-                .set(&Tensor::from_vec(p, shape, s.var.device())?)?;
+            s.var.set(&Tensor::from_vec(p, shape, s.var.device())?)?;
         }
         Ok(norm)
     }
@@ -135,18 +140,20 @@ impl AdamW {
         for s in &self.slots {
             let dev = s.var.device();
             let shape = s.var.shape().clone();
-            out.push((format!("adam.m.{}", s.name), Tensor::from_slice(&s.m, shape.clone(), dev)?));
-            out.push((format!("adam.v.{}", s.name), Tensor::from_slice(&s.v, shape, dev)?));
+            out.push((
+                format!("adam.m.{}", s.name),
+                Tensor::from_slice(&s.m, shape.clone(), dev)?,
+            ));
+            out.push((
+                format!("adam.v.{}", s.name),
+                Tensor::from_slice(&s.v, shape, dev)?,
+            ));
         }
         Ok(out)
     }
 
     /// Restores moments saved by [`AdamW::state_tensors`] and the update count.
-    pub fn load_state(
-        &mut self,
-        get: impl Fn(&str) -> Option<Tensor>,
-        steps: u64,
-    ) -> Result<()> {
+    pub fn load_state(&mut self, get: impl Fn(&str) -> Option<Tensor>, steps: u64) -> Result<()> {
         for s in &mut self.slots {
             for (kind, buf) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("adam.{kind}.{}", s.name);

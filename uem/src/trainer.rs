@@ -48,8 +48,10 @@ pub struct StepStats {
 enum CondKind {
     None,
     /// Class labels; `null` is the last row of the label table.
-    Class { null: u32 },
-    Text(TextEncoder),
+    Class {
+        null: u32,
+    },
+    Text(Box<TextEncoder>),
 }
 
 pub struct Trainer {
@@ -93,9 +95,11 @@ impl Trainer {
                         tc.dim, tc.max_tokens, cfg.model.clip_dim, cfg.model.num_clip_token
                     );
                 }
-                CondKind::Text(TextEncoder::new(tc, vb.pp("text_encoder"))?)
+                CondKind::Text(Box::new(TextEncoder::new(tc, vb.pp("text_encoder"))?))
             }
-            (Variant::UvitT2i, _, None) => candle_core::bail!("uvit_t2i training needs a text encoder config"),
+            (Variant::UvitT2i, _, None) => {
+                candle_core::bail!("uvit_t2i training needs a text encoder config")
+            }
             (Variant::Uvit, Some(n), _) => CondKind::Class { null: n as u32 - 1 },
             (Variant::Uvit, None, _) => CondKind::None,
         };
@@ -109,9 +113,12 @@ impl Trainer {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         seeded_init(&vars, cfg.seed)?;
         let opt = AdamW::new(vars.clone(), cfg.optim);
-        let ema = Ema::new(vars.clone(), cfg.ema_decay)?;
+        let ema = Ema::new(vars.clone(), cfg.ema_decay);
         let sqrt_ac = alphas_cumprod.iter().map(|a| a.sqrt() as f32).collect();
-        let sqrt_one_minus_ac = alphas_cumprod.iter().map(|a| (1.0 - a).sqrt() as f32).collect();
+        let sqrt_one_minus_ac = alphas_cumprod
+            .iter()
+            .map(|a| (1.0 - a).sqrt() as f32)
+            .collect();
         Ok(Self {
             cfg,
             device: device.clone(),
@@ -168,7 +175,11 @@ impl Trainer {
         for (name, var) in &self.vars {
             match tensors.get(name) {
                 Some(t) if t.dims() == var.dims() => var.set(&t.to_dtype(DType::F32)?)?,
-                Some(t) => problems.push(format!("{name}: shape {:?}, model needs {:?}", t.dims(), var.dims())),
+                Some(t) => problems.push(format!(
+                    "{name}: shape {:?}, model needs {:?}",
+                    t.dims(),
+                    var.dims()
+                )),
                 None if name.starts_with("lte_classifer.") || name.starts_with("text_encoder.") => {
                     fresh.push(name.clone())
                 }
@@ -181,7 +192,7 @@ impl Trainer {
                 msg: problems.join("; "),
             });
         }
-        self.ema = Ema::new(self.vars.clone(), self.cfg.ema_decay)?;
+        self.ema = Ema::new(self.vars.clone(), self.cfg.ema_decay);
         Ok(fresh)
     }
 
@@ -201,7 +212,10 @@ impl Trainer {
                     perm.shuffle(&mut rng);
                     self.order = Some((epoch, perm));
                 }
-                self.order.as_ref().map(|o| o.1[(k % n as u64) as usize]).unwrap_or(0)
+                self.order
+                    .as_ref()
+                    .map(|o| o.1[(k % n as u64) as usize])
+                    .unwrap_or(0)
             })
             .collect()
     }
@@ -227,11 +241,15 @@ impl Trainer {
                 let rows = labels
                     .iter()
                     .map(|&l| {
-                        let caption = Captioner.caption(l, rng).map_err(candle_core::Error::wrap)?;
+                        let caption = Captioner
+                            .caption(l, rng)
+                            .map_err(candle_core::Error::wrap)?;
                         if rng.gen::<f64>() < p {
                             return Ok(vec![PAD; tok.max_tokens()]);
                         }
-                        tok.encode(&caption).map(|e| e.ids).map_err(candle_core::Error::wrap)
+                        tok.encode(&caption)
+                            .map(|e| e.ids)
+                            .map_err(candle_core::Error::wrap)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Conditioning::Context(enc.forward_ids(&rows, &self.device)?))
@@ -253,7 +271,9 @@ impl Trainer {
         let t: Vec<u32> = (0..b)
             .map(|_| rng.gen_range(0..self.cfg.num_train_timesteps as u32))
             .collect();
-        let noise: Vec<f32> = (0..x0.elem_count()).map(|_| rng.sample(StandardNormal)).collect();
+        let noise: Vec<f32> = (0..x0.elem_count())
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
         let noise = Tensor::from_vec(noise, x0.shape(), &self.device)?;
         let coef = |table: &[f32]| {
             let v: Vec<f32> = t.iter().map(|&t| table[t as usize]).collect();
@@ -262,7 +282,11 @@ impl Trainer {
         let x_t = (x0.broadcast_mul(&coef(&self.sqrt_ac)?)?
             + noise.broadcast_mul(&coef(&self.sqrt_one_minus_ac)?)?)?;
         let cond = self.conditioning(&labels, &mut rng)?;
-        let t_in = Tensor::from_vec(t.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, &self.device)?;
+        let t_in = Tensor::from_vec(
+            t.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+            b,
+            &self.device,
+        )?;
 
         let mut h = self.model.embed(&x_t, &t_in, &cond)?;
         let mut skips = Vec::new();
@@ -272,7 +296,11 @@ impl Trainer {
         for i in 0..n {
             h = self.model.block(i, &h, &mut skips)?;
             // With β = 0 the early exits only feed the (detached) certainty target.
-            let exit_in = if self.cfg.loss.beta == 0.0 && i + 1 < n { h.detach() } else { h.clone() };
+            let exit_in = if self.cfg.loss.beta == 0.0 && i + 1 < n {
+                h.detach()
+            } else {
+                h.clone()
+            };
             exits.push(self.model.decode(&exit_in)?);
             certainties.push(self.heads.map(i, &h)?);
         }

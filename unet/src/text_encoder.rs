@@ -4,6 +4,7 @@
 //! no external CLIP is needed; its weights live under `text_encoder.*`.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -11,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
 use crate::layers::{LayerNorm, TRUNC_NORMAL_002};
+
+/// Metadata key of the JSON [`TextEncoderConfig`] in a model file.
+pub const TEXT_ENCODER_CONFIG_KEY: &str = "text_encoder_config";
 
 /// Token id of padding; an all-padding sequence is the null (unconditional) prompt.
 pub const PAD: u32 = 0;
@@ -186,6 +190,29 @@ impl TextEncoder {
             blocks,
             norm: LayerNorm::new(d, vb.pp("norm"))?,
         })
+    }
+
+    /// Loads the encoder shipped inside a model file: config and vocabulary from the metadata
+    /// key [`TEXT_ENCODER_CONFIG_KEY`], weights from `text_encoder.*`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let err = |msg: String| candle_core::Error::msg(format!("{}: {msg}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(TEXT_ENCODER_CONFIG_KEY))
+            .ok_or_else(|| {
+                err(format!(
+                    "no {TEXT_ENCODER_CONFIG_KEY} metadata (not a text-to-image model?)"
+                ))
+            })?;
+        let cfg: TextEncoderConfig = serde_json::from_str(json)
+            .map_err(|e| err(format!("bad {TEXT_ENCODER_CONFIG_KEY} metadata: {e}")))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::new(&cfg, vb.pp("text_encoder")).map_err(|e| err(e.to_string()))
     }
 
     pub fn config(&self) -> &TextEncoderConfig {

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
+use deediff_schedules::{BetaConfig, SchedulerConfig};
 use deediff_uem::data::cifar::load_cifar10;
 use deediff_uem::data::folder::load_image_folder;
 use deediff_uem::data::idx::load_idx;
@@ -96,22 +97,16 @@ struct Args {
     /// Print a line instead of drawing a progress bar (for logs).
     #[arg(long)]
     plain: bool,
+    /// With --resume: only write model.safetensors (EMA weights) from the checkpoint, no training.
+    #[arg(long, requires = "resume")]
+    export_only: bool,
 }
 
 const T: usize = 1000;
 
-/// DDPM linear betas 1e-4 … 0.02 over 1000 steps, as diffusers' `DDPMScheduler` builds them.
-fn ddpm_alphas_cumprod() -> Vec<f64> {
-    let mut acc = 1.0;
-    (0..T)
-        .map(|i| {
-            let beta = 1e-4 + (0.02 - 1e-4) * i as f64 / (T - 1) as f64;
-            acc *= 1.0 - beta;
-            acc
-        })
-        .collect()
-}
-
+/// The training noise schedule as a diffusers `scheduler_config.json` (DDPM linear betas,
+/// ε-prediction, integer timesteps 0..999, pixels in [-1, 1] so x₀ may be clipped); stored in
+/// exported models so samplers can read it.
 fn scheduler_json() -> serde_json::Value {
     serde_json::json!({
         "_class_name": "DDPMScheduler",
@@ -120,9 +115,15 @@ fn scheduler_json() -> serde_json::Value {
         "beta_end": 0.02,
         "beta_schedule": "linear",
         "prediction_type": "epsilon",
-        "clip_sample": false,
-        "timestep_input": "integer t in [0, 999]"
+        "clip_sample": true,
+        "clip_sample_range": 1.0
     })
+}
+
+/// ᾱ of the schedule above, via deediff-schedules (which also checks the JSON parses).
+fn alphas_cumprod() -> Result<Vec<f64>> {
+    SchedulerConfig::from_diffusers_json(&scheduler_json().to_string())?;
+    Ok(BetaConfig::ddpm_linear(T).alphas_cumprod()?)
 }
 
 /// The embedded default model: uvit_t2i, 28×28×1, patch 4, D 128, depth 8, 4 heads.
@@ -275,13 +276,28 @@ fn save(trainer: &Trainer, out: &Path) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = Device::Cpu;
-    let ac = ddpm_alphas_cumprod();
+    let ac = alphas_cumprod()?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
     let mut trainer = match &args.resume {
         Some(p) => {
             let steps = args.steps;
-            Trainer::resume(p, &ac, &device, |c| c.total_steps = steps)?
+            let t = Trainer::resume(p, &ac, &device, |c| {
+                c.scheduler = scheduler_json();
+                if !args.export_only {
+                    c.total_steps = steps;
+                }
+            })?;
+            if args.export_only {
+                t.export_model(&args.out_dir.join("model.safetensors"))?;
+                eprintln!(
+                    "exported step {} to {}",
+                    t.step(),
+                    args.out_dir.join("model.safetensors").display()
+                );
+                return Ok(());
+            }
+            t
         }
         None => {
             let mut t = Trainer::new(new_config(&args)?, &ac, &device)?;

@@ -59,12 +59,24 @@ macro_rules! digit {
 pub const CONCEPTS: [Concept; 20] = [
     Concept {
         name: "t-shirt/top",
-        phrases: &["a t-shirt", "a tee", "a top", "a tshirt", "a short-sleeved top"],
+        phrases: &[
+            "a t-shirt",
+            "a tee",
+            "a top",
+            "a tshirt",
+            "a short-sleeved top",
+        ],
         templates: GARMENT,
     },
     Concept {
         name: "trouser",
-        phrases: &["a pair of trousers", "trousers", "pants", "a pair of pants", "jeans"],
+        phrases: &[
+            "a pair of trousers",
+            "trousers",
+            "pants",
+            "a pair of pants",
+            "jeans",
+        ],
         templates: GARMENT,
     },
     Concept {
@@ -89,12 +101,23 @@ pub const CONCEPTS: [Concept; 20] = [
     },
     Concept {
         name: "shirt",
-        phrases: &["a shirt", "a button-up shirt", "a blouse", "a long-sleeved shirt"],
+        phrases: &[
+            "a shirt",
+            "a button-up shirt",
+            "a blouse",
+            "a long-sleeved shirt",
+        ],
         templates: GARMENT,
     },
     Concept {
         name: "sneaker",
-        phrases: &["a sneaker", "sneakers", "trainers", "a trainer", "a running shoe"],
+        phrases: &[
+            "a sneaker",
+            "sneakers",
+            "trainers",
+            "a trainer",
+            "a running shoe",
+        ],
         templates: GARMENT,
     },
     Concept {
@@ -126,9 +149,14 @@ pub struct Captioner;
 impl Captioner {
     /// A random caption for concept `concept` (panics never: ids ≥ 20 are an error).
     pub fn caption<R: Rng>(&self, concept: u32, rng: &mut R) -> Result<String, super::DataError> {
-        let c = CONCEPTS.get(concept as usize).ok_or_else(|| super::DataError::Invalid {
-            msg: format!("label {concept} has no caption concept (0..{})", CONCEPTS.len()),
-        })?;
+        let c = CONCEPTS
+            .get(concept as usize)
+            .ok_or_else(|| super::DataError::Invalid {
+                msg: format!(
+                    "label {concept} has no caption concept (0..{})",
+                    CONCEPTS.len()
+                ),
+            })?;
         let template = c.templates.choose(rng).copied().unwrap_or("{}");
         let phrase = c.phrases.choose(rng).copied().unwrap_or(c.name);
         Ok(template.replace("{}", phrase))

@@ -14,7 +14,7 @@ pub fn load_cifar10(files: &[&Path]) -> Result<ImageDataset, DataError> {
     let mut labels = Vec::new();
     for &path in files {
         let bytes = read_maybe_gz(path)?;
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
             return Err(DataError::format(
                 path,
                 format!(

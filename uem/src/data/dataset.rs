@@ -115,7 +115,10 @@ impl ImageDataset {
             }
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
-        Ok((Tensor::from_vec(out, (indices.len(), c, h, w), device)?, labels))
+        Ok((
+            Tensor::from_vec(out, (indices.len(), c, h, w), device)?,
+            labels,
+        ))
     }
 }
 

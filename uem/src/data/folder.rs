@@ -26,7 +26,8 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 
 /// Loads one image as `channels` (1 = luma, 3 = RGB) planes of `size × size`, values in `[-1, 1]`.
 pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<f32>, DataError> {
-    let img = image::open(path).map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))?;
+    let img = image::open(path)
+        .map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let scale = size as f64 / w.min(h) as f64;
     let (rw, rh) = (
@@ -40,7 +41,9 @@ pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<f32>,
         1 => vec![cropped.to_luma8().into_raw()],
         3 => {
             let rgb = cropped.to_rgb8().into_raw();
-            (0..3).map(|c| rgb.iter().skip(c).step_by(3).copied().collect()).collect()
+            (0..3)
+                .map(|c| rgb.iter().skip(c).step_by(3).copied().collect())
+                .collect()
         }
         n => {
             return Err(DataError::Invalid {
@@ -75,7 +78,10 @@ pub fn load_image_folder(
     if files.is_empty() {
         return Err(DataError::format(
             root,
-            format!("no images ({}) found in it or its subfolders", EXTENSIONS.join(", ")),
+            format!(
+                "no images ({}) found in it or its subfolders",
+                EXTENSIONS.join(", ")
+            ),
         ));
     }
     let mut pixels = Vec::with_capacity(files.len() * channels * size * size);

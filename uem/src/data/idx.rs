@@ -28,12 +28,18 @@ struct IdxU8 {
 
 fn parse_idx(path: &Path, bytes: Vec<u8>) -> Result<IdxU8, DataError> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(DataError::format(path, "not an IDX file (bad magic number)"));
+        return Err(DataError::format(
+            path,
+            "not an IDX file (bad magic number)",
+        ));
     }
     if bytes[2] != 0x08 {
         return Err(DataError::format(
             path,
-            format!("IDX element type 0x{:02x} is not unsigned byte (0x08)", bytes[2]),
+            format!(
+                "IDX element type 0x{:02x} is not unsigned byte (0x08)",
+                bytes[2]
+            ),
         ));
     }
     let ndim = bytes[3] as usize;
@@ -70,7 +76,10 @@ pub fn load_idx(images: &Path, labels: &Path, flip: bool) -> Result<ImageDataset
     if img.dims.len() != 3 {
         return Err(DataError::format(
             images,
-            format!("expected a 3-D image array [N, H, W], found dims {:?}", img.dims),
+            format!(
+                "expected a 3-D image array [N, H, W], found dims {:?}",
+                img.dims
+            ),
         ));
     }
     if lab.dims.len() != 1 {

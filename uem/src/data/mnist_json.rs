@@ -20,16 +20,22 @@ pub fn load_mnist_json(dir: &Path) -> Result<ImageDataset, DataError> {
         let text = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
         let file: DigitFile = serde_json::from_slice(&text)
             .map_err(|e| DataError::format(&path, format!("not an mnist digits JSON: {e}")))?;
-        if file.data.is_empty() || file.data.len() % (SIDE * SIDE) != 0 {
+        if file.data.is_empty() || !file.data.len().is_multiple_of(SIDE * SIDE) {
             return Err(DataError::format(
                 &path,
-                format!("{} values is not a whole number of 28x28 images", file.data.len()),
+                format!(
+                    "{} values is not a whole number of 28x28 images",
+                    file.data.len()
+                ),
             ));
         }
         if let Some(v) = file.data.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-            return Err(DataError::format(&path, format!("pixel value {v} outside [0, 1]")));
+            return Err(DataError::format(
+                &path,
+                format!("pixel value {v} outside [0, 1]"),
+            ));
         }
-        labels.extend(std::iter::repeat(digit).take(file.data.len() / (SIDE * SIDE)));
+        labels.extend(std::iter::repeat_n(digit, file.data.len() / (SIDE * SIDE)));
         pixels.extend(file.data.iter().map(|v| v * 2.0 - 1.0));
     }
     ImageDataset::new(pixels, labels, [1, SIDE, SIDE], false)

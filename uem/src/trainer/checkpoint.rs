@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+use deediff_unet::text_encoder::TEXT_ENCODER_CONFIG_KEY;
+
 use super::{TrainConfig, TrainError, Trainer};
 
 pub const CHECKPOINT_FORMAT: &str = "deediff-train-checkpoint-v1";
@@ -69,11 +71,12 @@ impl Trainer {
     /// Saves everything `resume` needs to continue bit-identically.
     pub fn save_checkpoint(&self, path: &Path) -> Result<(), TrainError> {
         let mut tensors = self.parameters();
-        tensors.extend(self.ema.tensors("ema.")?);
+        tensors.extend(self.ema.state_tensors("ema.")?);
         tensors.extend(self.opt.state_tensors()?);
         let meta = HashMap::from([
             ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
+            ("ema_updates".to_string(), self.ema.updates().to_string()),
             ("train_config".to_string(), json(&self.cfg)?),
         ]);
         write_atomic(path, tensors, meta)
@@ -90,10 +93,14 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         let meta = read_checkpoint_meta(path)?;
         if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
-            return Err(load_err(path, format!("not a training checkpoint (format {CHECKPOINT_FORMAT} expected)")));
+            return Err(load_err(
+                path,
+                format!("not a training checkpoint (format {CHECKPOINT_FORMAT} expected)"),
+            ));
         }
-        let mut cfg: TrainConfig = serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or(""))
-            .map_err(|e| load_err(path, format!("bad train_config metadata: {e}")))?;
+        let mut cfg: TrainConfig =
+            serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or(""))
+                .map_err(|e| load_err(path, format!("bad train_config metadata: {e}")))?;
         let step: u64 = meta
             .get("step")
             .and_then(|s| s.parse().ok())
@@ -106,12 +113,24 @@ impl Trainer {
         for (name, var) in &trainer.vars {
             let t = get(name).ok_or_else(|| load_err(path, format!("checkpoint lacks {name}")))?;
             if t.dims() != var.dims() {
-                return Err(load_err(path, format!("{name}: shape {:?}, model needs {:?}", t.dims(), var.dims())));
+                return Err(load_err(
+                    path,
+                    format!("{name}: shape {:?}, model needs {:?}", t.dims(), var.dims()),
+                ));
             }
             var.set(&t)?;
         }
-        trainer.ema.load("ema.", get).map_err(|e| load_err(path, e.to_string()))?;
-        trainer.opt.load_state(get, step).map_err(|e| load_err(path, e.to_string()))?;
+        // A checkpoint from before the bias-corrected EMA (no `ema_updates`) restarts the average.
+        if let Some(updates) = meta.get("ema_updates").and_then(|s| s.parse().ok()) {
+            trainer
+                .ema
+                .load("ema.", get, updates)
+                .map_err(|e| load_err(path, e.to_string()))?;
+        }
+        trainer
+            .opt
+            .load_state(get, step)
+            .map_err(|e| load_err(path, e.to_string()))?;
         trainer.step = step;
         Ok(trainer)
     }
@@ -122,12 +141,15 @@ impl Trainer {
             ("format".to_string(), MODEL_FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
             ("uvit_config".to_string(), json(&self.cfg.model)?),
-            ("scheduler_config".to_string(), self.cfg.scheduler.to_string()),
+            (
+                "scheduler_config".to_string(),
+                self.cfg.scheduler.to_string(),
+            ),
             ("train_config".to_string(), json(&self.cfg)?),
         ]);
         if let Some(tc) = &self.cfg.text_encoder {
-            meta.insert("text_encoder_config".to_string(), json(tc)?);
+            meta.insert(TEXT_ENCODER_CONFIG_KEY.to_string(), json(tc)?);
         }
-        write_atomic(path, self.ema.tensors("")?, meta)
+        write_atomic(path, self.ema.averaged("")?, meta)
     }
 }

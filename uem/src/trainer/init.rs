@@ -8,8 +8,9 @@ use rand_distr::{Distribution, Normal};
 
 /// FNV-1a, to derive a per-parameter seed from its name.
 pub(crate) fn name_hash(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Biases 0; 1-D weights (LayerNorm) 1; convolution kernels uniform ±1/√fan_in (PyTorch's default);
