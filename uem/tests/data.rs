@@ -291,3 +291,39 @@ fn prompt_without_known_words_is_an_error_with_examples() {
     assert_eq!(enc.unknown, vec!["shiny".to_string()]);
     assert_eq!(tok.null(), vec![PAD; cfg.max_tokens]);
 }
+
+#[test]
+fn prompts_must_name_a_concept() {
+    use deediff_uem::data::Captioner;
+    use deediff_unet::text_encoder::{PromptError, TextEncoderConfig, Tokenizer};
+    let c = Captioner;
+    let words = c.content_words();
+    for w in ["boot", "seven", "7", "trainers", "trousers", "bag"] {
+        assert!(words.iter().any(|x| x == w), "{w} should ground a prompt");
+    }
+    for w in [
+        "a",
+        "an",
+        "the",
+        "of",
+        "pair",
+        "handwritten",
+        "photo",
+        "digit",
+    ] {
+        assert!(!words.iter().any(|x| x == w), "{w} names no single concept");
+    }
+    let examples = c.example_prompts().iter().map(|s| s.to_string()).collect();
+    let cfg = TextEncoderConfig::from_corpus(&c.all_captions(), examples, 8, 1, 2)
+        .with_content_words(words);
+    let tok = Tokenizer::new(&cfg);
+    assert!(tok.encode("a photo of an ankle boot").is_ok());
+    assert!(tok.encode("the number seven").is_ok());
+    let err = tok.encode("a purple elephant").unwrap_err();
+    assert!(matches!(err, PromptError::NothingToDraw { .. }));
+    assert!(err.to_string().contains("an ankle boot"), "{err}");
+    assert!(matches!(
+        tok.encode("zebra").unwrap_err(),
+        PromptError::NoKnownWord { .. }
+    ));
+}

@@ -34,6 +34,11 @@ pub struct TextEncoderConfig {
     pub mlp_ratio: f64,
     /// Prompts shown when a prompt has no known word.
     pub example_prompts: Vec<String>,
+    /// Words that name something the model can draw. When given, a prompt must contain one:
+    /// "a purple elephant" shares only "a" with the captions and is refused instead of
+    /// yielding an arbitrary image. Empty (older files) = any known word grounds a prompt.
+    #[serde(default)]
+    pub content_words: Vec<String>,
 }
 
 impl TextEncoderConfig {
@@ -63,7 +68,14 @@ impl TextEncoderConfig {
             num_heads,
             mlp_ratio: 4.0,
             example_prompts,
+            content_words: Vec::new(),
         }
+    }
+
+    /// Requires prompts to contain one of `words` (see [`Self::content_words`]).
+    pub fn with_content_words(mut self, words: impl IntoIterator<Item = String>) -> Self {
+        self.content_words = words.into_iter().collect();
+        self
     }
 }
 
@@ -81,6 +93,11 @@ pub enum PromptError {
         prompt: String,
         examples: Vec<String>,
     },
+    #[error("prompt {prompt:?} names nothing this model can draw; try e.g. {}", .examples.join(", "))]
+    NothingToDraw {
+        prompt: String,
+        examples: Vec<String>,
+    },
 }
 
 /// A tokenised prompt: `max_tokens` ids (padded) and the words that were skipped as unknown.
@@ -94,21 +111,29 @@ pub struct Encoding {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     index: HashMap<String, u32>,
+    /// Ids of the content words (empty: no such requirement).
+    content: std::collections::HashSet<u32>,
     max_tokens: usize,
     examples: Vec<String>,
 }
 
 impl Tokenizer {
     pub fn new(cfg: &TextEncoderConfig) -> Self {
-        let index = cfg
+        let index: HashMap<String, u32> = cfg
             .vocab
             .iter()
             .enumerate()
             .skip(1)
             .map(|(i, w)| (w.clone(), i as u32))
             .collect();
+        let content = cfg
+            .content_words
+            .iter()
+            .filter_map(|w| index.get(w).copied())
+            .collect();
         Self {
             index,
+            content,
             max_tokens: cfg.max_tokens,
             examples: cfg.example_prompts.clone(),
         }
@@ -127,6 +152,12 @@ impl Tokenizer {
         }
         if ids.is_empty() {
             return Err(PromptError::NoKnownWord {
+                prompt: prompt.to_string(),
+                examples: self.examples.clone(),
+            });
+        }
+        if !self.content.is_empty() && !ids.iter().any(|id| self.content.contains(id)) {
+            return Err(PromptError::NothingToDraw {
                 prompt: prompt.to_string(),
                 examples: self.examples.clone(),
             });

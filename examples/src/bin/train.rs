@@ -151,6 +151,7 @@ fn default_text_encoder() -> TextEncoderConfig {
     let c = Captioner;
     let examples = c.example_prompts().iter().map(|s| s.to_string()).collect();
     TextEncoderConfig::from_corpus(&c.all_captions(), examples, 64, 1, 4)
+        .with_content_words(c.content_words())
 }
 
 /// Finds `stem` or `stem.gz` in `dir`.

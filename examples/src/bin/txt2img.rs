@@ -66,6 +66,16 @@ fn run() -> Result<()> {
         }
         (None, None) => Condition::Unconditional,
     };
+    if let (Some(text), Some(prompt)) = (&bundle.text, &cli.prompt) {
+        // The pipeline refuses prompts it cannot ground; partly known ones deserve a warning.
+        let unknown = text.tokenizer().encode(prompt)?.unknown;
+        if !unknown.is_empty() {
+            eprintln!(
+                "warning: ignoring words this model does not know: {}",
+                unknown.join(", ")
+            );
+        }
+    }
     let mut pipeline = build_pipeline(bundle, &cli.sampling, &device)?;
     if let Some(neg) = &cli.negative_prompt {
         pipeline.set_negative(Some(Condition::Text(neg.clone())))?;

@@ -2,6 +2,8 @@
 //! (concepts 10–19), each with several phrasings and templates, so a text encoder trained on them
 //! accepts ordinary prompts ("an ankle boot", "trainers", "a handwritten 7").
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -171,6 +173,27 @@ impl Captioner {
                     .iter()
                     .flat_map(move |t| c.phrases.iter().map(move |p| t.replace("{}", p)))
             })
+            .collect()
+    }
+
+    /// Words that name exactly one concept and appear in no template ("boot", "seven",
+    /// "trainers"): a prompt must contain one to be grounded, so "a purple elephant" is refused
+    /// instead of being drawn as something arbitrary.
+    pub fn content_words(&self) -> Vec<String> {
+        let template_words: BTreeSet<&str> = CONCEPTS
+            .iter()
+            .flat_map(|c| c.templates.iter().flat_map(|t| t.split_whitespace()))
+            .collect();
+        let mut owners: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+        for (k, c) in CONCEPTS.iter().enumerate() {
+            for w in c.phrases.iter().flat_map(|p| p.split_whitespace()) {
+                owners.entry(w).or_default().insert(k);
+            }
+        }
+        owners
+            .into_iter()
+            .filter(|(w, o)| o.len() == 1 && !template_words.contains(w))
+            .map(|(w, _)| w.to_string())
             .collect()
     }
 
