@@ -26,3 +26,12 @@ pub fn write_atomic(
     }
     result
 }
+
+/// Ends a command-line tool: on error, prints one line (the error and its causes, outermost
+/// first) and exits with status 1.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -44,11 +44,7 @@ struct Cli {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        // One line: the error and its causes, outermost first.
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    deediff_examples::exit_on_error(run());
 }
 
 fn run() -> Result<()> {
