@@ -40,7 +40,11 @@ fn smooth(v: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn main() -> Result<()> {
+fn main() {
+    deediff_examples::exit_on_error(run());
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let font = std::fs::read(&args.font)
         .with_context(|| format!("{}: cannot read font", args.font.display()))?;

@@ -40,7 +40,11 @@ struct Args {
     no_clip: bool,
 }
 
-fn main() -> Result<()> {
+fn main() {
+    deediff_examples::exit_on_error(run());
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let dev = Device::Cpu;
     let bytes = std::fs::read(&args.model)

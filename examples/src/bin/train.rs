@@ -274,7 +274,11 @@ fn save(trainer: &Trainer, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() {
+    deediff_examples::exit_on_error(run());
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let device = Device::Cpu;
     let ac = alphas_cumprod()?;
