@@ -4,6 +4,7 @@
 //! diffusers `scheduler_config` it was trained with.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -50,24 +51,17 @@ impl ModelBundle {
         let file = std::fs::File::open(path).map_err(|e| {
             SamplerError::Request(format!("{}: cannot open model file: {e}", path.display()))
         })?;
-        // Only the header is read: an 8-byte length, then JSON.
-        let mut len = [0u8; 8];
+        // Only the header is read: an 8-byte length, then JSON. Anything else is not a bundle.
         let mut reader = std::io::BufReader::new(file);
-        use std::io::Read;
-        if reader.read_exact(&mut len).is_err() {
+        let mut len = [0u8; 8];
+        let header = reader.read_exact(&mut len).ok().and_then(|()| {
+            let n = u64::from_le_bytes(len);
+            let mut header = vec![0u8; usize::try_from(n).ok().filter(|&n| n <= 100 << 20)?];
+            reader.read_exact(&mut header).ok()?;
+            serde_json::from_slice::<serde_json::Value>(&header).ok()
+        });
+        let Some(header) = header else {
             return Ok(false);
-        }
-        let n = u64::from_le_bytes(len);
-        if n > 100 << 20 {
-            return Ok(false);
-        }
-        let mut header = vec![0u8; n as usize];
-        if reader.read_exact(&mut header).is_err() {
-            return Ok(false);
-        }
-        let header: serde_json::Value = match serde_json::from_slice(&header) {
-            Ok(v) => v,
-            Err(_) => return Ok(false),
         };
         Ok(header["__metadata__"]["uvit_config"].is_string())
     }
