@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use deediff_sampler::{Guidance, ModelBundle, Pipeline, TrainingSchedule};
+use deediff_sampler::{Guidance, ModelBundle, Pipeline, TrainingSchedule, DEFAULT_THRESHOLD};
 use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::ConfigHints;
@@ -86,9 +86,6 @@ pub struct SamplingArgs {
     #[arg(long, default_value = "per-sample")]
     pub policy: String,
 }
-
-/// Exits of a model with certainty heads default to this threshold.
-pub const DEFAULT_THRESHOLD: f32 = 0.9;
 
 impl SamplingArgs {
     /// The policy from `--policy` (its own syntax, see [`ExitPolicy`]'s `FromStr`) with

@@ -30,6 +30,6 @@ pub use error::{Result, SamplerError};
 pub use guidance::Guidance;
 pub use images::{grid, to_images};
 pub use noise::PerImageNoise;
-pub use pipeline::{Generated, Hooks, Pipeline, Progress};
+pub use pipeline::{Generated, Hooks, Pipeline, Progress, DEFAULT_THRESHOLD};
 pub use report::{EvalReport, RunReport};
 pub use training_schedule::{TimeLabel, TrainingSchedule};

@@ -15,6 +15,10 @@ use crate::noise::PerImageNoise;
 use crate::report::RunReport;
 use crate::training_schedule::{TimeLabel, TrainingSchedule};
 
+/// The exit threshold a model with certainty heads starts with (AdaDiff's CIFAR-10/ImageNet
+/// releases use 0.92, COCO 0.87).
+pub const DEFAULT_THRESHOLD: f32 = 0.9;
+
 /// Where a run is, for progress bars.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -57,7 +61,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline for `model` (trained on `training`), sampling with `scheduler_config` in
-    /// `steps` steps. The exit policy defaults to per-sample exits at threshold 0.9 when the model
+    /// `steps` steps. The exit policy defaults to per-sample exits at [`DEFAULT_THRESHOLD`] when the model
     /// has certainty heads, full depth otherwise.
     pub fn new(
         model: EarlyExitUVit,
@@ -70,7 +74,7 @@ impl Pipeline {
         let time_label = TimeLabel::new(&training, &scheduler_config)?;
         let scheduler = Scheduler::new(&scheduler_config, steps)?;
         let policy = match model.heads() {
-            Some(_) => ExitPolicy::per_sample(0.9)?,
+            Some(_) => ExitPolicy::per_sample(DEFAULT_THRESHOLD)?,
             None => ExitPolicy::Full,
         };
         Ok(Self {
