@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use deediff_schedules::{Scheduler, SchedulerConfig};
 use deediff_uem::{EarlyExitUVit, ExitPolicy, SampleExit};
 use deediff_unet::Conditioning;
@@ -311,7 +311,7 @@ impl Pipeline {
         };
         let g = self.guidance.scale;
         let eps = ((&eps_u * (1.0 - g))? + (&eps_c * g)?)?;
-        Ok((eps.to_dtype(DType::F32)?, exits))
+        Ok((eps, exits))
     }
 
     /// Runs each sample to the depth `like` gives it (grouped by depth, static exits).

@@ -143,21 +143,16 @@ fn run() -> Result<()> {
         );
     }
 
-    let todo: Vec<usize> = range
+    let (done, todo): (Vec<usize>, Vec<usize>) = range
         .clone()
-        .filter(|&i| !image_path(&cli.out, i).exists())
-        .collect();
+        .partition(|&i| image_path(&cli.out, i).exists());
     // FID scoring: the network and reference load before any work, so a bad path fails early.
     let mut scoring = match &cli.fid_stats {
         Some(path) => {
             let net = FidInception::load(None)?;
             let reference = Stats::load(path)?;
             let mut moments = Moments::new(2048);
-            let resumed: Vec<PathBuf> = range
-                .clone()
-                .filter(|i| !todo.contains(i))
-                .map(|i| image_path(&cli.out, i))
-                .collect();
+            let resumed: Vec<PathBuf> = done.iter().map(|&i| image_path(&cli.out, i)).collect();
             if !resumed.is_empty() {
                 moments.add_features(&net.features_files(&resumed, 2048, 50, &mut |_| {})?)?;
             }
@@ -170,13 +165,13 @@ fn run() -> Result<()> {
         cli.shard,
         range.start,
         range.end,
-        range.len() - todo.len(),
+        done.len(),
         todo.len(),
         pipeline.policy()
     );
     let bar = EvalBar::new(range.len() as u64, "images");
     bar.set(0, 0.0);
-    let mut done = (range.len() - todo.len()) as u64;
+    let mut finished = done.len() as u64;
     let mut report: Option<RunReport> = None;
     for chunk in todo.chunks(cli.batch) {
         let conds = chunk
@@ -201,8 +196,11 @@ fn run() -> Result<()> {
             Some(r) => r.merge(&generated.report),
             None => report = Some(generated.report),
         }
-        done += chunk.len() as u64;
-        bar.set(done, report.as_ref().map_or(0.0, RunReport::mean_blocks));
+        finished += chunk.len() as u64;
+        bar.set(
+            finished,
+            report.as_ref().map_or(0.0, RunReport::mean_blocks),
+        );
     }
     bar.finish();
 

@@ -182,18 +182,25 @@ fn run() -> Result<()> {
     let net = FidInception::load(None)?;
     let real = stats_of(&net, &reference(&cli)?).context("reference statistics")?;
     let mut rows: Vec<Row> = Vec::new();
+    let bundle = load_model(&cli.model, &device)?;
+    let betas = bundle.training.betas();
+    // Built once with DDIM; each `--schedulers` entry swaps the scheduler in.
+    let mut p = Pipeline::from_bundle(
+        bundle,
+        SchedulerConfig::by_name("ddim", betas.clone())?,
+        1,
+        device.clone(),
+    )?;
+    p.set_guidance(Guidance {
+        scale: cli.guidance,
+        shared_exit: false,
+    })?;
     for (k, spec) in cli.schedulers.iter().enumerate() {
         let (name, steps) = spec
             .split_once(':')
             .and_then(|(n, s)| Some((n, s.parse::<usize>().ok()?)))
             .with_context(|| format!("--schedulers entry {spec:?}: expected name:steps"))?;
-        let bundle = load_model(&cli.model, &device)?;
-        let config = SchedulerConfig::by_name(name, bundle.training.betas())?;
-        let mut p = Pipeline::from_bundle(bundle, config, steps, device.clone())?;
-        p.set_guidance(Guidance {
-            scale: cli.guidance,
-            shared_exit: false,
-        })?;
+        p.set_scheduler(SchedulerConfig::by_name(name, betas.clone())?, steps)?;
         let mut policies = vec![ExitPolicy::Full];
         let sweep: &[f32] = if k == 0 {
             &cli.thresholds
