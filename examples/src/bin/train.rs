@@ -100,13 +100,21 @@ struct Args {
     /// With --resume: only write model.safetensors (EMA weights) from the checkpoint, no training.
     #[arg(long, requires = "resume")]
     export_only: bool,
+    /// Write the default text encoder's config and every caption as token ids (JSON, one list per
+    /// concept) to this file and exit: what an external phase-1 trainer needs to use the same
+    /// tokenizer and caption distribution (`scripts/pretrain_backbone.py`).
+    #[arg(long)]
+    write_captions: Option<PathBuf>,
 }
 
 const T: usize = 1000;
 
 /// The training noise schedule as a diffusers `scheduler_config.json` (DDPM linear betas,
-/// ε-prediction, integer timesteps 0..999, pixels in [-1, 1] so x₀ may be clipped); stored in
-/// exported models so samplers can read it.
+/// ε-prediction, integer timesteps 0..999, pixels in [-1, 1]); stored in exported models so
+/// samplers can read it. `clip_sample` stays off: diffusers' DDIM clips x₀ but keeps the unclipped
+/// ε for the direction term, and at high noise (α ≈ 0.008, so x₀ errors are ×130) that mismatch
+/// turned this model's DDIM samples into salt-and-pepper noise, where unclipped DDIM draws clean
+/// images.
 fn scheduler_json() -> serde_json::Value {
     serde_json::json!({
         "_class_name": "DDPMScheduler",
@@ -115,8 +123,7 @@ fn scheduler_json() -> serde_json::Value {
         "beta_end": 0.02,
         "beta_schedule": "linear",
         "prediction_type": "epsilon",
-        "clip_sample": true,
-        "clip_sample_range": 1.0
+        "clip_sample": false
     })
 }
 
@@ -274,12 +281,34 @@ fn save(trainer: &Trainer, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Captions are drawn uniformly over templates × phrases, so listing every combination per concept
+/// lets a consumer reproduce the distribution by drawing one uniformly.
+fn write_captions(path: &Path) -> Result<()> {
+    let cfg = default_text_encoder();
+    let tok = deediff_unet::text_encoder::Tokenizer::new(&cfg);
+    let captions = deediff_uem::data::CONCEPTS
+        .iter()
+        .map(|c| {
+            c.captions()
+                .map(|caption| Ok(tok.encode(&caption)?.ids))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let json = serde_json::json!({ "text_encoder_config": cfg, "captions": captions });
+    deediff_examples::write_atomic(path, |tmp| Ok(std::fs::write(tmp, json.to_string())?))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 fn main() {
     deediff_examples::exit_on_error(run());
 }
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    if let Some(p) = &args.write_captions {
+        return write_captions(p);
+    }
     let device = Device::Cpu;
     let ac = alphas_cumprod()?;
     std::fs::create_dir_all(&args.out_dir)

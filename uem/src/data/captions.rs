@@ -144,6 +144,16 @@ pub const CONCEPTS: [Concept; 20] = [
     digit!("9", "nine"),
 ];
 
+impl Concept {
+    /// Every caption of this concept (templates × phrases); [`Captioner::caption`] draws
+    /// uniformly among them.
+    pub fn captions(&self) -> impl Iterator<Item = String> + '_ {
+        self.templates
+            .iter()
+            .flat_map(move |t| self.phrases.iter().map(move |p| t.replace("{}", p)))
+    }
+}
+
 /// Draws captions for concept ids.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Captioner;
@@ -166,14 +176,7 @@ impl Captioner {
 
     /// Every caption the captioner can produce, in a fixed order.
     pub fn all_captions(&self) -> Vec<String> {
-        CONCEPTS
-            .iter()
-            .flat_map(|c| {
-                c.templates
-                    .iter()
-                    .flat_map(move |t| c.phrases.iter().map(move |p| t.replace("{}", p)))
-            })
-            .collect()
+        CONCEPTS.iter().flat_map(Concept::captions).collect()
     }
 
     /// Words that name exactly one concept and appear in no template ("boot", "seven",
