@@ -1,5 +1,7 @@
 //! Minimal `.npy`/`.npz` support: what `np.savez_compressed` writes and `np.load` reads
-//! (little-endian f8/f4/i8/i4 arrays, C or Fortran order, deflated or stored members).
+//! (little-endian f8/f4/i8/i4 and u1 arrays, C or Fortran order, deflated or stored members).
+//! Statistics are written as float64, sample images as uint8 `arr_0` (the layout of the
+//! guided-diffusion / ADM evaluation batches).
 
 use crate::error::{FidError, Result};
 use std::collections::BTreeMap;
@@ -41,51 +43,104 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>> {
 
 /// Writes `arrays` as a deflated `.npz` (float64 members), like `np.savez_compressed`.
 pub fn write_npz(path: &Path, arrays: &[(&str, &Array)]) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| FidError::file(path, e))?;
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
-        .large_file(
-            arrays
-                .iter()
-                .any(|(_, a)| a.data.len() * 8 >= u32::MAX as usize / 2),
-        );
+    let largest = arrays
+        .iter()
+        .map(|(_, a)| 8 * a.data.len())
+        .max()
+        .unwrap_or(0);
+    let (mut zip, options) = zip_writer(path, largest)?;
     for (key, array) in arrays {
         zip.start_file(format!("{key}.npy"), options)
             .map_err(|e| FidError::file(path, e))?;
         zip.write_all(&npy_bytes(array))
             .map_err(|e| FidError::file(path, e))?;
     }
+    finish(path, zip)
+}
+
+/// Streams uint8 images `[N, H, W, C]` into `arr_0` of a deflated `.npz`, what
+/// `np.savez_compressed(path, images)` writes (the sample-batch format of FID evaluators).
+/// `image(i)` returns image i's `H·W·C` bytes; only one image is held at a time.
+pub fn write_images_npz(
+    path: &Path,
+    shape: [usize; 4],
+    mut image: impl FnMut(usize) -> std::result::Result<Vec<u8>, String>,
+) -> Result<()> {
+    let per_image = shape[1] * shape[2] * shape[3];
+    let (mut zip, options) = zip_writer(path, shape[0] * per_image)?;
+    zip.start_file("arr_0.npy", options)
+        .map_err(|e| FidError::file(path, e))?;
+    zip.write_all(&npy_header(&shape, "|u1"))
+        .map_err(|e| FidError::file(path, e))?;
+    for i in 0..shape[0] {
+        let bytes = image(i).map_err(|e| FidError::file(path, format!("image {i}: {e}")))?;
+        if bytes.len() != per_image {
+            return Err(FidError::file(
+                path,
+                format!(
+                    "image {i} has {} bytes, expected {per_image} for {}x{}x{}",
+                    bytes.len(),
+                    shape[1],
+                    shape[2],
+                    shape[3]
+                ),
+            ));
+        }
+        zip.write_all(&bytes).map_err(|e| FidError::file(path, e))?;
+    }
+    finish(path, zip)
+}
+
+type NpzWriter = zip::ZipWriter<std::io::BufWriter<std::fs::File>>;
+
+fn zip_writer(
+    path: &Path,
+    largest_member: usize,
+) -> Result<(NpzWriter, zip::write::SimpleFileOptions)> {
+    let file = std::fs::File::create(path).map_err(|e| FidError::file(path, e))?;
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(largest_member >= u32::MAX as usize / 2);
+    Ok((zip::ZipWriter::new(std::io::BufWriter::new(file)), options))
+}
+
+fn finish(path: &Path, zip: NpzWriter) -> Result<()> {
     zip.finish()
         .map_err(|e| FidError::file(path, e))?
         .flush()
         .map_err(|e| FidError::file(path, e))
 }
 
-/// `.npy` version 1.0 bytes of a little-endian float64 C-order array (header padded to 64).
+/// `.npy` version 1.0 bytes of a little-endian float64 C-order array.
 pub fn npy_bytes(a: &Array) -> Vec<u8> {
-    let shape = match a.shape.len() {
-        1 => format!("({},)", a.shape[0]),
+    let mut out = npy_header(&a.shape, "<f8");
+    a.data
+        .iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    out
+}
+
+/// The `.npy` 1.0 magic and header of a C-order array (header padded to 64 bytes).
+fn npy_header(shape: &[usize], descr: &str) -> Vec<u8> {
+    let shape = match shape.len() {
+        1 => format!("({},)", shape[0]),
         _ => format!(
             "({})",
-            a.shape
+            shape
                 .iter()
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
     };
-    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     let pad = 64 - (10 + header.len() + 1) % 64;
     header.extend(std::iter::repeat_n(' ', pad % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + 8 * a.data.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    a.data
-        .iter()
-        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     out
 }
 
@@ -127,9 +182,10 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
     let width = match descr {
         "<f8" | "<i8" => 8,
         "<f4" | "<i4" => 4,
+        "|u1" | "<u1" => 1,
         d => {
             return Err(format!(
-                "unsupported dtype {d} (expected little-endian float64/float32/int)"
+                "unsupported dtype {d} (expected little-endian float64/float32/int or uint8)"
             ))
         }
     };
@@ -146,7 +202,8 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
             "<f8" => f64::from_le_bytes(b.try_into().unwrap()),
             "<i8" => i64::from_le_bytes(b.try_into().unwrap()) as f64,
             "<f4" => f32::from_le_bytes(b.try_into().unwrap()) as f64,
-            _ => i32::from_le_bytes(b.try_into().unwrap()) as f64,
+            "<i4" => i32::from_le_bytes(b.try_into().unwrap()) as f64,
+            _ => b[0] as f64,
         })
         .collect();
     if fortran && shape.len() > 1 {

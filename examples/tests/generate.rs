@@ -1,5 +1,5 @@
 //! `generate` end to end on the official-format reference checkpoint: shards partition a run,
-//! and a run interrupted (files missing) resumes to byte-identical images.
+//! a run interrupted (files missing) resumes to byte-identical images, and `--npz` packs a shard.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +64,27 @@ fn shards_and_resumed_runs_reproduce_the_whole_run() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     assert_eq!(files(&sharded), reference);
+
+    // Packing a finished shard: arr_0 holds its images as uint8 NHWC RGB, in index order.
+    let npz = tmp.join("shard1.npz");
+    let o = generate(
+        &sharded,
+        &["--shard", "1/2", "--npz", npz.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let arr = &deediff_eval::npz::read_npz(&npz).unwrap()["arr_0"];
+    let rgb: Vec<f64> = (3..6)
+        .flat_map(|i| {
+            image::open(sharded.join(format!("{i:06}.png")))
+                .unwrap()
+                .to_rgb8()
+                .into_raw()
+        })
+        .map(f64::from)
+        .collect();
+    assert_eq!(arr.shape[0], 3);
+    assert_eq!(arr.shape[3], 3);
+    assert_eq!(arr.data, rgb);
 
     // An interrupted run: two images missing. The rerun fills exactly those, identically.
     for n in ["000001.png", "000004.png"] {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
+use deediff_eval::npz::write_images_npz;
 use deediff_eval::{frechet_distance, FidInception, Moments, Stats};
 use deediff_examples::cli::{build_pipeline, load_model, ModelArgs, SamplingArgs};
 use deediff_examples::progress::EvalBar;
@@ -55,6 +56,14 @@ struct Cli {
     /// moments to `OUT/fid-moments-K-of-N.npz` for `fid --merge-stats`.
     #[arg(long)]
     fid_stats: Option<PathBuf>,
+    /// With --fid-stats: score the images without writing PNGs (nothing to resume from: a killed
+    /// run starts over).
+    #[arg(long, requires = "fid_stats", conflicts_with = "npz")]
+    no_png: bool,
+    /// Also pack the shard's images into this uint8 `.npz` (`arr_0`, `[N, H, W, 3]`, the sample
+    /// batch format of FID evaluators), written atomically once the shard is complete.
+    #[arg(long)]
+    npz: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -74,6 +83,36 @@ fn shard_range(spec: &str, num: usize) -> Result<std::ops::Range<usize>> {
 
 fn image_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("{i:06}.png"))
+}
+
+/// Packs the PNGs of `range` (all present once the shard is done) into `path`, one image in
+/// memory at a time.
+fn write_npz(path: &Path, dir: &Path, range: std::ops::Range<usize>) -> Result<()> {
+    let read = |i: usize| -> std::result::Result<image::RgbImage, String> {
+        let p = image_path(dir, i);
+        Ok(image::open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .to_rgb8())
+    };
+    let first = read(range.start).map_err(anyhow::Error::msg)?;
+    let shape = [
+        range.len(),
+        first.height() as usize,
+        first.width() as usize,
+        3,
+    ];
+    write_atomic(path, |tmp| {
+        Ok(write_images_npz(tmp, shape, |k| {
+            Ok(read(range.start + k)?.into_raw())
+        })?)
+    })
+    .with_context(|| format!("{}: cannot write the .npz", path.display()))?;
+    eprintln!(
+        "{} images -> {} (arr_0 {shape:?} uint8)",
+        range.len(),
+        path.display()
+    );
+    Ok(())
 }
 
 fn main() {
@@ -145,7 +184,7 @@ fn run() -> Result<()> {
 
     let (done, todo): (Vec<usize>, Vec<usize>) = range
         .clone()
-        .partition(|&i| image_path(&cli.out, i).exists());
+        .partition(|&i| !cli.no_png && image_path(&cli.out, i).exists());
     // FID scoring: the network and reference load before any work, so a bad path fails early.
     let mut scoring = match &cli.fid_stats {
         Some(path) => {
@@ -185,7 +224,7 @@ fn run() -> Result<()> {
             let rgb: Vec<_> = images.iter().map(|i| i.to_rgb8()).collect();
             moments.add_features(&net.features_rgb8(&rgb, 2048)?)?;
         }
-        for (&i, img) in chunk.iter().zip(images) {
+        for (&i, img) in chunk.iter().zip(images).filter(|_| !cli.no_png) {
             let path = image_path(&cli.out, i);
             write_atomic(&path, |tmp| {
                 Ok(img.save_with_format(tmp, image::ImageFormat::Png)?)
@@ -203,6 +242,9 @@ fn run() -> Result<()> {
         );
     }
     bar.finish();
+    if let (Some(path), false) = (&cli.npz, range.is_empty()) {
+        write_npz(path, &cli.out, range.clone())?;
+    }
 
     if let Some((_, reference, moments)) = &scoring {
         let (k, n) = cli.shard.split_once('/').expect("validated by shard_range");

@@ -35,9 +35,10 @@ struct Args {
     guidance: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Do not clip the predicted x₀ to [-1, 1].
+    /// Clip the predicted x₀ to [-1, 1] (diffusers' DDIM `clip_sample`, which keeps the unclipped ε
+    /// for the direction term: at high noise that mismatch turns samples into noise).
     #[arg(long)]
-    no_clip: bool,
+    clip_sample: bool,
 }
 
 fn main() {
@@ -83,7 +84,7 @@ fn run() -> Result<()> {
     )?;
     let cond = Conditioning::Context(ctx);
     let (c, s) = (cfg.in_chans, cfg.img_size);
-    // The training schedule with DDIM's update; pixel models clip the predicted x₀ to [-1, 1].
+    // The training schedule with DDIM's update.
     let ddim = serde_json::json!({
         "_class_name": "DDIMScheduler",
         "num_train_timesteps": 1000,
@@ -91,7 +92,7 @@ fn run() -> Result<()> {
         "beta_end": 0.02,
         "beta_schedule": "linear",
         "prediction_type": "epsilon",
-        "clip_sample": !args.no_clip
+        "clip_sample": args.clip_sample
     });
     let scheduler = Scheduler::new(
         &SchedulerConfig::from_diffusers_json(&ddim.to_string())?,
