@@ -29,6 +29,9 @@ use crate::head::CertaintyHeads;
 use crate::loss::deediff_loss;
 use crate::optim::AdamW;
 
+/// Names of the certainty-head parameters (the official `lte_classifer.N.lte.*`).
+const HEADS_PREFIX: &str = "lte_classifer.";
+
 /// Numbers from one update, for logs and progress bars.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepStats {
@@ -112,7 +115,12 @@ impl Trainer {
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         seeded_init(&vars, cfg.seed)?;
-        let opt = AdamW::new(vars.clone(), cfg.optim);
+        let trainable = vars
+            .iter()
+            .filter(|(name, _)| !cfg.freeze_backbone || name.starts_with(HEADS_PREFIX))
+            .cloned()
+            .collect();
+        let opt = AdamW::new(trainable, cfg.optim);
         let ema = Ema::new(vars.clone(), cfg.ema_decay);
         let sqrt_ac = alphas_cumprod.iter().map(|a| a.sqrt() as f32).collect();
         let sqrt_one_minus_ac = alphas_cumprod
@@ -180,7 +188,7 @@ impl Trainer {
                     t.dims(),
                     var.dims()
                 )),
-                None if name.starts_with("lte_classifer.") || name.starts_with("text_encoder.") => {
+                None if name.starts_with(HEADS_PREFIX) || name.starts_with("text_encoder.") => {
                     fresh.push(name.clone())
                 }
                 None => problems.push(format!("missing tensor {name}")),
@@ -295,8 +303,9 @@ impl Trainer {
         let mut certainties = Vec::with_capacity(n);
         for i in 0..n {
             h = self.model.block(i, &h, &mut skips)?;
-            // With β = 0 the early exits only feed the (detached) certainty target.
-            let exit_in = if self.cfg.loss.beta == 0.0 && i + 1 < n {
+            // With β = 0 the early exits only feed the (detached) certainty target; with a frozen
+            // backbone no exit needs a gradient.
+            let exit_in = if self.cfg.freeze_backbone || (self.cfg.loss.beta == 0.0 && i + 1 < n) {
                 h.detach()
             } else {
                 h.clone()

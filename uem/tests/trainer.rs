@@ -47,6 +47,7 @@ fn config(model: UVitConfig, text_encoder: Option<TextEncoderConfig>) -> TrainCo
         seed: 7,
         num_train_timesteps: 100,
         scheduler: serde_json::json!({"beta_schedule": "linear"}),
+        freeze_backbone: false,
     }
 }
 
@@ -136,6 +137,37 @@ fn loss_decreases_and_certainty_tracks_accurate_exits() {
     assert!(
         cert[best] > cert[worst],
         "best exit ({best}) is not more certain than worst ({worst})"
+    );
+}
+
+#[test]
+fn frozen_backbone_trains_only_the_heads() {
+    let mut cfg = config(tiny_model(Variant::Uvit), None);
+    cfg.freeze_backbone = true;
+    let mut tr = Trainer::new(cfg, &alphas(), &Device::Cpu).unwrap();
+    // Copied out: the parameter tensors share storage with the variables AdamW updates in place.
+    let before: Vec<(String, Vec<f32>)> = tr
+        .parameters()
+        .iter()
+        .map(|(n, t)| (n.clone(), values(t)))
+        .collect();
+    let data = stripes();
+    for _ in 0..5 {
+        tr.train_step(&data).unwrap();
+    }
+    let mut heads_moved = 0;
+    for ((name, a), (_, b)) in before.iter().zip(tr.parameters()) {
+        let moved = *a != values(&b);
+        if name.starts_with("lte_classifer.") {
+            heads_moved += moved as usize;
+        } else {
+            assert!(!moved, "{name} changed although the backbone is frozen");
+        }
+    }
+    assert_eq!(
+        heads_moved,
+        2 * tr.model().num_blocks(),
+        "every head weight and bias trains"
     );
 }
 

@@ -64,16 +64,18 @@ fn stats_of(net: &FidInception, images: &[image::RgbImage]) -> Result<Stats> {
     Ok(Stats::from_features(&net.features_rgb8(images, 2048)?)?)
 }
 
-fn reference(cli: &Cli) -> Result<Vec<image::RgbImage>> {
+/// The first `--num` images of a Fashion-MNIST IDX split (`t10k` = the reference, `train` = the
+/// real-data floor of FID at this N).
+fn fashion(cli: &Cli, split: &str) -> Result<Vec<image::RgbImage>> {
     let dir = &cli.fashion_mnist;
-    let test = load_idx(
-        &dir.join("t10k-images-idx3-ubyte.gz"),
-        &dir.join("t10k-labels-idx1-ubyte.gz"),
+    let set = load_idx(
+        &dir.join(format!("{split}-images-idx3-ubyte.gz")),
+        &dir.join(format!("{split}-labels-idx1-ubyte.gz")),
         false,
     )?;
-    Ok((0..cli.num.min(test.len()))
+    Ok((0..cli.num.min(set.len()))
         .map(|i| {
-            let px: Vec<u8> = test
+            let px: Vec<u8> = set
                 .image(i)
                 .iter()
                 .map(|&v| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8)
@@ -180,7 +182,9 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     let device = Device::Cpu;
     let net = FidInception::load(None)?;
-    let real = stats_of(&net, &reference(&cli)?).context("reference statistics")?;
+    let real = stats_of(&net, &fashion(&cli, "t10k")?).context("reference statistics")?;
+    let floor = frechet_distance(&stats_of(&net, &fashion(&cli, "train")?)?, &real)?;
+    eprintln!("real-data floor (train vs test images): FID {floor:.2}");
     let mut rows: Vec<Row> = Vec::new();
     let bundle = load_model(&cli.model, &device)?;
     let betas = bundle.training.betas();
@@ -253,6 +257,7 @@ fn run() -> Result<()> {
 
     println!("| scheduler | method | mean blocks | depth % | MACs % | FID (N={}) | s/image | speed-up vs full |", cli.num);
     println!("|---|---|---|---|---|---|---|---|");
+    println!("| — | real train images (floor) | — | — | — | {floor:.2} | — | — |");
     for r in &rows {
         let full = rows
             .iter()

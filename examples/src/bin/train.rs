@@ -86,6 +86,9 @@ struct Args {
     /// Use the paper's per-pixel `1 − u` weighting of the layer-wise loss.
     #[arg(long)]
     paper_layer_loss: bool,
+    /// Train only the certainty heads (fine-tuning a pretrained backbone without changing it).
+    #[arg(long)]
+    freeze_backbone: bool,
     /// Probability of dropping the label/caption (classifier-free guidance).
     #[arg(long, default_value_t = 0.1)]
     cond_drop: f64,
@@ -264,6 +267,7 @@ fn new_config(args: &Args) -> Result<TrainConfig> {
         seed: args.seed,
         num_train_timesteps: T,
         scheduler: scheduler_json(),
+        freeze_backbone: args.freeze_backbone,
     })
 }
 

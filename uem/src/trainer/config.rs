@@ -41,6 +41,10 @@ pub struct TrainConfig {
     pub num_train_timesteps: usize,
     /// Opaque scheduler description (diffusers-style JSON) copied into exported models.
     pub scheduler: serde_json::Value,
+    /// Train only the certainty heads (the "frozen backbone" fine-tune): the DeeDiff losses then
+    /// reach nothing but the heads, so a pretrained backbone keeps its full-depth quality.
+    #[serde(default)]
+    pub freeze_backbone: bool,
 }
 
 impl TrainConfig {

