@@ -89,8 +89,8 @@ fn samples_of_every_concept_look_like_that_concept() {
         .flat_map(|_| prompts.iter().map(|s| Condition::Text(s.clone())))
         .collect();
     let seeds: Vec<u64> = (0..conds.len() as u64).collect();
-    // Measured 29 and 27 of 40 (the classifier itself gets ≈ 35 of 40 right on real images); an
-    // untrained or broken model scores ≈ 2.
+    // Measured 29 and 27 of 40 (the classifier itself gets ≈ 35 of 40 right on real images;
+    // chance is 2).
     for (policy, min_correct) in [("full", 25), ("per-sample:0.97", 23)] {
         p.set_policy(policy.parse().unwrap()).unwrap();
         let out = p.generate(&conds, &seeds, Hooks::default()).unwrap();
