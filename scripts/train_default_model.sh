@@ -47,5 +47,9 @@ fi
 # memory in the allocator avoids re-zeroing pages on every step.
 CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-1} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1} \
 MIMALLOC_PURGE_DELAY=-1 ./target/release/train "${ARGS[@]}"
+# The default exit threshold stored in the file: the most compute-saving one whose FID stayed
+# within 10 % of full depth in bench/tradeoff.sh (BENCHMARKS.md).
+./target/release/train --out-dir "$OUT/phase3" --resume "$OUT/phase3/checkpoint.safetensors" \
+    --export-only --exit-threshold 0.97
 mkdir -p models
 cp "$OUT/phase3/model.safetensors" models/uvit_t2i_fashion_digits.safetensors

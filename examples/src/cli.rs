@@ -76,7 +76,8 @@ pub struct SamplingArgs {
     /// The unconditional pass stops where the conditional pass of the same image stopped.
     #[arg(long)]
     pub shared_exit: bool,
-    /// Exit threshold on the certainty (0, 1]; with --policy per-sample/official.
+    /// Exit threshold on the certainty (0, 1]; with --policy per-sample/official. Default: the
+    /// model's recommended threshold (metadata `exit_threshold`), else 0.9.
     #[arg(long)]
     pub threshold: Option<f32>,
     /// Target mean depth as a fraction of the full network (0, 1]: calibrates the threshold.
@@ -89,9 +90,9 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     /// The policy from `--policy` (its own syntax, see [`ExitPolicy`]'s `FromStr`) with
-    /// `--threshold` filled in for `per-sample` / `official`.
-    pub fn policy(&self) -> Result<ExitPolicy> {
-        let t = self.threshold.unwrap_or(DEFAULT_THRESHOLD);
+    /// `--threshold` (else `default_threshold`) filled in for `per-sample` / `official`.
+    pub fn policy(&self, default_threshold: f32) -> Result<ExitPolicy> {
+        let t = self.threshold.unwrap_or(default_threshold);
         let spec = match self.policy.as_str() {
             "per-sample" | "official" => format!("{}:{t}", self.policy),
             other => other.to_string(),
@@ -133,9 +134,10 @@ pub fn build_pipeline(
         Some(path) => SchedulerConfig::from_file(path)?,
         None => SchedulerConfig::by_name(&args.scheduler, bundle.training.betas())?,
     };
+    let default_threshold = bundle.exit_threshold.unwrap_or(DEFAULT_THRESHOLD);
     let mut pipeline = Pipeline::from_bundle(bundle, scheduler, args.steps, device.clone())?;
     if args.budget.is_none() {
-        pipeline.set_policy(args.policy()?)?;
+        pipeline.set_policy(args.policy(default_threshold)?)?;
     }
     pipeline.set_guidance(Guidance {
         scale: args.guidance,

@@ -26,7 +26,14 @@ pub struct ModelBundle {
     /// Every metadata entry of the file (configs, training recipe, step); empty for an official
     /// checkpoint.
     pub metadata: HashMap<String, String>,
+    /// The exit threshold measured for this model (metadata [`EXIT_THRESHOLD_KEY`]), used when the
+    /// caller names none.
+    pub exit_threshold: Option<f32>,
 }
+
+/// Metadata key of a model's recommended exit threshold: the highest-compute-saving threshold
+/// whose FID its trainer measured within 10 % of full depth (MODEL.md).
+pub const EXIT_THRESHOLD_KEY: &str = "exit_threshold";
 
 /// The model embedded in the library: the default text-to-image model (see `MODEL.md`).
 #[cfg(feature = "default-model")]
@@ -41,6 +48,7 @@ impl ModelBundle {
             text: None,
             training,
             metadata: HashMap::new(),
+            exit_threshold: None,
         }
     }
 
@@ -104,6 +112,14 @@ impl ModelBundle {
             .transpose()
             .map_err(|e| bad(format!("bad text_encoder_config: {e}")))?;
 
+        let exit_threshold = metadata
+            .get(EXIT_THRESHOLD_KEY)
+            .map(|v| match v.parse::<f32>() {
+                Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
+                _ => Err(bad(format!("{EXIT_THRESHOLD_KEY} {v:?} is not in (0, 1]"))),
+            })
+            .transpose()?;
+
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
             .map_err(|e| bad(e.to_string()))?;
         let model = UVit::new(&cfg, vb.clone()).map_err(|e| bad(e.to_string()))?;
@@ -117,6 +133,7 @@ impl ModelBundle {
             text,
             training,
             metadata,
+            exit_threshold,
         })
     }
 }

@@ -22,9 +22,9 @@ mod report;
 mod training_schedule;
 
 pub use budget::{threshold_for_budget, Calibration};
-pub use bundle::ModelBundle;
 #[cfg(feature = "default-model")]
 pub use bundle::DEFAULT_MODEL;
+pub use bundle::{ModelBundle, EXIT_THRESHOLD_KEY};
 pub use conditioning::{Condition, Conditioner, TextEncoder};
 pub use error::{Result, SamplerError};
 pub use guidance::Guidance;

@@ -91,7 +91,8 @@ impl Pipeline {
         })
     }
 
-    /// A pipeline over a loaded model file (its text encoder included).
+    /// A pipeline over a loaded model file (its text encoder included); per-sample exits at the
+    /// model's own recommended threshold when it has one.
     pub fn from_bundle(
         bundle: crate::ModelBundle,
         scheduler_config: SchedulerConfig,
@@ -99,14 +100,18 @@ impl Pipeline {
         device: Device,
     ) -> Result<Self> {
         let text = bundle.text.map(|t| Box::new(t) as Box<dyn TextEncoder>);
-        Self::new(
+        let mut pipeline = Self::new(
             bundle.model,
             bundle.training,
             text,
             scheduler_config,
             steps,
             device,
-        )
+        )?;
+        if let (Some(t), Some(_)) = (bundle.exit_threshold, pipeline.model.heads()) {
+            pipeline.policy = ExitPolicy::per_sample(t)?;
+        }
+        Ok(pipeline)
     }
 
     /// Replaces the scheduler (checked against the model's training schedule).

@@ -109,3 +109,34 @@ fn samples_of_every_concept_look_like_that_concept() {
         }
     }
 }
+
+/// The embedded model file with its `exit_threshold` metadata replaced.
+fn with_exit_threshold(value: &str) -> Vec<u8> {
+    let bytes = deediff_sampler::DEFAULT_MODEL;
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][deediff_sampler::EXIT_THRESHOLD_KEY] = value.into();
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+#[test]
+fn the_models_own_exit_threshold_is_the_default_policy() {
+    let dev = Device::Cpu;
+    let bundle = ModelBundle::from_bytes(with_exit_threshold("0.8"), "m", &dev).unwrap();
+    assert_eq!(bundle.exit_threshold, Some(0.8));
+    let scheduler = SchedulerConfig::by_name("ddim", bundle.training.betas()).unwrap();
+    let p = Pipeline::from_bundle(bundle, scheduler, 3, dev.clone()).unwrap();
+    assert_eq!(p.policy().to_string(), "per-sample:0.8");
+    for bad in ["1.5", "zero"] {
+        let err = ModelBundle::from_bytes(with_exit_threshold(bad), "m.safetensors", &dev)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("m.safetensors: exit_threshold"), "{err}");
+    }
+}

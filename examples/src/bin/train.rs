@@ -103,6 +103,10 @@ struct Args {
     /// With --resume: only write model.safetensors (EMA weights) from the checkpoint, no training.
     #[arg(long, requires = "resume")]
     export_only: bool,
+    /// With --export-only: record this exit threshold in the model file as the one samplers use
+    /// by default (the value the trade-off benchmark measured, MODEL.md).
+    #[arg(long, requires = "export_only", value_parser = unit_interval)]
+    exit_threshold: Option<f32>,
     /// Write the default text encoder's config and every caption as token ids (JSON, one list per
     /// concept) to this file and exit: what an external phase-1 trainer needs to use the same
     /// tokenizer and caption distribution (`scripts/pretrain_backbone.py`).
@@ -111,6 +115,13 @@ struct Args {
 }
 
 const T: usize = 1000;
+
+fn unit_interval(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a threshold in (0, 1]")),
+    }
+}
 
 /// The training noise schedule as a diffusers `scheduler_config.json` (DDPM linear betas,
 /// ε-prediction, integer timesteps 0..999, pixels in [-1, 1]); stored in exported models so
@@ -327,7 +338,12 @@ fn run() -> Result<()> {
                 }
             })?;
             if args.export_only {
-                t.export_model(&args.out_dir.join("model.safetensors"))?;
+                let extra: Vec<(&str, String)> = args
+                    .exit_threshold
+                    .map(|v| (deediff_sampler::EXIT_THRESHOLD_KEY, v.to_string()))
+                    .into_iter()
+                    .collect();
+                t.export_model_with(&args.out_dir.join("model.safetensors"), &extra)?;
                 eprintln!(
                     "exported step {} to {}",
                     t.step(),

@@ -137,6 +137,15 @@ impl Trainer {
 
     /// Writes the EMA weights as a self-contained model file for sampling.
     pub fn export_model(&self, path: &Path) -> Result<(), TrainError> {
+        self.export_model_with(path, &[])
+    }
+
+    /// [`Self::export_model`] with extra metadata entries (e.g. a measured `exit_threshold`).
+    pub fn export_model_with(
+        &self,
+        path: &Path,
+        extra: &[(&str, String)],
+    ) -> Result<(), TrainError> {
         let mut meta = HashMap::from([
             ("format".to_string(), MODEL_FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
@@ -150,6 +159,7 @@ impl Trainer {
         if let Some(tc) = &self.cfg.text_encoder {
             meta.insert(TEXT_ENCODER_CONFIG_KEY.to_string(), json(tc)?);
         }
+        meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         write_atomic(path, self.ema.averaged("")?, meta)
     }
 }
