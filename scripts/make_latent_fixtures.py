@@ -173,6 +173,15 @@ def clip_tokenizer():
     return tok, len(vocab)
 
 
+def save_text_model(model, tok, name):
+    """Perturbs `model` and saves it with its tokenizer as a Hugging Face folder `name`."""
+    model.eval()
+    perturb(model)
+    model.save_pretrained(f"{OUT}/{name}")
+    tok.save(f"{OUT}/{name}/tokenizer.json")
+    return model
+
+
 def padded_ids(tok, prompts, length, pad_id):
     tok = Tokenizer.from_str(tok.to_str())
     tok.enable_truncation(length)
@@ -200,10 +209,7 @@ def clip():
         pad_token_id=vocab_size - 1,
     )
     torch.manual_seed(1)
-    model = CLIPTextModel(cfg).eval()
-    perturb(model)
-    model.save_pretrained(f"{OUT}/clip")
-    tok.save(f"{OUT}/clip/tokenizer.json")
+    model = save_text_model(CLIPTextModel(cfg), tok, "clip")
     eos = vocab_size - 1  # openai/clip-vit-large-patch14 pads with <|endoftext|>, as U-ViT does
     ids, _ = padded_ids(tok, PROMPTS, 77, eos)
     ids5, _ = padded_ids(tok, PROMPTS, 5, eos)
@@ -236,10 +242,7 @@ def bert():
         hidden_act="gelu",
     )
     torch.manual_seed(2)
-    model = BertModel(cfg, add_pooling_layer=False).eval()
-    perturb(model)
-    model.save_pretrained(f"{OUT}/bert")
-    tok.save(f"{OUT}/bert/tokenizer.json")
+    model = save_text_model(BertModel(cfg, add_pooling_layer=False), tok, "bert")
     ids_t, mask = padded_ids(tok, PROMPTS, 16, ids["[PAD]"])
     with torch.no_grad():
         hidden = model(input_ids=ids_t, attention_mask=mask).last_hidden_state

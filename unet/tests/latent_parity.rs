@@ -4,6 +4,8 @@
 //! tokenization included. The folder is `$DEEDIFF_REFERENCE/latent` when that variable is set,
 //! else the committed `tests/fixtures/latent`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -28,26 +30,36 @@ fn io(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 fn ids(t: &Tensor) -> Vec<Vec<u32>> {
     t.to_dtype(DType::U32).unwrap().to_vec2().unwrap()
 }
 
-fn prompts(dir: &Path) -> Vec<String> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json")).unwrap()).unwrap()
+/// A text encoder's reference tensors, its prompts, and the `[B, len, width]` of its output.
+struct TextCase {
+    io: HashMap<String, Tensor>,
+    prompts: Vec<String>,
+    len: usize,
+    width: usize,
+}
+
+impl TextCase {
+    fn load(dir: &Path, name: &str) -> Self {
+        let io = io(&dir.join(format!("{name}_io.safetensors")));
+        let prompts =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json")).unwrap())
+                .unwrap();
+        let (_, len, width) = io["last_hidden_state"].dims3().unwrap();
+        Self {
+            io,
+            prompts,
+            len,
+            width,
+        }
+    }
+
+    fn texts(&self) -> Vec<&str> {
+        self.prompts.iter().map(String::as_str).collect()
+    }
 }
 
 /// A `uvit_t2i` config that reads `tokens` context tokens of width `clip_dim`.
@@ -85,9 +97,8 @@ fn vae_decoder_matches_diffusers_in_both_layouts() {
         assert_eq!(vae.latent_channels(), z.dim(1).unwrap());
         let got = vae.decode(z).unwrap();
         assert_eq!(got.dim(2).unwrap(), z.dim(2).unwrap() * vae.upscale());
-        let d = max_abs_diff(&got, want);
+        let d = common::assert_close(&path.display().to_string(), &got, want, TOL_VAE);
         eprintln!("{}: max |Δ| {d:.2e}", path.display());
-        assert!(d < TOL_VAE, "{}: max |Δ| {d} ≥ {TOL_VAE}", path.display());
     }
     eprintln!("3 autoencoder cases ran");
 }
@@ -95,23 +106,20 @@ fn vae_decoder_matches_diffusers_in_both_layouts() {
 #[test]
 fn clip_text_matches_transformers() {
     let dir = dir();
-    let io = io(&dir.join("clip_io.safetensors"));
-    let prompts = prompts(&dir);
-    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let case = TextCase::load(&dir, "clip");
+    let (io, texts, width) = (&case.io, case.texts(), case.width);
     let enc = PretrainedText::load(dir.join("clip"), &Device::Cpu).unwrap();
     assert_eq!(enc.tokenize(&texts).unwrap().ids, ids(&io["ids"]));
 
     let want = &io["last_hidden_state"];
-    let (_, len, width) = want.dims3().unwrap();
-    let enc = enc.fit_to(&t2i(width, len)).unwrap();
+    let enc = enc.fit_to(&t2i(width, case.len)).unwrap();
     let nulls: Vec<Option<&str>> = texts
         .iter()
         .map(|t| Some(*t).filter(|t| !t.is_empty()))
         .collect();
     let got = enc.encode(&nulls, &Device::Cpu).unwrap();
-    let d = max_abs_diff(&got, want);
+    let d = common::assert_close("clip", &got, want, TOL_TEXT);
     eprintln!("clip: max |Δ| {d:.2e} over {} prompts", texts.len());
-    assert!(d < TOL_TEXT, "clip: max |Δ| {d} ≥ {TOL_TEXT}");
 
     // Truncated to a short context as U-ViT's tokenizer call does (the end token kept).
     let short = io["ids_5"].dim(1).unwrap();
@@ -125,23 +133,20 @@ fn clip_text_matches_transformers() {
 #[test]
 fn bert_matches_transformers() {
     let dir = dir();
-    let io = io(&dir.join("bert_io.safetensors"));
-    let prompts = prompts(&dir);
-    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let case = TextCase::load(&dir, "bert");
+    let (io, texts) = (&case.io, case.texts());
     let want = &io["last_hidden_state"];
-    let (_, len, width) = want.dims3().unwrap();
     let enc = PretrainedText::load(dir.join("bert"), &Device::Cpu)
         .unwrap()
-        .fit_to(&t2i(width, len))
+        .fit_to(&t2i(case.width, case.len))
         .unwrap();
     let tokens = enc.tokenize(&texts).unwrap();
     assert_eq!(tokens.ids, ids(&io["ids"]));
     assert_eq!(tokens.attention_mask, ids(&io["attention_mask"]));
     let some: Vec<Option<&str>> = texts.iter().map(|t| Some(*t)).collect();
     let got = enc.encode(&some, &Device::Cpu).unwrap();
-    let d = max_abs_diff(&got, want);
+    let d = common::assert_close("bert", &got, want, TOL_TEXT);
     eprintln!("bert: max |Δ| {d:.2e} over {} prompts", texts.len());
-    assert!(d < TOL_TEXT, "bert: max |Δ| {d} ≥ {TOL_TEXT}");
 }
 
 #[test]
