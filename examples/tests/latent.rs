@@ -1,12 +1,16 @@
-//! `txt2img` end to end on a latent text-to-image model with every part swapped for a tiny
+//! The sampling tools end to end on latent models with every part swapped for a tiny
 //! random-weight stand-in of the official file: the reference `uvit_t2i` checkpoint (4-channel
-//! latents) with certainty heads added, the CLIP text fixture as `--text-encoder` and the
-//! autoencoder fixture as `--vae` (both made by `scripts/make_latent_fixtures.py`).
+//! latents) with certainty heads added, or an ImageNet-shaped class-conditional `uvit` (1000
+//! classes + null); the CLIP text fixture as `--text-encoder` and the autoencoder fixture as
+//! `--vae` (both made by `scripts/make_latent_fixtures.py`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use deediff_uem::CertaintyHeads;
+use deediff_unet::{UVit, UVitConfig, Variant};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures")
@@ -26,7 +30,7 @@ fn checkpoint_with_heads(dir: &Path) -> PathBuf {
     let (d, pd) = (n("embed_dim"), n("patch_size").pow(2) * n("in_chans"));
     for b in 0..=n("depth") {
         let prefix = format!("lte_classifer.{b}.lte");
-        let w = Tensor::zeros((pd, d), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((pd, d), DType::F32, &Device::Cpu).unwrap();
         let bias = Tensor::full(b as f32 - 2.0, pd, &Device::Cpu).unwrap();
         tensors.insert(format!("{prefix}.weight"), w);
         tensors.insert(format!("{prefix}.bias"), bias);
@@ -138,5 +142,86 @@ fn missing_parts_name_the_files_needed() {
         &tmp,
     );
     assert!(!o.status.success());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// A random-weight latent `uvit` shaped like U-ViT's ImageNet-256 models (1001 label rows, the
+/// last the null class; 4-channel latents) with certainty heads, and its config beside it.
+fn imagenet_like_checkpoint(dir: &Path) -> PathBuf {
+    let cfg = UVitConfig {
+        variant: Variant::Uvit,
+        img_size: 8,
+        patch_size: 2,
+        in_chans: 4,
+        embed_dim: 32,
+        depth: 2,
+        num_heads: 2,
+        mlp_ratio: 2.0,
+        qkv_bias: false,
+        mlp_time_embed: false,
+        num_classes: Some(1001),
+        clip_dim: 0,
+        num_clip_token: 0,
+        conv: true,
+        skip: true,
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    UVit::new(&cfg, vb.clone()).unwrap();
+    CertaintyHeads::new(&cfg, vb).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("in256.weights.safetensors");
+    varmap.save(&path).unwrap();
+    std::fs::write(
+        dir.join("in256.config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn latent_imagenet_classes_by_name_with_guidance() {
+    let tmp = std::env::temp_dir().join(format!("deediff-latent-cls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let model = imagenet_like_checkpoint(&tmp);
+    let vae = fixtures().join("latent/autoencoder_kl.pth");
+    let out = tmp.join("samples");
+    let o = Command::new(env!("CARGO_BIN_EXE_generate"))
+        .args(["--model", model.to_str().unwrap()])
+        .args([
+            "--vae",
+            vae.to_str().unwrap(),
+            "--trained-with",
+            "sd-discrete",
+        ])
+        .args(["--class", "golden retriever", "--cfg-scale", "0.4"])
+        .args(["--scheduler", "ddim", "--steps", "2", "--policy", "full"])
+        .args(["--num", "2", "--batch", "2", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for i in 0..2 {
+        let img = image::open(out.join(format!("{i:06}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64));
+    }
+
+    // An ambiguous name lists the classes it could mean.
+    let o = Command::new(env!("CARGO_BIN_EXE_txt2img"))
+        .args(["--model", model.to_str().unwrap()])
+        .args([
+            "--vae",
+            vae.to_str().unwrap(),
+            "--trained-with",
+            "sd-discrete",
+        ])
+        .args(["--class", "crane"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("134") && e.contains("517"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
