@@ -142,6 +142,19 @@ fn missing_parts_name_the_files_needed() {
         &tmp,
     );
     assert!(!o.status.success());
+
+    // An autoencoder for a pixel model.
+    let pixel = fixtures().join("uvit/uvit_cond.weights.safetensors");
+    let o = txt2img(
+        &pixel,
+        &["--class", "3", "--vae", vae.to_str().unwrap()],
+        &tmp,
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("4-channel latents"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

@@ -5,6 +5,8 @@
 //!   model was trained on ([`TrainingSchedule`]) and a scheduler config (diffusers JSON or a
 //!   preset name); set the [`ExitPolicy`](deediff_uem::ExitPolicy) (`per-sample` by default),
 //!   [`Guidance`], or a compute budget ([`Pipeline::calibrate_budget`]).
+//! * Latent models decode through the Stable Diffusion autoencoder
+//!   ([`Pipeline::set_decoder`], or [`ModelBundle::decoder`]); pixel models are untouched.
 //! * Image `k` of a run uses seed `base + k` for all its noise ([`PerImageNoise`]), so any
 //!   shard or subset of a run reproduces the same images.
 //! * Every run returns a [`RunReport`]: blocks executed per evaluation (mean and histogram by
