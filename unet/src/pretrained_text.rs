@@ -49,49 +49,30 @@ pub struct PretrainedText {
 /// The fields of transformers' `CLIPTextConfig` the model needs (its defaults where absent, as
 /// older configs leave them out).
 #[derive(Deserialize)]
+#[serde(default)]
 struct ClipFields {
-    #[serde(default = "clip_defaults::vocab_size")]
     vocab_size: usize,
-    #[serde(default = "clip_defaults::hidden_size")]
     hidden_size: usize,
-    #[serde(default = "clip_defaults::intermediate_size")]
     intermediate_size: usize,
-    #[serde(default = "clip_defaults::num_hidden_layers")]
     num_hidden_layers: usize,
-    #[serde(default = "clip_defaults::num_attention_heads")]
     num_attention_heads: usize,
-    #[serde(default = "clip_defaults::max_position_embeddings")]
     max_position_embeddings: usize,
-    #[serde(default = "clip_defaults::hidden_act")]
     hidden_act: String,
-    #[serde(default = "clip_defaults::layer_norm_eps")]
     layer_norm_eps: f64,
 }
 
-mod clip_defaults {
-    pub fn vocab_size() -> usize {
-        49408
-    }
-    pub fn hidden_size() -> usize {
-        512
-    }
-    pub fn intermediate_size() -> usize {
-        2048
-    }
-    pub fn num_hidden_layers() -> usize {
-        12
-    }
-    pub fn num_attention_heads() -> usize {
-        8
-    }
-    pub fn max_position_embeddings() -> usize {
-        77
-    }
-    pub fn hidden_act() -> String {
-        "quick_gelu".into()
-    }
-    pub fn layer_norm_eps() -> f64 {
-        1e-5
+impl Default for ClipFields {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
     }
 }
 
