@@ -11,8 +11,8 @@ Writes unet/tests/fixtures/latent/:
   autoencoder_kl.config.json  its norm_num_groups (not visible in shapes)
   vae_io.safetensors      z [B,4,h,w] and image = vae.decode(z / scale_factor)
   clip/{config.json, model.safetensors, tokenizer.json}     CLIPTextModel (quick_gelu)
-  clip_io.safetensors     ids and last_hidden_state of PROMPTS, padded/truncated to 77 tokens,
-                          and ids truncated to 5 tokens
+  clip_io.safetensors     ids, attention mask (not fed: U-ViT feeds none) and last_hidden_state
+                          of PROMPTS, padded/truncated to 77 tokens; ids_5 truncated to 5
   bert/{config.json, model.safetensors, tokenizer.json}     BertModel (sentence-transformers
                                                             layout, no `bert.` prefix)
   bert_io.safetensors     ids, attention mask and last_hidden_state at 16 tokens
@@ -182,6 +182,16 @@ def save_text_model(model, tok, name):
     return model
 
 
+def save_text_io(model, tok, name, length, pad_id, use_mask, **extra):
+    """Ids, attention mask and last hidden state of PROMPTS at `length` tokens -> NAME_io."""
+    ids, mask = padded_ids(tok, PROMPTS, length, pad_id)
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask if use_mask else None).last_hidden_state
+    tensors = {"ids": ids, "attention_mask": mask, "last_hidden_state": hidden.contiguous(), **extra}
+    save_file(tensors, f"{OUT}/{name}_io.safetensors")
+    print(name, "hidden", tuple(hidden.shape), "ids[0]", ids[0, :8].tolist())
+
+
 def padded_ids(tok, prompts, length, pad_id):
     tok = Tokenizer.from_str(tok.to_str())
     tok.enable_truncation(length)
@@ -211,14 +221,9 @@ def clip():
     torch.manual_seed(1)
     model = save_text_model(CLIPTextModel(cfg), tok, "clip")
     eos = vocab_size - 1  # openai/clip-vit-large-patch14 pads with <|endoftext|>, as U-ViT does
-    ids, _ = padded_ids(tok, PROMPTS, 77, eos)
-    ids5, _ = padded_ids(tok, PROMPTS, 5, eos)
-    with torch.no_grad():
-        hidden = model(input_ids=ids).last_hidden_state
-    save_file(
-        {"ids": ids, "ids_5": ids5, "last_hidden_state": hidden.contiguous()}, f"{OUT}/clip_io.safetensors"
-    )
-    print("clip: vocab", vocab_size, "hidden", tuple(hidden.shape), "ids[0]", ids[0, :8].tolist())
+    ids, _ = padded_ids(tok, PROMPTS, 5, eos)
+    # No attention mask: U-ViT's FrozenCLIPEmbedder feeds the padded ids alone.
+    save_text_io(model, tok, "clip", 77, eos, use_mask=False, ids_5=ids)
 
 
 def bert():
@@ -243,14 +248,7 @@ def bert():
     )
     torch.manual_seed(2)
     model = save_text_model(BertModel(cfg, add_pooling_layer=False), tok, "bert")
-    ids_t, mask = padded_ids(tok, PROMPTS, 16, ids["[PAD]"])
-    with torch.no_grad():
-        hidden = model(input_ids=ids_t, attention_mask=mask).last_hidden_state
-    save_file(
-        {"ids": ids_t, "attention_mask": mask, "last_hidden_state": hidden.contiguous()},
-        f"{OUT}/bert_io.safetensors",
-    )
-    print("bert: vocab", len(vocab), "hidden", tuple(hidden.shape))
+    save_text_io(model, tok, "bert", 16, ids["[PAD]"], use_mask=True)
 
 
 if __name__ == "__main__":

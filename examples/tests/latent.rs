@@ -200,14 +200,18 @@ fn latent_imagenet_classes_by_name_with_guidance() {
     let model = imagenet_like_checkpoint(&tmp);
     let vae = fixtures().join("latent/autoencoder_kl.pth");
     let out = tmp.join("samples");
-    let o = Command::new(env!("CARGO_BIN_EXE_generate"))
-        .args(["--model", model.to_str().unwrap()])
-        .args([
+    let latent_model = |bin: &str| {
+        let mut c = Command::new(bin);
+        c.args([
+            "--model",
+            model.to_str().unwrap(),
             "--vae",
             vae.to_str().unwrap(),
-            "--trained-with",
-            "sd-discrete",
         ])
+        .args(["--trained-with", "sd-discrete"]);
+        c
+    };
+    let o = latent_model(env!("CARGO_BIN_EXE_generate"))
         .args(["--class", "golden retriever", "--cfg-scale", "0.4"])
         .args(["--scheduler", "ddim", "--steps", "2", "--policy", "full"])
         .args(["--num", "2", "--batch", "2", "--out", out.to_str().unwrap()])
@@ -220,14 +224,7 @@ fn latent_imagenet_classes_by_name_with_guidance() {
     }
 
     // An ambiguous name lists the classes it could mean.
-    let o = Command::new(env!("CARGO_BIN_EXE_txt2img"))
-        .args(["--model", model.to_str().unwrap()])
-        .args([
-            "--vae",
-            vae.to_str().unwrap(),
-            "--trained-with",
-            "sd-discrete",
-        ])
+    let o = latent_model(env!("CARGO_BIN_EXE_txt2img"))
         .args(["--class", "crane"])
         .output()
         .unwrap();
