@@ -71,6 +71,10 @@ pub struct ModelArgs {
     /// autoencoder_kl.pth. Default: stabilityai/sd-vae-ft-mse from the Hugging Face cache.
     #[arg(long)]
     pub vae: Option<PathBuf>,
+    /// Latent scale the model was trained with (x = D(z / s)); default: the autoencoder's
+    /// config, else 0.18215. U-ViT's MS-COCO models: 0.2301.
+    #[arg(long)]
+    pub vae_scale_factor: Option<f64>,
 }
 
 /// How to sample: scheduler, steps, exit policy, guidance.
@@ -130,7 +134,11 @@ pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     // Pixel models have 1 or 3 channels; anything else samples autoencoder latents.
     if args.vae.is_some() || !matches!(cfg.in_chans, 1 | 3) {
         let path = resolve(args.vae.as_deref(), &SD_VAE)?;
-        bundle.decoder = Some(LatentDecoder::load(&path, device)?);
+        let mut decoder = LatentDecoder::load(&path, device)?;
+        if let Some(s) = args.vae_scale_factor {
+            decoder = decoder.with_scale_factor(s)?;
+        }
+        bundle.decoder = Some(decoder);
     }
     Ok(bundle)
 }

@@ -72,6 +72,8 @@ fn latent_text_to_image_runs_with_early_exits() {
             latent.join("clip").to_str().unwrap(),
             "--vae",
             latent.join("vae").to_str().unwrap(),
+            "--vae-scale-factor",
+            "0.2301",
             "--prompt",
             "a photo of a cat on the grass",
             "--out",

@@ -1,5 +1,6 @@
 //! The Stable Diffusion KL-f8 autoencoder's decoder, which turns a latent U-ViT's samples into
-//! pixels (`x = D(z / 0.18215)`, as U-ViT decodes). The network is candle-transformers'
+//! pixels (`x = D(z / s)`, as U-ViT decodes; `s` = 0.18215 unless the model was trained with
+//! another scale). The network is candle-transformers'
 //! `AutoEncoderKL`; this module only reads the two published layouts into it:
 //! * diffusers (`diffusion_pytorch_model.safetensors`, with `config.json` beside it), as is;
 //! * the original LDM names of U-ViT's `autoencoder_kl.pth` (`decoder.up.3.block.0…`), mapped to
@@ -81,6 +82,19 @@ impl LatentDecoder {
 
     pub fn scale_factor(&self) -> f64 {
         self.scale_factor
+    }
+
+    /// Overrides the latent scale: the model's training data decides it, not the autoencoder
+    /// file (U-ViT's MS-COCO models use 0.23010, its ImageNet ones 0.18215).
+    pub fn with_scale_factor(mut self, scale_factor: f64) -> Result<Self, PretrainedError> {
+        if !(scale_factor.is_finite() && scale_factor > 0.0) {
+            return Err(PretrainedError::file(
+                &self.path,
+                format!("scale factor {scale_factor} must be a positive number"),
+            ));
+        }
+        self.scale_factor = scale_factor;
+        Ok(self)
     }
 
     /// The weights file that was read.

@@ -100,6 +100,21 @@ fn vae_decoder_matches_diffusers_in_both_layouts() {
         let d = common::assert_close(&path.display().to_string(), &got, want, TOL_VAE);
         eprintln!("{}: max |Δ| {d:.2e}", path.display());
     }
+    // Another latent scale divides z by it instead.
+    let s = 0.5;
+    let vae = LatentDecoder::load(dir.join("vae"), &Device::Cpu).unwrap();
+    let rescaled = (z * (s / vae.scale_factor())).unwrap();
+    let vae = vae.with_scale_factor(s).unwrap();
+    common::assert_close(
+        "scale factor",
+        &vae.decode(&rescaled).unwrap(),
+        want,
+        TOL_VAE,
+    );
+    assert!(LatentDecoder::load(dir.join("vae"), &Device::Cpu)
+        .unwrap()
+        .with_scale_factor(0.0)
+        .is_err());
     eprintln!("3 autoencoder cases ran");
 }
 

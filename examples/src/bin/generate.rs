@@ -119,6 +119,13 @@ fn run() -> Result<()> {
         }
         None => cli.prompt.iter().cloned().collect(),
     };
+    if let Some(text) = &bundle.text {
+        for p in &prompts {
+            for w in text.warnings(p) {
+                eprintln!("warning: {p:?}: {w}");
+            }
+        }
+    }
     let condition = |i: usize| -> Result<Condition> {
         Ok(match (cfg.variant, cfg.num_classes) {
             (Variant::UvitT2i, _) if prompts.is_empty() => {
