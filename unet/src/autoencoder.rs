@@ -107,7 +107,8 @@ impl LatentDecoder {
     ///
     /// One image at a time: with batches of two or more, candle-transformers 0.11.1's attention
     /// block (the decoder's mid block) gives outputs that differ from diffusers by ~0.1 on CPU,
-    /// while single images match to 3e-6.
+    /// while single images match to 3e-6 (probably candle's batched-matmul folding with a
+    /// transposed lhs, cf. huggingface/candle#3744).
     pub fn decode(&self, z: &Tensor) -> CandleResult<Tensor> {
         let z = (z / self.scale_factor)?;
         let images = (0..z.dim(0)?)
