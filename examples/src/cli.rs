@@ -1,15 +1,19 @@
-//! Arguments and set-up shared by the sampling tools (`txt2img`, `generate`): which model, which
-//! scheduler, which exit policy — turned into a ready [`Pipeline`].
+//! Arguments and set-up shared by the sampling tools (`txt2img`, `generate`): which model (with
+//! the text encoder and autoencoder of latent models), which scheduler, which exit policy —
+//! turned into a ready [`Pipeline`].
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use deediff_sampler::{Guidance, ModelBundle, Pipeline, TrainingSchedule, DEFAULT_THRESHOLD};
+use deediff_sampler::{
+    imagenet_class, Guidance, ModelBundle, Pipeline, TrainingSchedule, DEFAULT_THRESHOLD,
+};
 use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
-use deediff_unet::ConfigHints;
+use deediff_unet::pretrained::{resolve, CLIP_VIT_L14, SD_VAE};
+use deediff_unet::{ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant};
 
 /// The noise process an official U-ViT checkpoint was trained with (deediff model files record
 /// their own).
@@ -56,6 +60,21 @@ pub struct ModelArgs {
     /// Training noise process of an official checkpoint.
     #[arg(long, value_enum)]
     pub trained_with: Option<TrainedWith>,
+    /// Context tokens of an official text-to-image checkpoint (77 for U-ViT's MS-COCO models).
+    #[arg(long)]
+    pub num_clip_token: Option<usize>,
+    /// Text encoder of a text-to-image checkpoint: a folder with config.json, model.safetensors
+    /// and tokenizer.json (CLIP text or BERT). Default: CLIP ViT-L/14 from the Hugging Face cache.
+    #[arg(long)]
+    pub text_encoder: Option<PathBuf>,
+    /// Autoencoder of a latent model: a diffusers VAE folder or safetensors file, or U-ViT's
+    /// autoencoder_kl.pth. Default: stabilityai/sd-vae-ft-mse from the Hugging Face cache.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// Latent scale the model was trained with (x = D(z / s)); default: the autoencoder's
+    /// config, else 0.18215. U-ViT's MS-COCO models: 0.2301.
+    #[arg(long)]
+    pub vae_scale_factor: Option<f64>,
 }
 
 /// How to sample: scheduler, steps, exit policy, guidance.
@@ -73,6 +92,9 @@ pub struct SamplingArgs {
     /// Classifier-free guidance scale g (diffusers convention; 1 = off; U-ViT's s is g − 1).
     #[arg(long, default_value_t = 1.0)]
     pub guidance: f64,
+    /// Guidance in U-ViT's convention, (1+s)·cond − s·uncond (its configs' `cfg_scale`).
+    #[arg(long, conflicts_with = "guidance")]
+    pub cfg_scale: Option<f64>,
     /// The unconditional pass stops where the conditional pass of the same image stopped.
     #[arg(long)]
     pub shared_exit: bool,
@@ -101,8 +123,29 @@ impl SamplingArgs {
     }
 }
 
-/// A model loaded from `ModelArgs`, with the text encoder when it has one.
+/// A model loaded from `ModelArgs`, with its text encoder and (latent models) its decoder.
 pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
+    let mut bundle = load_denoiser(args, device)?;
+    let cfg = bundle.model.model().config().clone();
+    if args.text_encoder.is_some() || (cfg.variant == Variant::UvitT2i && bundle.text.is_none()) {
+        let path = resolve(args.text_encoder.as_deref(), &CLIP_VIT_L14)?;
+        let text = PretrainedText::load(&path, device)?.fit_to(&cfg)?;
+        bundle.text = Some(Box::new(text));
+    }
+    // Pixel models have 1 or 3 channels; anything else samples autoencoder latents.
+    if args.vae.is_some() || !matches!(cfg.in_chans, 1 | 3) {
+        let path = resolve(args.vae.as_deref(), &SD_VAE)?;
+        let mut decoder = LatentDecoder::load(&path, device)?;
+        if let Some(s) = args.vae_scale_factor {
+            decoder = decoder.with_scale_factor(s)?;
+        }
+        bundle.decoder = Some(decoder);
+    }
+    Ok(bundle)
+}
+
+/// The U-ViT with its certainty heads (and a bundle's own text encoder).
+fn load_denoiser(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     let Some(path) = &args.model else {
         return Ok(ModelBundle::default_model(device)?);
     };
@@ -117,10 +160,27 @@ pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     })?;
     let hints = ConfigHints {
         num_heads: args.num_heads,
+        num_clip_token: args.num_clip_token,
         ..ConfigHints::default()
     };
     let model = EarlyExitUVit::load(path, &hints, device)?;
     Ok(ModelBundle::from_model(model, trained_with.schedule()))
+}
+
+/// The class index `spec` names: an index, or for a 1000-class model (ImageNet, 1001 label rows
+/// with the null class) an ImageNet class name.
+pub fn parse_class(spec: &str, cfg: &UVitConfig) -> Result<u32> {
+    if let Ok(k) = spec.trim().parse::<u32>() {
+        return Ok(k);
+    }
+    match cfg.num_classes {
+        Some(1001) => Ok(imagenet_class(spec)?),
+        Some(n) => bail!(
+            "--class {spec:?}: this model has {} unnamed classes: pass an index",
+            n - 1
+        ),
+        None => bail!("--class {spec:?}: this model is not class-conditional"),
+    }
 }
 
 /// The pipeline the sampling flags describe (budget calibration is left to the caller, which
@@ -140,7 +200,7 @@ pub fn build_pipeline(
         pipeline.set_policy(args.policy(default_threshold)?)?;
     }
     pipeline.set_guidance(Guidance {
-        scale: args.guidance,
+        scale: args.cfg_scale.map_or(args.guidance, |s| 1.0 + s),
         shared_exit: args.shared_exit,
     })?;
     Ok(pipeline)

@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use deediff_schedules::SchedulerConfig;
 use deediff_uem::{CertaintyHeads, EarlyExitUVit};
 use deediff_unet::text_encoder::{TextEncoder as WordEncoder, TextEncoderConfig};
-use deediff_unet::{UVit, UVitConfig};
+use deediff_unet::{LatentDecoder, UVit, UVitConfig};
 
 use crate::conditioning::TextEncoder;
 use crate::error::{Result, SamplerError};
@@ -21,7 +21,10 @@ use crate::training_schedule::TrainingSchedule;
 /// Everything needed to sample from one model file.
 pub struct ModelBundle {
     pub model: EarlyExitUVit,
-    pub text: Option<WordEncoder>,
+    /// The text encoder of a text-to-image model (a bundle's own, or a published one).
+    pub text: Option<Box<dyn TextEncoder>>,
+    /// The autoencoder decoder of a latent model.
+    pub decoder: Option<LatentDecoder>,
     pub training: TrainingSchedule,
     /// Every metadata entry of the file (configs, training recipe, step); empty for an official
     /// checkpoint.
@@ -46,6 +49,7 @@ impl ModelBundle {
         Self {
             model,
             text: None,
+            decoder: None,
             training,
             metadata: HashMap::new(),
             exit_threshold: None,
@@ -127,10 +131,12 @@ impl ModelBundle {
         let text = text_cfg
             .map(|tc| WordEncoder::new(&tc, vb.pp("text_encoder")))
             .transpose()
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| bad(e.to_string()))?
+            .map(|t| Box::new(t) as Box<dyn TextEncoder>);
         Ok(Self {
             model: EarlyExitUVit::new(model, Some(heads)),
             text,
+            decoder: None,
             training,
             metadata,
             exit_threshold,
@@ -153,5 +159,20 @@ impl TextEncoder for WordEncoder {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         self.forward_ids(&rows, device).map_err(|e| e.to_string())
+    }
+
+    fn example_prompts(&self) -> Vec<String> {
+        self.config().example_prompts.clone()
+    }
+
+    fn warnings(&self, prompt: &str) -> Vec<String> {
+        match self.tokenizer().encode(prompt) {
+            Ok(e) if e.unknown.is_empty() => Vec::new(),
+            Ok(e) => vec![format!(
+                "ignoring words this model does not know: {}",
+                e.unknown.join(", ")
+            )],
+            Err(e) => vec![e.to_string()],
+        }
     }
 }

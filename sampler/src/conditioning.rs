@@ -2,7 +2,7 @@
 //! [`Conditioning`] (with the matching unconditional batch for classifier-free guidance).
 
 use candle_core::{Device, Tensor};
-use deediff_unet::{Conditioning, UVitConfig, Variant};
+use deediff_unet::{Conditioning, PretrainedText, UVitConfig, Variant};
 
 use crate::error::{Result, SamplerError};
 
@@ -26,6 +26,39 @@ pub trait TextEncoder: Send + Sync {
         prompts: &[Option<&str>],
         device: &Device,
     ) -> std::result::Result<Tensor, String>;
+
+    /// What the encoder will drop or ignore of `prompt` (unknown words, tokens past the
+    /// context), one line each, for the caller to show.
+    fn warnings(&self, _prompt: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Prompts the encoder is known to ground (one per concept for a closed-vocabulary
+    /// encoder; empty for open ones), for help texts and demo grids.
+    fn example_prompts(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl TextEncoder for PretrainedText {
+    fn encode(
+        &self,
+        prompts: &[Option<&str>],
+        device: &Device,
+    ) -> std::result::Result<Tensor, String> {
+        PretrainedText::encode(self, prompts, device)
+    }
+
+    fn warnings(&self, prompt: &str) -> Vec<String> {
+        match self.overflow(prompt) {
+            Ok(0) => Vec::new(),
+            Ok(n) => vec![format!(
+                "prompt truncated: {n} token(s) past the {}-token context are dropped",
+                self.context_len()
+            )],
+            Err(e) => vec![e],
+        }
+    }
 }
 
 /// Builds conditioning batches for one model.

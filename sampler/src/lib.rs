@@ -5,6 +5,8 @@
 //!   model was trained on ([`TrainingSchedule`]) and a scheduler config (diffusers JSON or a
 //!   preset name); set the [`ExitPolicy`](deediff_uem::ExitPolicy) (`per-sample` by default),
 //!   [`Guidance`], or a compute budget ([`Pipeline::calibrate_budget`]).
+//! * Latent models decode through the Stable Diffusion autoencoder
+//!   ([`Pipeline::set_decoder`], or [`ModelBundle::decoder`]); pixel models are untouched.
 //! * Image `k` of a run uses seed `base + k` for all its noise ([`PerImageNoise`]), so any
 //!   shard or subset of a run reproduces the same images.
 //! * Every run returns a [`RunReport`]: blocks executed per evaluation (mean and histogram by
@@ -15,6 +17,7 @@ mod bundle;
 mod conditioning;
 mod error;
 mod guidance;
+mod imagenet_classes;
 mod images;
 mod noise;
 mod pipeline;
@@ -28,6 +31,7 @@ pub use bundle::{ModelBundle, EXIT_THRESHOLD_KEY};
 pub use conditioning::{Condition, Conditioner, TextEncoder};
 pub use error::{Result, SamplerError};
 pub use guidance::Guidance;
+pub use imagenet_classes::{imagenet_class, imagenet_class_name};
 pub use images::{grid, to_images};
 pub use noise::PerImageNoise;
 pub use pipeline::{Generated, Hooks, Pipeline, Progress, DEFAULT_THRESHOLD};

@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use deediff_schedules::{Scheduler, SchedulerConfig};
 use deediff_uem::{EarlyExitUVit, ExitPolicy, SampleExit};
-use deediff_unet::Conditioning;
+use deediff_unet::{Conditioning, LatentDecoder};
 
 use crate::conditioning::{cat, Condition, Conditioner, TextEncoder};
 use crate::error::{Result, SamplerError};
@@ -39,7 +39,8 @@ pub struct Hooks<'a> {
 
 /// Samples and the report of their run.
 pub struct Generated {
-    /// `[B, C, H, W]` f32 in the model's data space (pixels in [-1, 1] for pixel models).
+    /// `[B, C, H, W]` f32 pixels in [-1, 1] (not clamped): the model's samples, or for a latent
+    /// model with a decoder their decoding.
     pub samples: Tensor,
     pub report: RunReport,
 }
@@ -56,6 +57,8 @@ pub struct Pipeline {
     guidance: Guidance,
     /// Replaces the null condition in the unconditional pass (a negative prompt).
     negative: Option<Condition>,
+    /// Turns a latent model's samples into pixels.
+    decoder: Option<LatentDecoder>,
     device: Device,
 }
 
@@ -87,23 +90,23 @@ impl Pipeline {
             policy,
             guidance: Guidance::default(),
             negative: None,
+            decoder: None,
             device,
         })
     }
 
-    /// A pipeline over a loaded model file (its text encoder included); per-sample exits at the
-    /// model's own recommended threshold when it has one.
+    /// A pipeline over a loaded model (its text encoder and decoder included); per-sample exits
+    /// at the model's own recommended threshold when it has one.
     pub fn from_bundle(
         bundle: crate::ModelBundle,
         scheduler_config: SchedulerConfig,
         steps: usize,
         device: Device,
     ) -> Result<Self> {
-        let text = bundle.text.map(|t| Box::new(t) as Box<dyn TextEncoder>);
         let mut pipeline = Self::new(
             bundle.model,
             bundle.training,
-            text,
+            bundle.text,
             scheduler_config,
             steps,
             device,
@@ -111,7 +114,25 @@ impl Pipeline {
         if let (Some(t), Some(_)) = (bundle.exit_threshold, pipeline.model.heads()) {
             pipeline.policy = ExitPolicy::per_sample(t)?;
         }
+        pipeline.set_decoder(bundle.decoder)?;
         Ok(pipeline)
+    }
+
+    /// Decodes every run's latents with `decoder` (`None`: samples are the model's own, as for
+    /// pixel models).
+    pub fn set_decoder(&mut self, decoder: Option<LatentDecoder>) -> Result<()> {
+        let channels = self.model.model().config().in_chans;
+        if let Some(d) = &decoder {
+            if d.latent_channels() != channels {
+                return Err(SamplerError::Request(format!(
+                    "{}: the decoder reads {}-channel latents but the model samples {channels} channels",
+                    d.path().display(),
+                    d.latent_channels()
+                )));
+            }
+        }
+        self.decoder = decoder;
+        Ok(())
     }
 
     /// Replaces the scheduler (checked against the model's training schedule).
@@ -200,9 +221,13 @@ impl Pipeline {
         let passes = if self.guidance.is_active() { 2 } else { 1 };
         let mut report = RunReport::new(conditions.len(), self.model.model().num_blocks(), passes);
         let start = Instant::now();
-        let samples = self.run(conditions, seeds, hooks, self.policy, &mut |t, exits| {
+        let latents = self.run(conditions, seeds, hooks, self.policy, &mut |t, exits| {
             report.record(t, exits)
         })?;
+        let samples = match &self.decoder {
+            Some(d) => d.decode(&latents)?,
+            None => latents,
+        };
         report.seconds = start.elapsed().as_secs_f64();
         Ok(Generated { samples, report })
     }

@@ -335,13 +335,18 @@ impl Checkpoint {
         }
     }
 
-    /// A f32 `VarBuilder` over the file (call [`Checkpoint::validate`] first).
-    pub fn into_var_builder(self, device: &Device) -> VarBuilder<'static> {
-        let backend: Box<dyn SimpleBackend> = match self.source {
+    /// The tensor source itself, for models other than the U-ViT (the autoencoder and text
+    /// encoders read their files through it).
+    pub fn into_backend(self) -> Box<dyn SimpleBackend> {
+        match self.source {
             Source::Pth(p) => Box::new(p),
             Source::Safetensors(s) => Box::new(s),
-        };
-        VarBuilder::from_backend(backend, DType::F32, device.clone())
+        }
+    }
+
+    /// A f32 `VarBuilder` over the file (call [`Checkpoint::validate`] first).
+    pub fn into_var_builder(self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(self.into_backend(), DType::F32, device.clone())
     }
 
     /// Opens, infers the config, validates and builds the model in one go.
@@ -493,7 +498,7 @@ pub fn expected_tensors(cfg: &UVitConfig, certainty_heads: bool) -> Vec<(String,
 
 /// candle errors may carry backtraces, multi-line context or their own copy of the path (which
 /// our messages already lead with); keep the first line of the innermost error.
-fn one_line(e: &candle_core::Error) -> String {
+pub(crate) fn one_line(e: &candle_core::Error) -> String {
     let mut e = e;
     while let candle_core::Error::WithPath { inner, .. }
     | candle_core::Error::WithBacktrace { inner, .. } = e

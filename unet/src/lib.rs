@@ -1,9 +1,13 @@
 //! U-ViT denoisers in candle: official U-ViT / AdaDiff checkpoints load by their tensor names.
+//! Latent models come with the networks around them: the Stable Diffusion autoencoder's decoder
+//! ([`LatentDecoder`]) and published text encoders ([`PretrainedText`]), found by
+//! [`pretrained::resolve`].
 //!
 //! [`UVit`] exposes the forward pass block by block (`embed` → `block(i)` … → `decode`), which
 //! both the trainer and the early-exit driver in `deediff-uem` build on.
 
 pub mod attention;
+pub mod autoencoder;
 pub mod block;
 pub mod checkpoint;
 pub mod config;
@@ -11,10 +15,15 @@ pub mod embedding;
 pub mod kernels;
 pub mod layers;
 pub mod macs;
+pub mod pretrained;
+pub mod pretrained_text;
 pub mod text_encoder;
 pub mod uvit;
 
+pub use autoencoder::LatentDecoder;
 pub use checkpoint::{Checkpoint, CheckpointError, ConfigHints, LoadedUVit};
 pub use config::{UVitConfig, Variant};
 pub use macs::MacCounts;
+pub use pretrained::PretrainedError;
+pub use pretrained_text::{PretrainedText, Tokens};
 pub use uvit::{Conditioning, UVit};

@@ -12,7 +12,7 @@ use candle_core::Device;
 use clap::Parser;
 use deediff_eval::npz::write_images_npz;
 use deediff_eval::{frechet_distance, FidInception, Moments, Stats};
-use deediff_examples::cli::{build_pipeline, load_model, ModelArgs, SamplingArgs};
+use deediff_examples::cli::{build_pipeline, load_model, parse_class, ModelArgs, SamplingArgs};
 use deediff_examples::progress::EvalBar;
 use deediff_examples::write_atomic;
 use deediff_sampler::{to_images, Condition, Hooks, RunReport};
@@ -45,9 +45,10 @@ struct Cli {
     /// … or a file of prompts, image i taking line i mod lines.
     #[arg(long, conflicts_with = "class")]
     prompts: Option<PathBuf>,
-    /// Class of every image (class-conditional models; default: image i gets class i mod K).
+    /// Class of every image, an index or an ImageNet class name (class-conditional models;
+    /// default: image i gets class i mod K).
     #[arg(long)]
-    class: Option<u32>,
+    class: Option<String>,
     /// Write the run report (this invocation's images) as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -135,6 +136,11 @@ fn run() -> Result<()> {
     let device = Device::Cpu;
     let bundle = load_model(&cli.model, &device)?;
     let cfg = bundle.model.model().config().clone();
+    let class = cli
+        .class
+        .as_deref()
+        .map(|c| parse_class(c, &cfg))
+        .transpose()?;
     let prompts = match &cli.prompts {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -152,6 +158,13 @@ fn run() -> Result<()> {
         }
         None => cli.prompt.iter().cloned().collect(),
     };
+    if let Some(text) = &bundle.text {
+        for p in &prompts {
+            for w in text.warnings(p) {
+                eprintln!("warning: {p:?}: {w}");
+            }
+        }
+    }
     let condition = |i: usize| -> Result<Condition> {
         Ok(match (cfg.variant, cfg.num_classes) {
             (Variant::UvitT2i, _) if prompts.is_empty() => {
@@ -159,7 +172,7 @@ fn run() -> Result<()> {
             }
             (Variant::UvitT2i, _) => Condition::Text(prompts[i % prompts.len()].clone()),
             (Variant::Uvit, Some(rows)) => {
-                Condition::Class(cli.class.unwrap_or((i % (rows - 1)) as u32))
+                Condition::Class(class.unwrap_or((i % (rows - 1)) as u32))
             }
             (Variant::Uvit, None) => Condition::Unconditional,
         })

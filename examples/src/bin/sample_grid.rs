@@ -39,11 +39,17 @@ fn run() -> Result<()> {
     let args = Args::parse();
     let device = Device::Cpu;
     let bundle = load_model(&args.model, &device)?;
-    let prompts = match (&args.prompt[..], &bundle.text) {
-        ([], Some(text)) => text.config().example_prompts.clone(),
-        ([], None) => bail!("the model has no text encoder: pass --prompt"),
-        (given, _) => given.to_vec(),
+    let prompts = match &args.prompt[..] {
+        [] => bundle
+            .text
+            .as_ref()
+            .map(|t| t.example_prompts())
+            .unwrap_or_default(),
+        given => given.to_vec(),
     };
+    if prompts.is_empty() {
+        bail!("this model names no example prompts: pass --prompt");
+    }
     if args.rows == 0 {
         bail!("--rows must be at least 1");
     }

@@ -1,12 +1,14 @@
 //! Text-to-image (or class-to-image) with early exits: `txt2img --prompt "an ankle boot"`.
-//! Without `--model` it samples the embedded default model.
+//! Without `--model` it samples the embedded default model; latent models decode through the
+//! autoencoder (`--vae`) and official text-to-image ones read a published text encoder
+//! (`--text-encoder`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
-use deediff_examples::cli::{build_pipeline, load_model, ModelArgs, SamplingArgs};
+use deediff_examples::cli::{build_pipeline, load_model, parse_class, ModelArgs, SamplingArgs};
 use deediff_examples::progress::EvalBar;
 use deediff_sampler::{grid, to_images, Condition, Hooks};
 
@@ -22,9 +24,10 @@ struct Cli {
     /// Steer away from this prompt: its encoding replaces the null prompt in guidance.
     #[arg(long, requires = "prompt")]
     negative_prompt: Option<String>,
-    /// Class index (class-conditional models).
+    /// Class index, or for ImageNet models a class name such as "golden retriever"
+    /// (class-conditional models).
     #[arg(long)]
-    class: Option<u32>,
+    class: Option<String>,
     /// Number of images.
     #[arg(long, default_value_t = 1)]
     num: usize,
@@ -54,22 +57,18 @@ fn run() -> Result<()> {
     }
     let device = Device::Cpu;
     let bundle = load_model(&cli.model, &device)?;
-    let condition = match (&cli.prompt, cli.class) {
+    let condition = match (&cli.prompt, &cli.class) {
         (Some(p), _) => Condition::Text(p.clone()),
-        (None, Some(k)) => Condition::Class(k),
+        (None, Some(k)) => Condition::Class(parse_class(k, bundle.model.model().config())?),
         (None, None) if bundle.text.is_some() => {
             bail!("this is a text-to-image model: give --prompt, e.g. --prompt \"an ankle boot\"")
         }
         (None, None) => Condition::Unconditional,
     };
     if let (Some(text), Some(prompt)) = (&bundle.text, &cli.prompt) {
-        // The pipeline refuses prompts it cannot ground; partly known ones deserve a warning.
-        let unknown = text.tokenizer().encode(prompt)?.unknown;
-        if !unknown.is_empty() {
-            eprintln!(
-                "warning: ignoring words this model does not know: {}",
-                unknown.join(", ")
-            );
+        // The pipeline refuses prompts it cannot ground; partly used ones deserve a warning.
+        for w in text.warnings(prompt) {
+            eprintln!("warning: {w}");
         }
     }
     let mut pipeline = build_pipeline(bundle, &cli.sampling, &device)?;

@@ -1,0 +1,314 @@
+//! Published text encoders that feed `uvit_t2i`'s context tokens: the CLIP text model (U-ViT's
+//! MS-COCO models read CLIP ViT-L/14's last hidden state, 77 tokens) or a BERT such as
+//! sentence-transformers' all-MiniLM-L6-v2 (its token embeddings), both from candle-transformers,
+//! with the Hugging Face tokenizer from `tokenizer.json`.
+//!
+//! A prompt is tokenized as U-ViT's `FrozenCLIPEmbedder` does (`truncation=True,
+//! padding="max_length"`) to the U-ViT's `num_clip_token`; the null prompt is the empty string.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::clip::text_model::{
+    Activation, ClipTextConfig, ClipTextTransformer,
+};
+use serde::Deserialize;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::checkpoint::{one_line, Checkpoint};
+use crate::config::{UVitConfig, Variant};
+use crate::pretrained::PretrainedError;
+
+/// The network behind a [`PretrainedText`] encoder.
+enum Backbone {
+    /// Causal text transformer; no attention mask (padding is `<|endoftext|>`, as U-ViT feeds it).
+    Clip(ClipTextTransformer),
+    /// Bidirectional; padding is masked out.
+    Bert(BertModel),
+}
+
+/// Tokenized prompts, one row each, all of the context length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub ids: Vec<Vec<u32>>,
+    /// 1 for prompt tokens, 0 for padding.
+    pub attention_mask: Vec<Vec<u32>>,
+}
+
+/// A CLIP text or BERT encoder with its tokenizer, producing `[B, context_len, width]`.
+pub struct PretrainedText {
+    backbone: Backbone,
+    tokenizer: Tokenizer,
+    width: usize,
+    max_positions: usize,
+    context_len: usize,
+    path: PathBuf,
+}
+
+/// The fields of transformers' `CLIPTextConfig` the model needs (its defaults where absent, as
+/// older configs leave them out).
+#[derive(Deserialize)]
+#[serde(default)]
+struct ClipFields {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    max_position_embeddings: usize,
+    hidden_act: String,
+    layer_norm_eps: f64,
+}
+
+impl Default for ClipFields {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl PretrainedText {
+    /// Loads a folder (or a weights file inside one) with `config.json`, `tokenizer.json` and
+    /// `model.safetensors` (or `pytorch_model.bin`): a CLIP model or CLIP text model
+    /// (`openai/clip-vit-large-patch14`, a Stable Diffusion `text_encoder/` with the tokenizer
+    /// copied in) or a BERT (`sentence-transformers/all-MiniLM-L6-v2`). The context is the
+    /// model's full length until [`PretrainedText::fit_to`] sets the U-ViT's.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, PretrainedError> {
+        let path = path.as_ref();
+        let (dir, weights) = if path.is_file() {
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (dir, path.to_path_buf())
+        } else {
+            let weights = ["model.safetensors", "pytorch_model.bin"]
+                .iter()
+                .map(|f| path.join(f))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    PretrainedError::file(path, "no model.safetensors (or pytorch_model.bin) here")
+                })?;
+            (path.to_path_buf(), weights)
+        };
+        let config_file = dir.join("config.json");
+        let config: serde_json::Value = std::fs::read_to_string(&config_file)
+            .map_err(|e| PretrainedError::file(&config_file, e.to_string()))
+            .and_then(|t| {
+                serde_json::from_str(&t)
+                    .map_err(|e| PretrainedError::file(&config_file, format!("invalid JSON: {e}")))
+            })?;
+        let tokenizer_file = dir.join("tokenizer.json");
+        if !tokenizer_file.is_file() {
+            return Err(PretrainedError::file(
+                &tokenizer_file,
+                "missing: the text encoder needs its Hugging Face tokenizer.json",
+            ));
+        }
+        let tokenizer = Tokenizer::from_file(&tokenizer_file)
+            .map_err(|e| PretrainedError::file(&tokenizer_file, e.to_string()))?;
+        let bad_config = |reason: String| PretrainedError::file(&config_file, reason);
+        let vb = Checkpoint::open(&weights)
+            .map_err(|e| PretrainedError::file(&weights, e.to_string()))?
+            .into_var_builder(device);
+        let bad_weights = |e: candle_core::Error| PretrainedError::file(&weights, one_line(&e));
+        let model_type = config["model_type"].as_str().unwrap_or_default();
+        let (backbone, width, max_positions, pad) = match model_type {
+            "clip" | "clip_text_model" => {
+                let fields = config.get("text_config").unwrap_or(&config);
+                let c: ClipFields = serde_json::from_value(fields.clone())
+                    .map_err(|e| bad_config(format!("bad CLIP text config: {e}")))?;
+                if c.hidden_act != "quick_gelu" || c.layer_norm_eps != 1e-5 {
+                    return Err(bad_config(format!(
+                        "CLIP text models with hidden_act {:?} / layer_norm_eps {} are not supported (quick_gelu, 1e-5 are)",
+                        c.hidden_act, c.layer_norm_eps
+                    )));
+                }
+                let cfg = ClipTextConfig {
+                    vocab_size: c.vocab_size,
+                    embed_dim: c.hidden_size,
+                    activation: Activation::QuickGelu,
+                    intermediate_size: c.intermediate_size,
+                    max_position_embeddings: c.max_position_embeddings,
+                    pad_with: None,
+                    num_hidden_layers: c.num_hidden_layers,
+                    num_attention_heads: c.num_attention_heads,
+                    projection_dim: c.hidden_size,
+                };
+                // A full CLIP (or a text model saved by older transformers) nests the text tower.
+                let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+                    vb.pp("text_model")
+                } else {
+                    vb
+                };
+                let model = ClipTextTransformer::new(vb, &cfg).map_err(bad_weights)?;
+                (
+                    Backbone::Clip(model),
+                    c.hidden_size,
+                    c.max_position_embeddings,
+                    "<|endoftext|>",
+                )
+            }
+            "bert" => {
+                let cfg: BertConfig = serde_json::from_value(config.clone())
+                    .map_err(|e| bad_config(format!("bad BERT config: {e}")))?;
+                let model = BertModel::load(vb, &cfg).map_err(bad_weights)?;
+                (
+                    Backbone::Bert(model),
+                    cfg.hidden_size,
+                    cfg.max_position_embeddings,
+                    "[PAD]",
+                )
+            }
+            other => {
+                return Err(bad_config(format!(
+                    "model_type {other:?}: only CLIP text models and BERT are supported"
+                )))
+            }
+        };
+        let pad = pad_token(&dir).unwrap_or_else(|| pad.to_string());
+        let pad_id = tokenizer.token_to_id(&pad).ok_or_else(|| {
+            PretrainedError::file(&tokenizer_file, format!("has no padding token {pad:?}"))
+        })?;
+        let mut encoder = Self {
+            backbone,
+            tokenizer,
+            width,
+            max_positions,
+            context_len: max_positions,
+            path: dir,
+        };
+        encoder.set_context(max_positions, pad_id, &pad)?;
+        Ok(encoder)
+    }
+
+    /// Checks the encoder against a `uvit_t2i` config (width = `clip_dim`, `num_clip_token` ≤
+    /// the encoder's positions) and tokenizes to its `num_clip_token`.
+    pub fn fit_to(mut self, cfg: &UVitConfig) -> Result<Self, PretrainedError> {
+        let bad = |reason: String| PretrainedError::file(&self.path, reason);
+        if cfg.variant != Variant::UvitT2i {
+            return Err(bad(
+                "a text encoder was given for a model that reads no text".into(),
+            ));
+        }
+        if cfg.clip_dim != self.width {
+            return Err(bad(format!(
+                "encoder width {} but the U-ViT's context is {}-dimensional (clip_dim)",
+                self.width, cfg.clip_dim
+            )));
+        }
+        if cfg.num_clip_token > self.max_positions {
+            return Err(bad(format!(
+                "the U-ViT reads {} context tokens but the encoder has only {} positions",
+                cfg.num_clip_token, self.max_positions
+            )));
+        }
+        let padding = self.tokenizer.get_padding().cloned();
+        let (pad_id, pad) = padding.map(|p| (p.pad_id, p.pad_token)).unwrap_or_default();
+        self.set_context(cfg.num_clip_token, pad_id, &pad)?;
+        Ok(self)
+    }
+
+    fn set_context(&mut self, len: usize, pad_id: u32, pad: &str) -> Result<(), PretrainedError> {
+        let trunc = TruncationParams {
+            max_length: len,
+            ..Default::default()
+        };
+        self.tokenizer
+            .with_truncation(Some(trunc))
+            .map_err(|e| PretrainedError::file(&self.path, format!("tokenizer: {e}")))?;
+        self.tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(len),
+            pad_id,
+            pad_token: pad.to_string(),
+            ..Default::default()
+        }));
+        self.context_len = len;
+        Ok(())
+    }
+
+    /// Width of the token features (CLIP ViT-L/14: 768).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Tokens per prompt, padding included.
+    pub fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    /// Token ids (padded/truncated to the context) and attention mask of each prompt.
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tokens, String> {
+        let enc = self
+            .tokenizer
+            .encode_batch(prompts.to_vec(), true)
+            .map_err(|e| e.to_string())?;
+        let (ids, attention_mask) = enc
+            .into_iter()
+            .map(|e| (e.get_ids().to_vec(), e.get_attention_mask().to_vec()))
+            .unzip();
+        Ok(Tokens {
+            ids,
+            attention_mask,
+        })
+    }
+
+    /// How many tokens of `prompt` do not fit the context (they are dropped, as U-ViT's
+    /// tokenizer call drops them).
+    pub fn overflow(&self, prompt: &str) -> Result<usize, String> {
+        let mut full = self.tokenizer.clone();
+        full.with_padding(None);
+        let n = full
+            .with_truncation(None)
+            .and_then(|t| t.encode(prompt, true))
+            .map_err(|e| e.to_string())?
+            .len();
+        Ok(n.saturating_sub(self.context_len))
+    }
+
+    /// `[B, context_len, width]` features of `prompts` (`None` = the empty prompt).
+    pub fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor, String> {
+        let texts: Vec<&str> = prompts.iter().map(|p| p.unwrap_or("")).collect();
+        let Tokens {
+            ids,
+            attention_mask,
+        } = self.tokenize(&texts)?;
+        let b = ids.len();
+        let as_tensor = |rows: Vec<Vec<u32>>| {
+            Tensor::new(rows.concat(), device)?.reshape((b, self.context_len))
+        };
+        let run = || -> candle_core::Result<Tensor> {
+            let ids = as_tensor(ids)?;
+            match &self.backbone {
+                Backbone::Clip(m) => m.forward_with_mask(&ids, usize::MAX),
+                Backbone::Bert(m) => {
+                    let mask = as_tensor(attention_mask)?;
+                    m.forward(&ids, &ids.zeros_like()?, Some(&mask))
+                }
+            }
+        };
+        run()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| format!("{}: {}", self.path.display(), one_line(&e)))
+    }
+}
+
+/// The padding token named by `tokenizer_config.json` or `special_tokens_map.json` in `dir`.
+fn pad_token(dir: &Path) -> Option<String> {
+    ["tokenizer_config.json", "special_tokens_map.json"]
+        .iter()
+        .find_map(|f| {
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()?;
+            let pad = &json["pad_token"];
+            pad.as_str()
+                .or_else(|| pad["content"].as_str())
+                .map(String::from)
+        })
+}
