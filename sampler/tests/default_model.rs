@@ -76,13 +76,7 @@ fn classify(samples: &candle_core::Tensor) -> Vec<usize> {
 fn samples_of_every_concept_look_like_that_concept() {
     let dev = Device::Cpu;
     let bundle = ModelBundle::default_model(&dev).unwrap();
-    let prompts = bundle
-        .text
-        .as_ref()
-        .unwrap()
-        .config()
-        .example_prompts
-        .clone();
+    let prompts = bundle.text.as_ref().unwrap().example_prompts();
     let scheduler = SchedulerConfig::by_name("dpmpp-2m", bundle.training.betas()).unwrap();
     let mut p = Pipeline::from_bundle(bundle, scheduler, 15, dev).unwrap();
     let conds: Vec<Condition> = (0..2)
