@@ -4,17 +4,19 @@
 Run the Rust side first (it writes weights, inputs and its own timings):
     RAYON_NUM_THREADS=2 cargo bench -p deediff-unet --bench uvit_forward
     python3 bench/uvit_forward.py            # [--dir target/bench-uvit]
-The model below is a minimal transcription of U-ViT's libs/uvit.py (unconditional, conv, skips,
-scaled_dot_product_attention as the official code selects on torch 2), written from
-/work/shared/reference/uvit/README.md. Prints ms/forward medians, deediff/PyTorch ratios and
+The model below is U-ViT's libs/uvit.py (unconditional, conv, skips, scaled_dot_product_attention
+as the official code selects on torch 2) built from scripts/train_torch.py's blocks, which that
+script's `check` compares with the official outputs. Prints ms/forward medians, deediff/PyTorch ratios and
 GFLOP/s against each side's measured matmul peak.
 """
-import argparse, json, math, os, statistics, struct, time
+import argparse, json, math, os, statistics, struct, sys, time
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from train_torch import Block, timestep_embedding  # the official block, checked against U-ViT
 
 torch.set_num_threads(2)
 
@@ -35,50 +37,6 @@ def load_safetensors(path):
     return out
 
 
-def timestep_embedding(t, dim, max_period=10000):
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, L, C = x.shape
-        qkv = self.qkv(x).reshape(B, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(x.transpose(1, 2).reshape(B, L, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, skip):
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, 4 * dim)
-        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
-
-    def forward(self, x, skip=None):
-        if self.skip_linear is not None:
-            x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class UViT(nn.Module):
     def __init__(self, img, patch, C, dim, depth, heads):
         super().__init__()
@@ -87,9 +45,10 @@ class UViT(nn.Module):
         self.patch_embed.proj = nn.Conv2d(C, dim, patch, patch)
         L = (img // patch) ** 2
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + L, dim))
-        self.in_blocks = nn.ModuleList([Block(dim, heads, False) for _ in range(depth // 2)])
-        self.mid_block = Block(dim, heads, False)
-        self.out_blocks = nn.ModuleList([Block(dim, heads, True) for _ in range(depth // 2)])
+        blk = lambda skip: Block(dim, heads, 4.0, False, skip)
+        self.in_blocks = nn.ModuleList([blk(False) for _ in range(depth // 2)])
+        self.mid_block = blk(False)
+        self.out_blocks = nn.ModuleList([blk(True) for _ in range(depth // 2)])
         self.norm = nn.LayerNorm(dim)
         self.decoder_pred = nn.Linear(dim, patch * patch * C)
         self.final_layer = nn.Conv2d(C, C, 3, padding=1)
