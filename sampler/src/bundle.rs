@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use deediff_schedules::SchedulerConfig;
-use deediff_uem::{CertaintyHeads, EarlyExitUVit};
+use deediff_uem::{CertaintyHeads, EarlyExitUVit, ExitPolicy};
 use deediff_unet::text_encoder::{TextEncoder as WordEncoder, TextEncoderConfig};
 use deediff_unet::{LatentDecoder, UVit, UVitConfig};
 
@@ -118,9 +118,12 @@ impl ModelBundle {
 
         let exit_threshold = metadata
             .get(EXIT_THRESHOLD_KEY)
-            .map(|v| match v.parse::<f32>() {
-                Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
-                _ => Err(bad(format!("{EXIT_THRESHOLD_KEY} {v:?} is not in (0, 1]"))),
+            .map(|v| {
+                let t: f32 = v
+                    .parse()
+                    .map_err(|_| bad(format!("{EXIT_THRESHOLD_KEY} {v:?} is not a number")))?;
+                ExitPolicy::per_sample(t).map_err(|e| bad(format!("{EXIT_THRESHOLD_KEY}: {e}")))?;
+                Ok::<f32, SamplerError>(t)
             })
             .transpose()?;
 
