@@ -22,6 +22,7 @@ use deediff_uem::data::{Captioner, ImageDataset};
 use deediff_uem::loss::{LayerWeighting, LossConfig};
 use deediff_uem::optim::AdamWConfig;
 use deediff_uem::trainer::{LrSchedule, StepStats, TrainConfig, Trainer};
+use deediff_uem::ExitPolicy;
 use deediff_unet::text_encoder::TextEncoderConfig;
 use deediff_unet::{UVitConfig, Variant};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -105,22 +106,22 @@ struct Args {
     export_only: bool,
     /// With --export-only: record this exit threshold in the model file as the one samplers use
     /// by default (the value the trade-off benchmark measured, MODEL.md).
-    #[arg(long, requires = "export_only", value_parser = unit_interval)]
+    #[arg(long, requires = "export_only", value_parser = exit_threshold)]
     exit_threshold: Option<f32>,
     /// Write the default text encoder's config and every caption as token ids (JSON, one list per
     /// concept) to this file and exit: what an external phase-1 trainer needs to use the same
-    /// tokenizer and caption distribution (`scripts/pretrain_backbone.py`).
+    /// tokenizer and caption distribution (`scripts/train_torch.py`).
     #[arg(long)]
     write_captions: Option<PathBuf>,
 }
 
 const T: usize = 1000;
 
-fn unit_interval(s: &str) -> std::result::Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a threshold in (0, 1]")),
-    }
+/// An exit threshold, checked by the exit policy's own rule.
+fn exit_threshold(s: &str) -> std::result::Result<f32, String> {
+    let t: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    ExitPolicy::per_sample(t).map_err(|e| e.to_string())?;
+    Ok(t)
 }
 
 /// The training noise schedule as a diffusers `scheduler_config.json` (DDPM linear betas,
