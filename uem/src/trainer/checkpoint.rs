@@ -32,6 +32,12 @@ fn write_atomic(
     tensors: Vec<(String, Tensor)>,
     metadata: HashMap<String, String>,
 ) -> Result<(), TrainError> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(load_err(
+            path,
+            "exists and is not a regular file; refusing to replace it",
+        ));
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
             path: dir.to_path_buf(),
