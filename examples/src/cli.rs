@@ -144,6 +144,17 @@ pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     Ok(bundle)
 }
 
+/// Prints the text encoder's warnings for `prompts` (words it ignores, truncation). Prompts it
+/// cannot ground at all are refused later by the pipeline; partly used ones only deserve a warning.
+pub fn warn_about_prompts<'a>(bundle: &ModelBundle, prompts: impl IntoIterator<Item = &'a str>) {
+    let Some(text) = &bundle.text else { return };
+    for p in prompts {
+        for w in text.warnings(p) {
+            eprintln!("warning: {w} (in {p:?})");
+        }
+    }
+}
+
 /// The U-ViT with its certainty heads (and a bundle's own text encoder).
 fn load_denoiser(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     let Some(path) = &args.model else {

@@ -26,7 +26,7 @@ pub use init::seeded_init;
 use crate::data::{Captioner, ImageDataset};
 use crate::ema::Ema;
 use crate::head::CertaintyHeads;
-use crate::loss::deediff_loss;
+use crate::loss::{deediff_loss, LossTerms};
 use crate::optim::AdamW;
 
 /// Names of the certainty-head parameters (the official `lte_classifer.N.lte.*`).
@@ -265,6 +265,36 @@ impl Trainer {
         }
     }
 
+    /// The DeeDiff loss terms of a noised batch `x_t` at timesteps `t` whose noise was `noise`:
+    /// every block's exit and certainty map from one forward pass, differentiable w.r.t. the
+    /// parameters (what [`Trainer::train_step`] back-propagates).
+    pub fn losses(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        noise: &Tensor,
+    ) -> Result<LossTerms> {
+        let mut h = self.model.embed(x_t, t, cond)?;
+        let mut skips = Vec::new();
+        let n = self.model.num_blocks();
+        let mut exits = Vec::with_capacity(n);
+        let mut certainties = Vec::with_capacity(n);
+        for i in 0..n {
+            h = self.model.block(i, &h, &mut skips)?;
+            // With β = 0 the early exits only feed the (detached) certainty target; with a frozen
+            // backbone no exit needs a gradient.
+            let exit_in = if self.cfg.freeze_backbone || (self.cfg.loss.beta == 0.0 && i + 1 < n) {
+                h.detach()
+            } else {
+                h.clone()
+            };
+            exits.push(self.model.decode(&exit_in)?);
+            certainties.push(self.heads.map(i, &h)?);
+        }
+        deediff_loss(noise, &exits, &certainties, &self.cfg.loss)
+    }
+
     /// One AdamW update on the next batch of `data`.
     pub fn train_step(&mut self, data: &ImageDataset) -> Result<StepStats> {
         if data.is_empty() {
@@ -296,24 +326,7 @@ impl Trainer {
             &self.device,
         )?;
 
-        let mut h = self.model.embed(&x_t, &t_in, &cond)?;
-        let mut skips = Vec::new();
-        let n = self.model.num_blocks();
-        let mut exits = Vec::with_capacity(n);
-        let mut certainties = Vec::with_capacity(n);
-        for i in 0..n {
-            h = self.model.block(i, &h, &mut skips)?;
-            // With β = 0 the early exits only feed the (detached) certainty target; with a frozen
-            // backbone no exit needs a gradient.
-            let exit_in = if self.cfg.freeze_backbone || (self.cfg.loss.beta == 0.0 && i + 1 < n) {
-                h.detach()
-            } else {
-                h.clone()
-            };
-            exits.push(self.model.decode(&exit_in)?);
-            certainties.push(self.heads.map(i, &h)?);
-        }
-        let terms = deediff_loss(&noise, &exits, &certainties, &self.cfg.loss)?;
+        let terms = self.losses(&x_t, &t_in, &cond, &noise)?;
         let grads = terms.total.backward()?;
         let lr = self.cfg.lr_at(self.step);
         let grad_norm = self.opt.step(&grads, lr, self.cfg.grad_clip)?;

@@ -384,3 +384,87 @@ fn learning_rate_warms_up_then_follows_the_schedule() {
     assert!((cfg.lr_at(110) - 1e-4).abs() < 1e-12);
     assert!((cfg.lr_at(500) - 1e-4).abs() < 1e-12);
 }
+
+/// The whole training path — official `uvit_t2i` forward, every exit and certainty head, the
+/// DeeDiff losses (λ = β = 1), candle's backward through the network — against PyTorch autograd
+/// in float64 on the same weights and batch (`scripts/train_torch.py grads`).
+#[test]
+fn deediff_gradients_match_pytorch() {
+    let dir = reference_dir();
+    let cfg_json = std::fs::read_to_string(dir.join("uvit_t2i.config.json")).unwrap();
+    let model: UVitConfig = serde_json::from_str(&cfg_json).unwrap();
+    let io =
+        candle_core::safetensors::load(dir.join("uvit_t2i.io.safetensors"), &Device::Cpu).unwrap();
+    let fixture = candle_core::safetensors::load(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deediff_grads.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // Context comes from the fixture, so the text encoder only has to fit the model's shape.
+    let captions = vec!["a t-shirt".to_string()];
+    let mut te = TextEncoderConfig::from_corpus(&captions, captions.clone(), model.clip_dim, 1, 2);
+    te.max_tokens = model.num_clip_token;
+    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu).unwrap();
+    tr.load_pretrained(&dir.join("uvit_t2i.weights.safetensors"))
+        .unwrap();
+
+    let terms = tr
+        .losses(
+            &io["x_t"],
+            &io["timesteps"],
+            &deediff_unet::Conditioning::Context(io["context"].clone()),
+            &fixture["noise"],
+        )
+        .unwrap();
+    for (name, t) in [
+        ("total", &terms.total),
+        ("simple", &terms.simple),
+        ("certainty", &terms.certainty),
+        ("layer", &terms.layer),
+    ] {
+        let (ours, theirs) = (values(t)[0], values(&fixture[&format!("loss.{name}")])[0]);
+        assert!(
+            (ours - theirs).abs() <= 1e-5 * theirs.abs(),
+            "L_{name}: candle {ours} vs PyTorch {theirs}"
+        );
+    }
+
+    // Relative to each gradient's largest entry: f32 against f64 through ~20 layers.
+    let grads = terms.total.backward().unwrap();
+    let mut worst = (0.0f32, String::new());
+    let mut checked = 0;
+    for (name, var) in tr.parameters() {
+        let Some(reference) = fixture.get(&format!("grad.{name}")) else {
+            assert!(
+                name.starts_with("text_encoder."),
+                "no PyTorch gradient for {name}"
+            );
+            continue;
+        };
+        let g = grads
+            .get(&var)
+            .unwrap_or_else(|| panic!("no candle gradient for {name}"));
+        let (a, b) = (values(g), values(reference));
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale;
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+        checked += 1;
+    }
+    println!(
+        "{checked} gradients, worst relative error {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert_eq!(checked, 80);
+    assert!(
+        worst.0 < 1e-4,
+        "gradient of {} off by {:.2e}",
+        worst.1,
+        worst.0
+    );
+}

@@ -12,7 +12,9 @@ use candle_core::Device;
 use clap::Parser;
 use deediff_eval::npz::write_images_npz;
 use deediff_eval::{frechet_distance, FidInception, Moments, Stats};
-use deediff_examples::cli::{build_pipeline, load_model, parse_class, ModelArgs, SamplingArgs};
+use deediff_examples::cli::{
+    build_pipeline, load_model, parse_class, warn_about_prompts, ModelArgs, SamplingArgs,
+};
 use deediff_examples::progress::EvalBar;
 use deediff_examples::write_atomic;
 use deediff_sampler::{to_images, Condition, Hooks, RunReport};
@@ -102,9 +104,12 @@ fn write_npz(path: &Path, dir: &Path, range: std::ops::Range<usize>) -> Result<(
         first.width() as usize,
         3,
     ];
+    // The first image, already decoded for the shape, is packed as it is.
+    let mut first = Some(first);
     write_atomic(path, |tmp| {
-        Ok(write_images_npz(tmp, shape, |k| {
-            Ok(read(range.start + k)?.into_raw())
+        Ok(write_images_npz(tmp, shape, |k| match first.take() {
+            Some(image) if k == 0 => Ok(image.into_raw()),
+            _ => Ok(read(range.start + k)?.into_raw()),
         })?)
     })
     .with_context(|| format!("{}: cannot write the .npz", path.display()))?;
@@ -158,13 +163,7 @@ fn run() -> Result<()> {
         }
         None => cli.prompt.iter().cloned().collect(),
     };
-    if let Some(text) = &bundle.text {
-        for p in &prompts {
-            for w in text.warnings(p) {
-                eprintln!("warning: {p:?}: {w}");
-            }
-        }
-    }
+    warn_about_prompts(&bundle, prompts.iter().map(String::as_str));
     let condition = |i: usize| -> Result<Condition> {
         Ok(match (cfg.variant, cfg.num_classes) {
             (Variant::UvitT2i, _) if prompts.is_empty() => {

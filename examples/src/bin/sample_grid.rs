@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
-use deediff_examples::cli::{build_pipeline, load_model, ModelArgs, SamplingArgs};
+use deediff_examples::cli::{
+    build_pipeline, load_model, warn_about_prompts, ModelArgs, SamplingArgs,
+};
 use deediff_sampler::{grid, to_images, Condition, Hooks};
 
 #[global_allocator]
@@ -53,6 +55,7 @@ fn run() -> Result<()> {
     if args.rows == 0 {
         bail!("--rows must be at least 1");
     }
+    warn_about_prompts(&bundle, prompts.iter().map(String::as_str));
     let pipeline = build_pipeline(bundle, &args.sampling, &device)?;
     let conds: Vec<Condition> = (0..args.rows)
         .flat_map(|_| prompts.iter().map(|p| Condition::Text(p.clone())))

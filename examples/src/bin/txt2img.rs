@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
-use deediff_examples::cli::{build_pipeline, load_model, parse_class, ModelArgs, SamplingArgs};
+use deediff_examples::cli::{
+    build_pipeline, load_model, parse_class, warn_about_prompts, ModelArgs, SamplingArgs,
+};
 use deediff_examples::progress::EvalBar;
 use deediff_sampler::{grid, to_images, Condition, Hooks};
 
@@ -65,12 +67,7 @@ fn run() -> Result<()> {
         }
         (None, None) => Condition::Unconditional,
     };
-    if let (Some(text), Some(prompt)) = (&bundle.text, &cli.prompt) {
-        // The pipeline refuses prompts it cannot ground; partly used ones deserve a warning.
-        for w in text.warnings(prompt) {
-            eprintln!("warning: {w}");
-        }
-    }
+    warn_about_prompts(&bundle, cli.prompt.as_deref());
     let mut pipeline = build_pipeline(bundle, &cli.sampling, &device)?;
     if let Some(neg) = &cli.negative_prompt {
         pipeline.set_negative(Some(Condition::Text(neg.clone())))?;
