@@ -4,6 +4,7 @@
 #
 #   bench/exit_speed.sh                     # RAYON_NUM_THREADS=2, REPEATS=5
 #   bench/exit_speed.sh --model m.safetensors
+#   POLICIES="full full+640-1000:static:2" bench/exit_speed.sh   # POLICY+BANDS: timestep bands
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
@@ -15,6 +16,7 @@ for r in $(seq "$REPEATS"); do
     for p in $POLICIES; do
         case $p in
             per-sample:*) flags=(--policy per-sample --threshold "${p#per-sample:}") ;;
+            *+*) flags=(--policy "${p%%+*}" --timestep-band "${p#*+}") ;;
             *) flags=(--policy "$p") ;;
         esac
         ./target/release/txt2img "$@" --prompt "an ankle boot" --num 16 --scheduler ddim --steps 25 \

@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use deediff_sampler::{
-    imagenet_class, Guidance, ModelBundle, Pipeline, TrainingSchedule, DEFAULT_THRESHOLD,
+    imagenet_class, Guidance, ModelBundle, Pipeline, TimestepBand, TrainingSchedule,
+    DEFAULT_THRESHOLD,
 };
 use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
@@ -108,6 +109,10 @@ pub struct SamplingArgs {
     /// per-sample (default), official, full, or static:K.
     #[arg(long, default_value = "per-sample")]
     pub policy: String,
+    /// Timesteps LO ≤ t ≤ HI (0 = clean … 999 = noise) that follow their own policy,
+    /// `LO-HI:POLICY`, e.g. `640-1000:static:2`; comma-separated or repeated, not overlapping.
+    #[arg(long, value_delimiter = ',')]
+    pub timestep_band: Vec<TimestepBand>,
 }
 
 impl SamplingArgs {
@@ -210,6 +215,7 @@ pub fn build_pipeline(
     if args.budget.is_none() {
         pipeline.set_policy(args.policy(default_threshold)?)?;
     }
+    pipeline.set_timestep_bands(args.timestep_band.clone())?;
     pipeline.set_guidance(Guidance {
         scale: args.cfg_scale.map_or(args.guidance, |s| 1.0 + s),
         shared_exit: args.shared_exit,

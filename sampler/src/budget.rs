@@ -90,13 +90,19 @@ impl Pipeline {
                 "budget mode needs certainty heads; this model has none".into(),
             ));
         }
+        if !self.timestep_bands().is_empty() {
+            return Err(SamplerError::Request(
+                "budget mode calibrates one threshold for every timestep: it does not combine with timestep bands".into(),
+            ));
+        }
         // Threshold 1.0 never exits (a sigmoid mean cannot exceed it) but records every score.
+        let never = ExitPolicy::per_sample(1.0)?;
         let mut passes = Vec::new();
         self.run(
             conditions,
             seeds,
             Hooks::default(),
-            ExitPolicy::per_sample(1.0)?,
+            &|_| never,
             &mut |_, exits| passes.extend(exits.iter().map(|e| e.scores.clone())),
         )?;
         let cal = threshold_for_budget(self.model().model().config(), &passes, budget);

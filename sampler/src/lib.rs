@@ -4,7 +4,8 @@
 //! * [`Pipeline`] — built from an [`EarlyExitUVit`](deediff_uem::EarlyExitUVit), the schedule the
 //!   model was trained on ([`TrainingSchedule`]) and a scheduler config (diffusers JSON or a
 //!   preset name); set the [`ExitPolicy`](deediff_uem::ExitPolicy) (`per-sample` by default),
-//!   [`Guidance`], or a compute budget ([`Pipeline::calibrate_budget`]).
+//!   [`Guidance`], or a compute budget ([`Pipeline::calibrate_budget`]); timesteps in a
+//!   [`TimestepBand`] follow the band's own policy ([`Pipeline::set_timestep_bands`]).
 //! * Latent models decode through the Stable Diffusion autoencoder
 //!   ([`Pipeline::set_decoder`], or [`ModelBundle::decoder`]); pixel models are untouched.
 //! * Image `k` of a run uses seed `base + k` for all its noise ([`PerImageNoise`]), so any
@@ -22,6 +23,7 @@ mod images;
 mod noise;
 mod pipeline;
 mod report;
+mod timestep_bands;
 mod training_schedule;
 
 pub use budget::{threshold_for_budget, Calibration};
@@ -36,4 +38,5 @@ pub use images::{grid, to_images};
 pub use noise::PerImageNoise;
 pub use pipeline::{Generated, Hooks, Pipeline, Progress, DEFAULT_THRESHOLD};
 pub use report::{EvalReport, RunReport};
+pub use timestep_bands::{policy_at, TimestepBand};
 pub use training_schedule::{TimeLabel, TrainingSchedule};

@@ -13,6 +13,7 @@ use crate::error::{Result, SamplerError};
 use crate::guidance::Guidance;
 use crate::noise::PerImageNoise;
 use crate::report::RunReport;
+use crate::timestep_bands::{check_disjoint, policy_at, TimestepBand};
 use crate::training_schedule::{TimeLabel, TrainingSchedule};
 
 /// The exit threshold a model with certainty heads starts with (AdaDiff's CIFAR-10/ImageNet
@@ -54,6 +55,8 @@ pub struct Pipeline {
     scheduler: Scheduler,
     time_label: TimeLabel,
     policy: ExitPolicy,
+    /// Timesteps with a policy of their own (disjoint).
+    bands: Vec<TimestepBand>,
     guidance: Guidance,
     /// Replaces the null condition in the unconditional pass (a negative prompt).
     negative: Option<Condition>,
@@ -88,6 +91,7 @@ impl Pipeline {
             scheduler,
             time_label,
             policy,
+            bands: Vec::new(),
             guidance: Guidance::default(),
             negative: None,
             decoder: None,
@@ -144,6 +148,23 @@ impl Pipeline {
     }
 
     pub fn set_policy(&mut self, policy: ExitPolicy) -> Result<()> {
+        self.check_policy(policy)?;
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// Passes at timesteps inside one of `bands` follow that band's policy instead of the
+    /// pipeline's (empty: none). Bands must not overlap.
+    pub fn set_timestep_bands(&mut self, bands: Vec<TimestepBand>) -> Result<()> {
+        for b in &bands {
+            self.check_policy(b.policy)?;
+        }
+        check_disjoint(&bands)?;
+        self.bands = bands;
+        Ok(())
+    }
+
+    fn check_policy(&self, policy: ExitPolicy) -> Result<()> {
         policy.validate()?;
         if self.model.heads().is_none()
             && matches!(
@@ -155,7 +176,6 @@ impl Pipeline {
                 "this model has no certainty heads: use the full or static:K policy".into(),
             ));
         }
-        self.policy = policy;
         Ok(())
     }
 
@@ -194,6 +214,18 @@ impl Pipeline {
         self.policy
     }
 
+    pub fn timestep_bands(&self) -> &[TimestepBand] {
+        &self.bands
+    }
+
+    /// The policy with its timestep bands, e.g. `per-sample:0.95, 640-1000:static:2`.
+    pub fn describe_policy(&self) -> String {
+        std::iter::once(self.policy.to_string())
+            .chain(self.bands.iter().map(|b| b.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
     }
@@ -221,7 +253,8 @@ impl Pipeline {
         let passes = if self.guidance.is_active() { 2 } else { 1 };
         let mut report = RunReport::new(conditions.len(), self.model.model().num_blocks(), passes);
         let start = Instant::now();
-        let latents = self.run(conditions, seeds, hooks, self.policy, &mut |t, exits| {
+        let policy = |t| policy_at(&self.bands, t, self.policy);
+        let latents = self.run(conditions, seeds, hooks, &policy, &mut |t, exits| {
             report.record(t, exits)
         })?;
         let samples = match &self.decoder {
@@ -232,13 +265,14 @@ impl Pipeline {
         Ok(Generated { samples, report })
     }
 
-    /// The sampling loop under `policy`; `observe` sees every evaluation's per-pass exits.
+    /// The sampling loop, evaluation at timestep `t` under `policy(t)`; `observe` sees every
+    /// evaluation's per-pass exits.
     pub(crate) fn run(
         &self,
         conditions: &[Condition],
         seeds: &[u64],
         mut hooks: Hooks<'_>,
-        policy: ExitPolicy,
+        policy: &dyn Fn(f64) -> ExitPolicy,
         observe: &mut dyn FnMut(f64, &[SampleExit]),
     ) -> Result<Tensor> {
         if conditions.is_empty() || conditions.len() != seeds.len() {
@@ -273,7 +307,7 @@ impl Pipeline {
                 Tensor::from_iter(ev.x.iter().map(|&v| v as f32), &self.device)?.reshape(shape)?;
             let label = self.time_label.label(&ev.time);
             let t = Tensor::full(label as f32, b, &self.device)?;
-            let (eps, exits) = self.predict(&x, &t, &cond, uncond.as_ref(), policy)?;
+            let (eps, exits) = self.predict(&x, &t, &cond, uncond.as_ref(), policy(label))?;
             observe(label, &exits);
             blocks += exits.iter().map(|e| e.blocks_executed).sum::<usize>();
             passes += exits.len();

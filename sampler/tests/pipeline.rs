@@ -140,6 +140,48 @@ fn budget_calibration_lands_near_the_requested_depth() {
 }
 
 #[test]
+fn timestep_bands_run_their_own_policy() {
+    let conds = [Condition::Class(0), Condition::Class(5)];
+    let static2 = pipeline(ExitPolicy::fixed_depth(2).unwrap())
+        .generate(&conds, &[1, 2], Hooks::default())
+        .unwrap();
+
+    // A band over every timestep is the band's policy.
+    let mut p = pipeline(ExitPolicy::Full);
+    p.set_timestep_bands(vec!["0-1000:static:2".parse().unwrap()])
+        .unwrap();
+    let banded = p.generate(&conds, &[1, 2], Hooks::default()).unwrap();
+    assert_eq!(max_abs_diff(&banded.samples, &static2.samples), 0.0);
+
+    // A band over the noisy half: static there, the pipeline's policy (full) below.
+    p.set_timestep_bands(vec!["500-1000:static:2".parse().unwrap()])
+        .unwrap();
+    assert_eq!(p.describe_policy(), "full, 500-1000:static:2");
+    let r = p
+        .generate(&conds, &[1, 2], Hooks::default())
+        .unwrap()
+        .report;
+    let full = r.num_blocks as f64;
+    assert!(r.evals.iter().any(|e| e.t >= 500.0) && r.evals.iter().any(|e| e.t < 500.0));
+    for e in &r.evals {
+        let want = if e.t >= 500.0 { 2.0 } else { full };
+        assert_eq!(e.mean_blocks, want, "t = {}", e.t);
+    }
+
+    // Overlapping bands and budget calibration with bands are refused.
+    let overlap = vec![
+        "0-600:full".parse().unwrap(),
+        "500-1000:static:2".parse().unwrap(),
+    ];
+    assert!(p.set_timestep_bands(overlap).is_err());
+    let err = p
+        .calibrate_budget(0.5, &conds, &[1, 2])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("timestep bands"), "{err}");
+}
+
+#[test]
 fn bad_requests_are_errors() {
     let p = pipeline(ExitPolicy::Full);
     let cancel = AtomicBool::new(true);

@@ -218,7 +218,7 @@ fn run() -> Result<()> {
         range.end,
         done.len(),
         todo.len(),
-        pipeline.policy()
+        pipeline.describe_policy()
     );
     let bar = EvalBar::new(range.len() as u64, "images");
     bar.set(0, 0.0);

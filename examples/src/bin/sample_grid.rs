@@ -72,7 +72,7 @@ fn run() -> Result<()> {
         prompts.len(),
         args.rows,
         args.out.display(),
-        pipeline.policy(),
+        pipeline.describe_policy(),
         r.mean_blocks(),
         r.num_blocks
     );

@@ -12,7 +12,7 @@ use candle_core::Device;
 use clap::Parser;
 use deediff_eval::{frechet_distance, FidInception, Stats};
 use deediff_examples::cli::{load_model, ModelArgs};
-use deediff_sampler::{to_images, Condition, Guidance, Hooks, Pipeline, RunReport};
+use deediff_sampler::{to_images, Condition, Guidance, Hooks, Pipeline, RunReport, TimestepBand};
 use deediff_schedules::SchedulerConfig;
 use deediff_uem::data::captions::CONCEPTS;
 use deediff_uem::data::idx::load_idx;
@@ -42,6 +42,10 @@ struct Cli {
         default_value = "ddim:25,ddim:50,dpmpp-2m:10,dpmpp-2m:20"
     )]
     schedulers: Vec<String>,
+    /// Extra runs on the first scheduler: full depth except in these timestep bands
+    /// (`LO-HI:POLICY`, comma-separated; repeat the flag for another run), e.g. `640-1000:static:2`.
+    #[arg(long)]
+    band_run: Vec<String>,
     #[arg(long, default_value_t = 1.0)]
     guidance: f64,
     /// Where the plot goes.
@@ -143,30 +147,54 @@ fn plot(rows: &[Row], path: &PathBuf) -> Result<()> {
         .x_desc("mean blocks executed per network pass")
         .y_desc("FID")
         .draw()?;
-    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for r in rows {
-        let name = format!(
-            "{} {}",
-            r.scheduler,
-            r.method.split(':').next().unwrap_or("")
-        );
+    // One curve per scheduler and method, each ending at that scheduler's full-depth point;
+    // timestep-band runs are separate experiments, drawn as points only.
+    struct Curve {
+        name: String,
+        line: bool,
+        pts: Vec<(f64, f64)>,
+    }
+    let mut curves: Vec<Curve> = Vec::new();
+    for r in rows.iter().filter(|r| r.method != "full") {
+        let (kind, line) = match r.method.split_once(", ") {
+            Some(_) => ("timestep bands", false),
+            None => (r.method.split(':').next().unwrap_or(""), true),
+        };
+        let name = format!("{} {kind}", r.scheduler);
         let point = (r.report.mean_blocks(), r.fid);
-        match curves.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, pts)) => pts.push(point),
-            None => curves.push((name, vec![point])),
+        match curves.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.pts.push(point),
+            None => {
+                let full = rows
+                    .iter()
+                    .filter(|f| line && f.scheduler == r.scheduler && f.method == "full")
+                    .map(|f| (f.report.mean_blocks(), f.fid));
+                let pts = full.chain([point]).collect();
+                curves.push(Curve { name, line, pts });
+            }
         }
     }
-    for (k, (name, mut pts)) in curves.into_iter().enumerate() {
+    for (
+        k,
+        Curve {
+            name,
+            line,
+            mut pts,
+        },
+    ) in curves.into_iter().enumerate()
+    {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let color = Palette99::pick(k).to_rgba();
+        let path = if line { pts.clone() } else { Vec::new() };
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(path, color.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
@@ -252,6 +280,28 @@ fn run() -> Result<()> {
                 report,
                 fid,
             });
+        }
+        for spec in cli.band_run.iter().filter(|_| k == 0) {
+            let bands = spec
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<TimestepBand>, _>>()?;
+            p.set_policy(ExitPolicy::Full)?;
+            p.set_timestep_bands(bands)?;
+            let (report, fid) = measure(&p, &cli, &net, &real)?;
+            let method = p.describe_policy();
+            eprintln!(
+                "{method}: depth {:.2} FID {fid:.2} {:.1} s",
+                report.mean_blocks(),
+                report.seconds
+            );
+            rows.push(Row {
+                scheduler: cli.schedulers[0].clone(),
+                method,
+                report,
+                fid,
+            });
+            p.set_timestep_bands(Vec::new())?;
         }
     }
 

@@ -111,7 +111,7 @@ fn run() -> Result<()> {
         "{} image(s) → {} | policy {} | mean depth {:.2}/{} blocks ({:.1}%) | compute {:.1}% of full depth (≈{:.2}× fewer MACs) | {:.2} s, {:.2} images/s",
         r.images,
         cli.out.display(),
-        pipeline.policy(),
+        pipeline.describe_policy(),
         r.mean_blocks(),
         r.num_blocks,
         100.0 * r.depth_fraction(),
