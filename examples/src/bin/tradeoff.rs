@@ -59,6 +59,8 @@ struct Cli {
 struct Row {
     scheduler: String,
     method: String,
+    /// A `--band-run` (its own experiment, not a point on a method's curve).
+    banded: bool,
     report: RunReport,
     fid: f64,
 }
@@ -156,9 +158,10 @@ fn plot(rows: &[Row], path: &PathBuf) -> Result<()> {
     }
     let mut curves: Vec<Curve> = Vec::new();
     for r in rows.iter().filter(|r| r.method != "full") {
-        let (kind, line) = match r.method.split_once(", ") {
-            Some(_) => ("timestep bands", false),
-            None => (r.method.split(':').next().unwrap_or(""), true),
+        let (kind, line) = if r.banded {
+            ("timestep bands", false)
+        } else {
+            (r.method.split(':').next().unwrap_or(""), true)
         };
         let name = format!("{} {kind}", r.scheduler);
         let point = (r.report.mean_blocks(), r.fid);
@@ -174,23 +177,15 @@ fn plot(rows: &[Row], path: &PathBuf) -> Result<()> {
             }
         }
     }
-    for (
-        k,
-        Curve {
-            name,
-            line,
-            mut pts,
-        },
-    ) in curves.into_iter().enumerate()
-    {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (k, mut c) in curves.into_iter().enumerate() {
+        c.pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let color = Palette99::pick(k).to_rgba();
-        let path = if line { pts.clone() } else { Vec::new() };
+        let path = if c.line { c.pts.clone() } else { Vec::new() };
         chart
             .draw_series(LineSeries::new(path, color.stroke_width(2)))?
-            .label(name)
+            .label(c.name)
             .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+        chart.draw_series(c.pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
     }
     chart
         .configure_series_labels()
@@ -260,6 +255,7 @@ fn run() -> Result<()> {
             rows.push(Row {
                 scheduler: spec.clone(),
                 method: policy.to_string(),
+                banded: false,
                 report,
                 fid,
             });
@@ -277,6 +273,7 @@ fn run() -> Result<()> {
             rows.push(Row {
                 scheduler: spec.clone(),
                 method: format!("static:{depth}"),
+                banded: false,
                 report,
                 fid,
             });
@@ -298,6 +295,7 @@ fn run() -> Result<()> {
             rows.push(Row {
                 scheduler: cli.schedulers[0].clone(),
                 method,
+                banded: true,
                 report,
                 fid,
             });
