@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+pub mod atomic;
 pub mod conv;
 pub mod error;
 pub mod fmap;

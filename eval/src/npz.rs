@@ -3,9 +3,10 @@
 //! Statistics are written as float64, sample images as uint8 `arr_0` (the layout of the
 //! guided-diffusion / ADM evaluation batches).
 
+use crate::atomic::{write_atomic, FirstError};
 use crate::error::{FidError, Result};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// An n-d array widened to f64, in C order.
@@ -30,7 +31,8 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>> {
         let Some(key) = name.strip_suffix(".npy").map(str::to_string) else {
             continue;
         };
-        let mut bytes = Vec::with_capacity(member.size() as usize);
+        // The declared size is only a hint: a corrupt header may claim exabytes.
+        let mut bytes = Vec::with_capacity(member.size().min(1 << 24) as usize);
         member
             .read_to_end(&mut bytes)
             .map_err(|e| FidError::file(path, format!("member {key}.npy: {e}")))?;
@@ -41,21 +43,21 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>> {
     Ok(out)
 }
 
-/// Writes `arrays` as a deflated `.npz` (float64 members), like `np.savez_compressed`.
+/// Writes `arrays` as a deflated `.npz` (float64 members), like `np.savez_compressed`; atomic
+/// and checked to the end (see [`crate::atomic`]).
 pub fn write_npz(path: &Path, arrays: &[(&str, &Array)]) -> Result<()> {
     let largest = arrays
         .iter()
         .map(|(_, a)| 8 * a.data.len())
         .max()
         .unwrap_or(0);
-    let (mut zip, options) = zip_writer(path, largest)?;
-    for (key, array) in arrays {
-        zip.start_file(format!("{key}.npy"), options)
-            .map_err(|e| FidError::file(path, e))?;
-        zip.write_all(&npy_bytes(array))
-            .map_err(|e| FidError::file(path, e))?;
-    }
-    finish(path, zip)
+    write_zip(path, largest, |zip, options| {
+        for (key, array) in arrays {
+            zip.start_file(format!("{key}.npy"), options)?;
+            zip.write_all(&npy_bytes(array))?;
+        }
+        Ok(())
+    })
 }
 
 /// Streams uint8 images `[N, H, W, C]` into `arr_0` of a deflated `.npz`, what
@@ -66,49 +68,49 @@ pub fn write_images_npz(
     shape: [usize; 4],
     mut image: impl FnMut(usize) -> std::result::Result<Vec<u8>, String>,
 ) -> Result<()> {
-    let per_image = shape[1] * shape[2] * shape[3];
-    let (mut zip, options) = zip_writer(path, shape[0] * per_image)?;
-    zip.start_file("arr_0.npy", options)
-        .map_err(|e| FidError::file(path, e))?;
-    zip.write_all(&npy_header(&shape, "|u1"))
-        .map_err(|e| FidError::file(path, e))?;
-    for i in 0..shape[0] {
-        let bytes = image(i).map_err(|e| FidError::file(path, format!("image {i}: {e}")))?;
-        if bytes.len() != per_image {
-            return Err(FidError::file(
-                path,
-                format!(
+    let per_image = shape[1..].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let total = per_image.and_then(|p| p.checked_mul(shape[0]));
+    let (Some(per_image), Some(total)) = (per_image, total) else {
+        return Err(FidError::file(path, format!("{shape:?} images are too many bytes")));
+    };
+    write_zip(path, total, |zip, options| {
+        zip.start_file("arr_0.npy", options)?;
+        zip.write_all(&npy_header(&shape, "|u1"))?;
+        for i in 0..shape[0] {
+            let bytes = image(i).map_err(|e| io::Error::other(format!("image {i}: {e}")))?;
+            if bytes.len() != per_image {
+                return Err(io::Error::other(format!(
                     "image {i} has {} bytes, expected {per_image} for {}x{}x{}",
                     bytes.len(),
                     shape[1],
                     shape[2],
                     shape[3]
-                ),
-            ));
+                )));
+            }
+            zip.write_all(&bytes)?;
         }
-        zip.write_all(&bytes).map_err(|e| FidError::file(path, e))?;
-    }
-    finish(path, zip)
+        Ok(())
+    })
 }
 
-type NpzWriter = zip::ZipWriter<std::io::BufWriter<std::fs::File>>;
+type NpzWriter<'a> = zip::ZipWriter<FirstError<&'a mut std::io::BufWriter<std::fs::File>>>;
 
-fn zip_writer(
+/// Fills a deflated zip at `path` through `fill` (atomic, checked to the end). Zip64 is on when
+/// a member may pass 2 GiB.
+fn write_zip(
     path: &Path,
     largest_member: usize,
-) -> Result<(NpzWriter, zip::write::SimpleFileOptions)> {
-    let file = std::fs::File::create(path).map_err(|e| FidError::file(path, e))?;
+    fill: impl FnOnce(&mut NpzWriter, zip::write::SimpleFileOptions) -> io::Result<()>,
+) -> Result<()> {
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .large_file(largest_member >= u32::MAX as usize / 2);
-    Ok((zip::ZipWriter::new(std::io::BufWriter::new(file)), options))
-}
-
-fn finish(path: &Path, zip: NpzWriter) -> Result<()> {
-    zip.finish()
-        .map_err(|e| FidError::file(path, e))?
-        .flush()
-        .map_err(|e| FidError::file(path, e))
+    write_atomic(path, |file| {
+        let mut zip = zip::ZipWriter::new(FirstError::new(file));
+        fill(&mut zip, options)?;
+        zip.finish().map_err(io::Error::other)?.flush()
+    })
+    .map_err(|e| FidError::file(path, format!("cannot write: {e}")))
 }
 
 /// `.npy` version 1.0 bytes of a little-endian float64 C-order array.
@@ -177,7 +179,6 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
                 .map_err(|_| format!("bad shape {shape_text}"))
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let numel: usize = shape.iter().product();
     let body = &bytes[start + header_len..];
     let width = match descr {
         "<f8" | "<i8" => 8,
@@ -189,11 +190,14 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
             ))
         }
     };
-    if body.len() != numel * width {
+    let expected = shape
+        .iter()
+        .try_fold(width, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    if body.len() != expected {
         return Err(format!(
-            "holds {} data bytes, expected {} for shape {shape:?} {descr}",
+            "holds {} data bytes, expected {expected} for shape {shape:?} {descr}",
             body.len(),
-            numel * width
         ));
     }
     let mut data: Vec<f64> = body

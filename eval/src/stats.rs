@@ -73,6 +73,7 @@ impl Stats {
                 ),
             ));
         }
+        check_finite(path, &[("mu", mu), ("sigma", sigma)])?;
         Ok(Stats {
             dims,
             mu: mu.data.clone(),
@@ -161,6 +162,19 @@ impl Moments {
         Ok(())
     }
 
+    /// SHA-256 of the count and sums: equal for the same shard given twice (merging it twice
+    /// would count its images twice), different for any two real shards.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.n.to_le_bytes());
+        self.sum
+            .iter()
+            .chain(&self.sum_outer)
+            .for_each(|v| h.update(v.to_le_bytes()));
+        h.finalize().into()
+    }
+
     fn check_dims(&self, dims: usize, what: &str) -> Result<()> {
         if dims != self.dims {
             return Err(FidError::Invalid(format!(
@@ -240,6 +254,7 @@ impl Moments {
                 "inconsistent 'n', 'sum' and 'sum_outer' arrays",
             ));
         }
+        check_finite(path, &[("sum", sum), ("sum_outer", outer)])?;
         Ok(Moments {
             dims,
             n: n.data[0] as u64,
@@ -247,4 +262,17 @@ impl Moments {
             sum_outer: outer.data.clone(),
         })
     }
+}
+
+/// NaN or infinite statistics would give a NaN FID that looks like a result.
+fn check_finite(path: &Path, arrays: &[(&str, &Array)]) -> Result<()> {
+    for (name, a) in arrays {
+        if let Some(k) = a.data.iter().position(|v| !v.is_finite()) {
+            return Err(FidError::file(
+                path,
+                format!("'{name}' holds a non-finite value ({}) at index {k}", a.data[k]),
+            ));
+        }
+    }
+    Ok(())
 }

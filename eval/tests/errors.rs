@@ -176,3 +176,49 @@ fn cli_errors_and_stats_files() {
     assert!(value.abs() <= 1e-9, "FID of identical stats: {value}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Statistics that would give a meaningless FID, and merges that would count images twice or
+/// overwrite their own input, are refused with one line; nothing is written.
+#[test]
+fn non_finite_stats_duplicate_shards_and_self_overwrites_are_refused() {
+    let dir = temp_dir("refuse");
+    let weights = dir.join("hash.safetensors");
+    save_safetensors(&hash_state_dict(), &weights).unwrap();
+    let shard = |name: &str, offset: f64| {
+        let mut m = Moments::new(2);
+        m.add_rows(&[offset, 1.0, 2.0, offset, 0.5, 0.25], 3);
+        let p = dir.join(name);
+        m.save(&p).unwrap();
+        p
+    };
+    let (a, b) = (shard("a.npz", 0.0), shard("b.npz", 1.0));
+    let nan = dir.join("nan.npz");
+    Stats { dims: 2, mu: vec![f64::NAN, 0.0], sigma: vec![1.0, 0.0, 0.0, 1.0] }
+        .save(&nan)
+        .unwrap();
+    let (ok, out, err) = fid(&weights, &[&nan, &a]);
+    assert!(!ok && out.is_empty(), "{out}");
+    one_line_naming(&err, &nan);
+    assert!(err.contains("non-finite"), "{err}");
+
+    let merged = dir.join("merged.npz");
+    let flag = Path::new("--merge-stats");
+    let (ok, _, err) = fid(&weights, &[flag, &merged, &a, &b, &a]);
+    assert!(!ok && !merged.exists(), "{err}");
+    assert!(err.contains("the same statistics as"), "{err}");
+    one_line_naming(&err, &a);
+
+    let before = std::fs::read(&a).unwrap();
+    let (ok, _, err) = fid(&weights, &[flag, &a, &a, &b]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("the output is also an input"), "{err}");
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+
+    let (ok, _, err) = fid(&weights, &[Path::new("--threads"), Path::new("100000"), &a, &b]);
+    assert!(!ok && err.contains("--threads"), "{err}");
+
+    let (ok, out, err) = fid(&weights, &[flag, &merged, &a, &b]);
+    assert!(ok, "{err}");
+    assert!(out.contains("merged 2 shards (6 images)"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,13 +8,18 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use deediff_sampler::{
-    imagenet_class, Guidance, ModelBundle, Pipeline, TimestepBand, TrainingSchedule,
-    DEFAULT_THRESHOLD,
+    imagenet_class, to_images, Condition, GridSheet, Guidance, Hooks, ModelBundle, Pipeline,
+    RunReport, TimestepBand, TrainingSchedule, DEFAULT_THRESHOLD,
 };
+use image::DynamicImage;
+
+use crate::progress::EvalBar;
 use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::pretrained::{resolve, CLIP_VIT_L14, SD_VAE};
-use deediff_unet::{ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant};
+use deediff_unet::{
+    Checkpoint, ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant,
+};
 
 /// The noise process an official U-ViT checkpoint was trained with (deediff model files record
 /// their own).
@@ -101,10 +106,11 @@ pub struct SamplingArgs {
     pub shared_exit: bool,
     /// Exit threshold on the certainty (0, 1]; with --policy per-sample/official. Default: the
     /// model's recommended threshold (metadata `exit_threshold`), else 0.9.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_unit_f32)]
     pub threshold: Option<f32>,
-    /// Target mean depth as a fraction of the full network (0, 1]: calibrates the threshold.
-    #[arg(long, conflicts_with = "threshold")]
+    /// Target mean depth as a fraction of the full network (0, 1]: calibrates the threshold
+    /// of the per-sample (or official) policy.
+    #[arg(long, conflicts_with = "threshold", value_parser = parse_unit_f64)]
     pub budget: Option<f64>,
     /// per-sample (default), official, full, or static:K.
     #[arg(long, default_value = "per-sample")]
@@ -113,6 +119,27 @@ pub struct SamplingArgs {
     /// `LO-HI:POLICY`, e.g. `640-1000:static:2`; comma-separated or repeated, not overlapping.
     #[arg(long, value_delimiter = ',')]
     pub timestep_band: Vec<TimestepBand>,
+}
+
+/// A value in (0, 1] that survives the conversion to f32 (`1e-300` would become 0).
+fn parse_unit_f32(s: &str) -> std::result::Result<f32, String> {
+    let v = parse_unit_f64(s)?;
+    let f = v as f32;
+    if f == 0.0 || !f.is_normal() {
+        return Err(format!(
+            "{s} is below the smallest usable threshold ({:e})",
+            f32::MIN_POSITIVE
+        ));
+    }
+    Ok(f)
+}
+
+/// A finite value in (0, 1].
+fn parse_unit_f64(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s} is not a number in (0, 1]")),
+    }
 }
 
 impl SamplingArgs {
@@ -125,6 +152,32 @@ impl SamplingArgs {
             other => other.to_string(),
         };
         Ok(spec.parse()?)
+    }
+
+    /// Flags that cannot hold together for a model of `num_blocks` blocks: a budget calibrates
+    /// a certainty threshold, which the full and static policies never read; a static depth
+    /// past the model's blocks would silently run full depth.
+    fn check(&self, num_blocks: usize) -> Result<()> {
+        let thresholded = matches!(self.policy.as_str(), "per-sample" | "official");
+        if let (Some(b), false) = (self.budget, thresholded) {
+            bail!(
+                "--budget {b} calibrates the threshold of the per-sample or official policy; \
+                 --policy {} has none (drop one of the two)",
+                self.policy
+            );
+        }
+        if let (Some(t), false) = (self.threshold, thresholded) {
+            bail!(
+                "--threshold {t} applies to the per-sample or official policy, not --policy {}",
+                self.policy
+            );
+        }
+        if let Ok(ExitPolicy::Static { blocks }) = self.policy.parse::<ExitPolicy>() {
+            if blocks > num_blocks {
+                bail!("--policy {}: this model has only {num_blocks} blocks", self.policy);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -168,6 +221,8 @@ fn load_denoiser(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     if ModelBundle::is_bundle(path)? {
         return Ok(ModelBundle::load(path, device)?);
     }
+    // What is wrong with the file comes before what is missing from the command line.
+    Checkpoint::open(path)?;
     let trained_with = args.trained_with.with_context(|| {
         format!(
             "{}: an official checkpoint needs --trained-with (ddpm-linear, sd-discrete or vp-linear)",
@@ -199,6 +254,75 @@ pub fn parse_class(spec: &str, cfg: &UVitConfig) -> Result<u32> {
     }
 }
 
+/// Images a `--budget` calibration runs (the first of the run), so every shard and any `--num`
+/// get the same threshold at a bounded cost.
+pub const CALIBRATION_IMAGES: usize = 8;
+
+/// Writes a run report as pretty JSON, atomically and checked.
+pub fn write_report(path: &std::path::Path, report: &RunReport) -> Result<()> {
+    let json = serde_json::to_string_pretty(&report.to_json())?;
+    crate::write_checked(path, "report", |w| std::io::Write::write_all(w, json.as_bytes()))
+}
+
+/// Most images per network batch: beyond this a batch only costs memory (activations grow with
+/// it), never speed.
+pub const MAX_BATCH: usize = 1024;
+
+/// `--batch` within 1..=[`MAX_BATCH`].
+pub fn check_batch(batch: usize) -> Result<()> {
+    if batch == 0 || batch > MAX_BATCH {
+        bail!("--batch {batch}: must be between 1 and {MAX_BATCH}");
+    }
+    Ok(())
+}
+
+/// Samples `count` images batch by batch into a grid of `cols` columns; image k gets
+/// `condition(k)` and seed `seed + k`. Memory is the sheet plus one batch, never all samples;
+/// a sheet too large to allocate is refused after the first batch (see [`GridSheet::new`]).
+pub fn sample_grid(
+    pipeline: &Pipeline,
+    count: usize,
+    cols: usize,
+    batch: usize,
+    seed: u64,
+    condition: &dyn Fn(usize) -> Condition,
+) -> Result<(DynamicImage, RunReport)> {
+    let nfe = pipeline.scheduler().nfe() as u64;
+    let bar = EvalBar::new(nfe.saturating_mul(count.div_ceil(batch) as u64), "steps");
+    let mut sheet: Option<GridSheet> = None;
+    let mut report: Option<RunReport> = None;
+    for (b, start) in (0..count).step_by(batch).enumerate() {
+        let range = start..(start + batch).min(count);
+        let conds: Vec<Condition> = range.clone().map(condition).collect();
+        let seeds = crate::seeds(seed, range.clone())?;
+        let offset = (b as u64).saturating_mul(nfe);
+        let mut on_progress = |p: &deediff_sampler::Progress| bar.update_from(offset, p);
+        let hooks = Hooks {
+            progress: Some(&mut on_progress),
+            cancel: None,
+        };
+        let generated = pipeline.generate(&conds, &seeds, hooks)?;
+        let images = to_images(&generated.samples)?;
+        let mut filled = match sheet.take() {
+            Some(s) => s,
+            None => GridSheet::new(count, cols, &images[0])?,
+        };
+        for (k, img) in range.zip(&images) {
+            filled.place(k, img)?;
+        }
+        sheet = Some(filled);
+        match &mut report {
+            Some(r) => r.merge(&generated.report),
+            None => report = Some(generated.report),
+        }
+    }
+    bar.finish();
+    match (sheet, report) {
+        (Some(s), Some(r)) => Ok((s.into_image(), r)),
+        _ => bail!("a grid needs at least one image"),
+    }
+}
+
 /// The pipeline the sampling flags describe (budget calibration is left to the caller, which
 /// knows its images).
 pub fn build_pipeline(
@@ -210,6 +334,7 @@ pub fn build_pipeline(
         Some(path) => SchedulerConfig::from_file(path)?,
         None => SchedulerConfig::by_name(&args.scheduler, bundle.training.betas())?,
     };
+    args.check(bundle.model.model().config().num_blocks())?;
     let default_threshold = bundle.exit_threshold.unwrap_or(DEFAULT_THRESHOLD);
     let mut pipeline = Pipeline::from_bundle(bundle, scheduler, args.steps, device.clone())?;
     if args.budget.is_none() {

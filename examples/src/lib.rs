@@ -2,34 +2,116 @@
 //! deediff crates. The shared pieces live here so each binary stays a short `main`.
 
 pub mod cli;
+pub mod manifest;
 pub mod progress;
+pub mod shard;
 
+use std::fs::File;
+use std::io::{self, BufWriter};
 use std::path::Path;
 
-/// Writes `path` atomically: `write` fills a temporary file beside it, which is then renamed
-/// over `path`, so a killed job never leaves a half-written output. An existing path that is not
-/// a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written in place: renaming over it would
-/// replace the device node itself, which as root breaks every later `>/dev/null` on the machine.
-pub fn write_atomic(
+use anyhow::{anyhow, bail, Result};
+use image::{DynamicImage, ImageFormat};
+
+/// Writes `path` atomically and checked to the end (see [`deediff_eval::atomic`]): the previous
+/// file stays untouched unless the new one is complete on disk. Errors name the file and `what`.
+pub fn write_checked(
     path: &Path,
-    write: impl FnOnce(&Path) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    what: &str,
+    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<()> {
+    deediff_eval::atomic::write_atomic(path, write)
+        .map_err(|e| anyhow!("{}: cannot write the {what}: {e}", path.display()))
+}
+
+/// The image format of an output name: PNG, or JPEG for `.jpg`/`.jpeg` (quality loss is the
+/// user's choice); any other extension is refused rather than written as mislabelled PNG bytes.
+/// Existing special files (`/dev/null`, a pipe) get PNG.
+pub fn image_format(path: &Path) -> Result<ImageFormat> {
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return write(path);
+        return Ok(ImageFormat::Png);
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow::anyhow!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = write(&tmp).and_then(|()| Ok(std::fs::rename(&tmp, path)?));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("png") => Ok(ImageFormat::Png),
+        Some("jpg" | "jpeg") => Ok(ImageFormat::Jpeg),
+        _ => bail!(
+            "{}: give the image a .png, .jpg or .jpeg name",
+            path.display()
+        ),
     }
-    result
+}
+
+/// Saves `img` in the format its name asks for (see [`image_format`]), atomically and checked.
+pub fn save_image(path: &Path, img: &DynamicImage) -> Result<()> {
+    let format = image_format(path)?;
+    let rgb;
+    let img = match (format, img) {
+        (ImageFormat::Jpeg, DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_)) => img,
+        (ImageFormat::Jpeg, _) => {
+            rgb = DynamicImage::ImageRgb8(img.to_rgb8());
+            &rgb
+        }
+        _ => img,
+    };
+    write_checked(path, "image", |w| {
+        img.write_to(w, format).map_err(|e| match e {
+            image::ImageError::IoError(e) => e,
+            other => io::Error::other(other),
+        })
+    })
+}
+
+/// Checks output files before any work: a file name (not a folder), and no two outputs the same
+/// file (the later write would silently replace the earlier one).
+pub fn check_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
+    for (k, &(flag, path)) in outputs.iter().enumerate() {
+        if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
+            bail!("{flag} {}: is a folder; give a file name", path.display());
+        }
+        if let Some((other_flag, _)) = outputs[..k].iter().find(|&&(_, p)| same_file(p, path)) {
+            bail!(
+                "{flag} {}: the same file as {other_flag}; give each output its own name",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether two output paths name one file (their folders resolved; the files may not exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        dir.canonicalize()
+            .map(|d| d.join(p.file_name().unwrap_or_default()))
+    };
+    match (resolve(a), resolve(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Image k's seed `seed + k`, refused (not wrapped) past `u64::MAX`.
+pub fn seed_of(seed: u64, k: usize) -> Result<u64> {
+    seed.checked_add(k as u64)
+        .ok_or_else(|| anyhow!("--seed {seed}: image {k} would need seed {seed} + {k}, past 2^64 - 1"))
+}
+
+/// The seeds of images `range` (see [`seed_of`]).
+pub fn seeds(seed: u64, range: std::ops::Range<usize>) -> Result<Vec<u64>> {
+    range.map(|k| seed_of(seed, k)).collect()
+}
+
+/// Checks once, before any work, that every seed of a `count`-image run fits in `u64`.
+pub fn check_seed_range(seed: u64, count: usize) -> Result<()> {
+    seeds(seed, count.saturating_sub(1)..count).map(drop)
 }
 
 /// Ends a command-line tool: on error, prints one line (the error and its causes, outermost
@@ -43,34 +125,24 @@ pub fn exit_on_error(result: anyhow::Result<()>) {
 
 #[cfg(test)]
 mod tests {
-    use super::write_atomic;
-    use std::os::unix::fs::FileTypeExt;
+    use super::*;
 
-    /// A regular file is replaced whole; a FIFO (standing in for `/dev/null`) is written through
-    /// and survives as a FIFO.
     #[test]
-    fn atomic_writes_replace_files_but_not_special_files() {
-        let dir = std::env::temp_dir().join(format!("deediff-atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("out.txt");
-        std::fs::write(&file, "old contents, longer").unwrap();
-        write_atomic(&file, |tmp| Ok(std::fs::write(tmp, "new")?)).unwrap();
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "new");
+    fn seeds_past_u64_are_refused_not_wrapped() {
+        assert_eq!(seeds(u64::MAX - 1, 0..2).unwrap(), [u64::MAX - 1, u64::MAX]);
+        let err = check_seed_range(u64::MAX, 2).unwrap_err().to_string();
+        assert!(err.contains("--seed 18446744073709551615"), "{err}");
+        assert!(check_seed_range(u64::MAX, 1).is_ok());
+    }
 
-        let fifo = dir.join("pipe");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let reader = {
-            let fifo = fifo.clone();
-            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
-        };
-        write_atomic(&fifo, |path| Ok(std::fs::write(path, "through")?)).unwrap();
-        // Checked before joining: had the FIFO been renamed over, its reader would never return.
-        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
-        assert_eq!(reader.join().unwrap(), "through");
-        std::fs::remove_dir_all(&dir).unwrap();
+    #[test]
+    fn outputs_must_be_distinct_files_with_image_names() {
+        let (a, b) = (Path::new("x.png"), Path::new("./x.png"));
+        let err = check_outputs(&[("--out", a), ("--report", b)]).unwrap_err();
+        assert!(err.to_string().contains("the same file as --out"), "{err}");
+        assert!(check_outputs(&[("--out", Path::new("/tmp/"))]).is_err());
+        assert!(check_outputs(&[("--out", a), ("--report", Path::new("x.json"))]).is_ok());
+        assert_eq!(image_format(Path::new("a.JPG")).unwrap(), ImageFormat::Jpeg);
+        assert!(image_format(Path::new("a.gif")).is_err());
     }
 }

@@ -22,7 +22,12 @@ impl EvalBar {
 
     /// Per-evaluation update from a pipeline run.
     pub fn update(&self, p: &deediff_sampler::Progress) {
-        self.bar.set_position(p.eval as u64);
+        self.update_from(0, p);
+    }
+
+    /// Per-evaluation update from a run that follows `offset` evaluations of earlier batches.
+    pub fn update_from(&self, offset: u64, p: &deediff_sampler::Progress) {
+        self.bar.set_position(offset + p.eval as u64);
         self.bar
             .set_message(format!("mean depth {:.2} blocks", p.mean_blocks));
     }

@@ -170,11 +170,22 @@ impl TextEncoder for WordEncoder {
 
     fn warnings(&self, prompt: &str) -> Vec<String> {
         match self.tokenizer().encode(prompt) {
-            Ok(e) if e.unknown.is_empty() => Vec::new(),
-            Ok(e) => vec![format!(
-                "ignoring words this model does not know: {}",
-                e.unknown.join(", ")
-            )],
+            Ok(e) => {
+                let unknown = (!e.unknown.is_empty()).then(|| {
+                    format!(
+                        "ignoring words this model does not know: {}",
+                        e.unknown.join(", ")
+                    )
+                });
+                let truncated = (!e.truncated.is_empty()).then(|| {
+                    format!(
+                        "prompt truncated to the model's {}-word context, dropping: {}",
+                        self.tokenizer().max_tokens(),
+                        e.truncated.join(", ")
+                    )
+                });
+                unknown.into_iter().chain(truncated).collect()
+            }
             Err(e) => vec![e.to_string()],
         }
     }

@@ -36,27 +36,67 @@ pub fn to_images(samples: &Tensor) -> Result<Vec<DynamicImage>> {
         .collect()
 }
 
-/// Lays images out row-major on a grid with `cols` columns and a 2-pixel gap.
-pub fn grid(images: &[DynamicImage], cols: usize) -> DynamicImage {
-    let (w, h) = (images[0].width(), images[0].height());
-    let cols = cols.clamp(1, images.len()) as u32;
-    let rows = (images.len() as u32).div_ceil(cols);
-    let gap = 2;
-    let mut sheet = DynamicImage::new(
-        cols * (w + gap) - gap,
-        rows * (h + gap) - gap,
-        images[0].color(),
-    );
-    for (k, img) in images.iter().enumerate() {
-        let (r, c) = (k as u32 / cols, k as u32 % cols);
-        image::imageops::overlay(
-            &mut sheet,
-            img,
-            (c * (w + gap)) as i64,
-            (r * (h + gap)) as i64,
-        );
+/// A contact sheet filled image by image (row-major, `cols` columns, a 2-pixel gap), so a grid
+/// of many samples holds only the sheet, never all the samples at once.
+pub struct GridSheet {
+    sheet: DynamicImage,
+    count: usize,
+    cols: u32,
+    cell: (u32, u32),
+}
+
+impl GridSheet {
+    /// The largest sheet allocated (bytes of pixels): beyond this a grid is refused, not built.
+    pub const MAX_BYTES: u64 = 1 << 30;
+    const GAP: u32 = 2;
+
+    /// A blank sheet for `count` images shaped like `first`; errors when it would pass
+    /// [`Self::MAX_BYTES`] or the `u32` sides of an image.
+    pub fn new(count: usize, cols: usize, first: &DynamicImage) -> Result<Self> {
+        let (w, h) = (first.width() as u64, first.height() as u64);
+        let cols = cols.clamp(1, count.max(1)) as u64;
+        let rows = (count as u64).div_ceil(cols);
+        let side = |n: u64, cell: u64| (n * (cell + Self::GAP as u64)).saturating_sub(Self::GAP as u64);
+        let (sw, sh) = (side(cols, w), side(rows, h));
+        let bytes = sw
+            .checked_mul(sh)
+            .and_then(|p| p.checked_mul(first.color().bytes_per_pixel() as u64));
+        if bytes.is_none_or(|b| b > Self::MAX_BYTES) || sw > u32::MAX as u64 || sh > u32::MAX as u64
+        {
+            return Err(SamplerError::Request(format!(
+                "a grid of {count} {w}x{h} images ({cols} columns) would be {sw}x{sh} pixels, \
+                 more than {} MiB: ask for fewer images or write them one per file (generate)",
+                Self::MAX_BYTES >> 20
+            )));
+        }
+        Ok(Self {
+            sheet: DynamicImage::new(sw as u32, sh as u32, first.color()),
+            count,
+            cols: cols as u32,
+            cell: (w as u32, h as u32),
+        })
     }
-    sheet
+
+    /// Draws image `k` into its cell.
+    pub fn place(&mut self, k: usize, img: &DynamicImage) -> Result<()> {
+        let (w, h) = self.cell;
+        if k >= self.count || (img.width(), img.height()) != (w, h) {
+            return Err(SamplerError::Request(format!(
+                "grid cell {k} of {} ({w}x{h}) cannot take a {}x{} image",
+                self.count,
+                img.width(),
+                img.height()
+            )));
+        }
+        let (r, c) = (k as u32 / self.cols, k as u32 % self.cols);
+        let (x, y) = (c * (w + Self::GAP), r * (h + Self::GAP));
+        image::imageops::overlay(&mut self.sheet, img, x as i64, y as i64);
+        Ok(())
+    }
+
+    pub fn into_image(self) -> DynamicImage {
+        self.sheet
+    }
 }
 
 #[cfg(test)]
@@ -69,7 +109,16 @@ mod tests {
         let x = Tensor::new(&[[[[-1.5f32, -1.0], [0.0, 1.0]]]], &Device::Cpu).unwrap();
         let img = &to_images(&x).unwrap()[0];
         assert_eq!(img.to_luma8().into_raw(), vec![0, 0, 128, 255]);
-        let g = grid(&[img.clone(), img.clone(), img.clone()], 2);
+        let mut g = GridSheet::new(3, 2, img).unwrap();
+        for k in 0..3 {
+            g.place(k, img).unwrap();
+        }
+        assert!(g.place(3, img).is_err());
+        let g = g.into_image();
         assert_eq!((g.width(), g.height()), (6, 6));
+        assert_eq!(g.to_luma8().get_pixel(4, 4).0, [0]);
+        assert_eq!(g.to_luma8().get_pixel(5, 1).0, [255]);
+        let huge = GridSheet::new(100_000_000, 10_000, img).err().unwrap();
+        assert!(huge.to_string().contains("MiB"), "{huge}");
     }
 }

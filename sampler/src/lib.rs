@@ -34,7 +34,7 @@ pub use conditioning::{Condition, Conditioner, TextEncoder};
 pub use error::{Result, SamplerError};
 pub use guidance::Guidance;
 pub use imagenet_classes::{imagenet_class, imagenet_class_name};
-pub use images::{grid, to_images};
+pub use images::{to_images, GridSheet};
 pub use noise::PerImageNoise;
 pub use pipeline::{Generated, Hooks, Pipeline, Progress, DEFAULT_THRESHOLD};
 pub use report::{EvalReport, RunReport};

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 pub use checkpoint::{read_checkpoint_meta, CHECKPOINT_FORMAT};
-pub use config::{LrSchedule, TrainConfig};
+pub use config::{LrSchedule, TrainConfig, MAX_BATCH_SIZE};
 pub use error::TrainError;
 pub use init::seeded_init;
 
@@ -79,6 +79,7 @@ impl Trainer {
     /// A freshly initialised model (seeded) for `cfg`. `alphas_cumprod` has one entry per
     /// training timestep (ᾱ of the noise schedule).
     pub fn new(cfg: TrainConfig, alphas_cumprod: &[f64], device: &Device) -> Result<Self> {
+        cfg.validate()?;
         if alphas_cumprod.len() != cfg.num_train_timesteps {
             candle_core::bail!(
                 "alphas_cumprod has {} entries but num_train_timesteps is {}",
@@ -327,15 +328,29 @@ impl Trainer {
         )?;
 
         let terms = self.losses(&x_t, &t_in, &cond, &noise)?;
+        let scalar = |t: &Tensor| t.to_dtype(DType::F32)?.to_scalar::<f32>();
+        let loss = scalar(&terms.total)?;
+        if !loss.is_finite() {
+            candle_core::bail!(
+                "step {}: the loss is {loss}; training stopped (lower --lr or check the data)",
+                self.step + 1
+            );
+        }
         let grads = terms.total.backward()?;
         let lr = self.cfg.lr_at(self.step);
         let grad_norm = self.opt.step(&grads, lr, self.cfg.grad_clip)?;
+        // The update has already been applied: the caller must not save this state.
+        if !grad_norm.is_finite() {
+            candle_core::bail!(
+                "step {}: the gradient norm is {grad_norm}; training stopped (lower --lr or check the data)",
+                self.step + 1
+            );
+        }
         self.ema.update()?;
         self.step += 1;
-        let scalar = |t: &Tensor| t.to_dtype(DType::F32)?.to_scalar::<f32>();
         Ok(StepStats {
             step: self.step,
-            loss: scalar(&terms.total)?,
+            loss,
             simple: scalar(&terms.simple)?,
             certainty: scalar(&terms.certainty)?,
             layer: scalar(&terms.layer)?,

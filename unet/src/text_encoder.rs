@@ -98,13 +98,20 @@ pub enum PromptError {
         prompt: String,
         examples: Vec<String>,
     },
+    #[error(
+        "prompt {prompt:?}: what to draw comes after the first {max_tokens} known words, which \
+         is all the model reads; put the subject first or shorten the prompt"
+    )]
+    SubjectPastContext { prompt: String, max_tokens: usize },
 }
 
-/// A tokenised prompt: `max_tokens` ids (padded) and the words that were skipped as unknown.
+/// A tokenised prompt: `max_tokens` ids (padded), the words that were skipped as unknown and the
+/// known words cut off past the context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoding {
     pub ids: Vec<u32>,
     pub unknown: Vec<String>,
+    pub truncated: Vec<String>,
 }
 
 /// Lower-cases, splits on anything but letters, digits and `-`, and maps known words to ids.
@@ -140,31 +147,47 @@ impl Tokenizer {
     }
 
     /// Unknown words are skipped (and reported); a prompt with no known word is an error, so a
-    /// typo never silently yields an unconditional image. Longer prompts are cut to `max_tokens`.
+    /// typo never silently yields an unconditional image. Longer prompts are cut to `max_tokens`
+    /// (the cut words reported); the drawable-word check looks at what is left after the cut, so
+    /// a subject past the context is an error, not a silently different picture.
     pub fn encode(&self, prompt: &str) -> std::result::Result<Encoding, PromptError> {
-        let mut ids = Vec::with_capacity(self.max_tokens);
+        let mut known = Vec::new();
         let mut unknown = Vec::new();
         for w in words(prompt) {
             match self.index.get(&w) {
-                Some(&id) => ids.push(id),
+                Some(&id) => known.push((id, w)),
                 None => unknown.push(w),
             }
         }
-        if ids.is_empty() {
+        if known.is_empty() {
             return Err(PromptError::NoKnownWord {
                 prompt: prompt.to_string(),
                 examples: self.examples.clone(),
             });
         }
-        if !self.content.is_empty() && !ids.iter().any(|id| self.content.contains(id)) {
-            return Err(PromptError::NothingToDraw {
-                prompt: prompt.to_string(),
-                examples: self.examples.clone(),
+        let cut = known.split_off(known.len().min(self.max_tokens));
+        let drawable = |words: &[(u32, String)]| words.iter().any(|(id, _)| self.content.contains(id));
+        if !self.content.is_empty() && !drawable(&known) {
+            let prompt = prompt.to_string();
+            return Err(if drawable(&cut) {
+                PromptError::SubjectPastContext {
+                    prompt,
+                    max_tokens: self.max_tokens,
+                }
+            } else {
+                PromptError::NothingToDraw {
+                    prompt,
+                    examples: self.examples.clone(),
+                }
             });
         }
-        ids.truncate(self.max_tokens);
+        let mut ids: Vec<u32> = known.into_iter().map(|(id, _)| id).collect();
         ids.resize(self.max_tokens, PAD);
-        Ok(Encoding { ids, unknown })
+        Ok(Encoding {
+            ids,
+            unknown,
+            truncated: cut.into_iter().map(|(_, w)| w).collect(),
+        })
     }
 
     /// The null prompt (all padding), used for classifier-free guidance.
@@ -194,6 +217,13 @@ impl TextEncoder {
         if cfg.vocab.first().map(String::as_str) != Some(PAD_WORD) || cfg.max_tokens == 0 {
             candle_core::bail!(
                 "text encoder config needs vocab[0] = {PAD_WORD:?} and max_tokens > 0"
+            );
+        }
+        if cfg.num_heads == 0 || !cfg.dim.is_multiple_of(cfg.num_heads) {
+            candle_core::bail!(
+                "text encoder config: dim {} must be a positive multiple of num_heads {}",
+                cfg.dim,
+                cfg.num_heads
             );
         }
         let d = cfg.dim;

@@ -108,7 +108,28 @@ fn load_stats(p: &Path, dims: usize) -> Result<Stats> {
     Ok(s)
 }
 
+/// An output that is also an input would be replaced by the result computed from it.
+fn refuse_overwriting_inputs(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let same = |p: &Path| match (out.canonicalize(), p.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => out == p,
+    };
+    if let Some(p) = inputs.iter().find(|p| same(p)) {
+        bail!("{}: the output is also an input; write to another file", p.display());
+    }
+    Ok(())
+}
+
+/// More worker threads than this only cost memory and start-up time.
+const MAX_THREADS: usize = 1024;
+
 fn run(args: &Args) -> Result<()> {
+    if args.threads.is_some_and(|n| n == 0 || n > MAX_THREADS) {
+        bail!("--threads must be between 1 and {MAX_THREADS}");
+    }
+    if args.batch_size == 0 || args.batch_size > 4096 {
+        bail!("--batch-size must be between 1 and 4096");
+    }
     if let Some(src) = &args.import_weights {
         let out = args.weights.clone().unwrap_or_else(default_weights_path);
         let sd = import_weights(src)?;
@@ -125,9 +146,21 @@ fn run(args: &Args) -> Result<()> {
         let [first, rest @ ..] = &args.paths[..] else {
             bail!("--merge-stats needs shard .npz files")
         };
+        refuse_overwriting_inputs(out, &args.paths)?;
         let mut m = Moments::load(first)?;
+        let mut seen = vec![(m.fingerprint(), first)];
         for p in rest {
-            m.merge(&Moments::load(p)?)
+            let shard = Moments::load(p)?;
+            let fp = shard.fingerprint();
+            if let Some((_, twin)) = seen.iter().find(|(f, _)| *f == fp) {
+                bail!(
+                    "{}: the same statistics as {} (a shard given twice would count its images twice)",
+                    p.display(),
+                    twin.display()
+                );
+            }
+            seen.push((fp, p));
+            m.merge(&shard)
                 .with_context(|| p.display().to_string())?;
         }
         m.save(out)?;
@@ -144,6 +177,7 @@ fn run(args: &Args) -> Result<()> {
         let [dir] = &args.paths[..] else {
             bail!("--save-stats needs exactly one input folder")
         };
+        refuse_overwriting_inputs(out, &args.paths)?;
         let f = folder_features(&net()?, dir, args)?;
         let mut m = Moments::new(f.dims);
         m.add_features(&f)?;
@@ -183,7 +217,11 @@ fn run(args: &Args) -> Result<()> {
             }
         });
     }
-    println!("FID: {}", frechet_distance(&stats[0], &stats[1])?);
+    let fid = frechet_distance(&stats[0], &stats[1])?;
+    if !fid.is_finite() {
+        bail!("FID of {} and {} is {fid}: the statistics are degenerate", a.display(), b.display());
+    }
+    println!("FID: {fid}");
     if args.kid {
         let opts = KidOptions {
             subset_size: args.kid_subset_size,
@@ -198,7 +236,7 @@ fn run(args: &Args) -> Result<()> {
 
 fn main() {
     let args = Args::parse();
-    if let Some(n) = args.threads {
+    if let Some(n) = args.threads.filter(|&n| n <= MAX_THREADS) {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()

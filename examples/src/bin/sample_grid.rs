@@ -4,13 +4,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Parser;
 use deediff_examples::cli::{
-    build_pipeline, load_model, warn_about_prompts, ModelArgs, SamplingArgs,
+    build_pipeline, check_batch, load_model, sample_grid, warn_about_prompts, ModelArgs,
+    SamplingArgs,
 };
-use deediff_sampler::{grid, to_images, Condition, Hooks};
+use deediff_examples::{check_outputs, check_seed_range, image_format, save_image};
+use deediff_sampler::Condition;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,6 +26,9 @@ struct Args {
     prompt: Vec<String>,
     #[arg(long, default_value_t = 2)]
     rows: usize,
+    /// Images per network batch (the grid is filled batch by batch).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
     /// Image (row r, column c) uses seed `seed + r·columns + c`.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -39,6 +44,9 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    check_batch(args.batch)?;
+    check_outputs(&[("--out", args.out.as_path())])?;
+    image_format(&args.out)?;
     let device = Device::Cpu;
     let bundle = load_model(&args.model, &device)?;
     let prompts = match &args.prompt[..] {
@@ -52,23 +60,19 @@ fn run() -> Result<()> {
     if prompts.is_empty() {
         bail!("this model names no example prompts: pass --prompt");
     }
-    if args.rows == 0 {
-        bail!("--rows must be at least 1");
-    }
+    let count = match args.rows.checked_mul(prompts.len()) {
+        Some(n) if args.rows > 0 => n,
+        _ => bail!("--rows {}: must be at least 1 (and rows × prompts must fit)", args.rows),
+    };
+    check_seed_range(args.seed, count)?;
     warn_about_prompts(&bundle, prompts.iter().map(String::as_str));
     let pipeline = build_pipeline(bundle, &args.sampling, &device)?;
-    let conds: Vec<Condition> = (0..args.rows)
-        .flat_map(|_| prompts.iter().map(|p| Condition::Text(p.clone())))
-        .collect();
-    let seeds: Vec<u64> = (0..conds.len() as u64).map(|i| args.seed + i).collect();
-    let generated = pipeline.generate(&conds, &seeds, Hooks::default())?;
-    grid(&to_images(&generated.samples)?, prompts.len())
-        .save(&args.out)
-        .with_context(|| format!("{}: cannot write", args.out.display()))?;
-    let r = &generated.report;
+    let (sheet, r) = sample_grid(&pipeline, count, prompts.len(), args.batch, args.seed, &|k: usize| {
+        Condition::Text(prompts[k % prompts.len()].clone())
+    })?;
+    save_image(&args.out, &sheet)?;
     eprintln!(
-        "{} samples ({} prompts x {}) -> {} | {} | mean depth {:.2}/{} blocks",
-        conds.len(),
+        "{count} samples ({} prompts x {}) -> {} | {} | mean depth {:.2}/{} blocks",
         prompts.len(),
         args.rows,
         args.out.display(),

@@ -311,7 +311,7 @@ fn write_captions(path: &Path) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let json = serde_json::json!({ "text_encoder_config": cfg, "captions": captions });
-    deediff_examples::write_atomic(path, |tmp| Ok(std::fs::write(tmp, json.to_string())?))?;
+    deediff_examples::write_checked(path, "captions", |w| w.write_all(json.to_string().as_bytes()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

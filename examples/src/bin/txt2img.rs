@@ -5,14 +5,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Parser;
 use deediff_examples::cli::{
-    build_pipeline, load_model, parse_class, warn_about_prompts, ModelArgs, SamplingArgs,
+    build_pipeline, check_batch, load_model, parse_class, sample_grid, warn_about_prompts,
+    write_report, ModelArgs, SamplingArgs, CALIBRATION_IMAGES,
 };
-use deediff_examples::progress::EvalBar;
-use deediff_sampler::{grid, to_images, Condition, Hooks};
+use deediff_examples::{check_outputs, check_seed_range, image_format, save_image, seeds};
+use deediff_sampler::Condition;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,13 +31,16 @@ struct Cli {
     /// (class-conditional models).
     #[arg(long)]
     class: Option<String>,
-    /// Number of images.
+    /// Number of images (a grid when more than one).
     #[arg(long, default_value_t = 1)]
     num: usize,
+    /// Images per network batch (memory grows with it; the grid is filled batch by batch).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
     /// Seed of the first image; image k uses seed + k.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output PNG (a grid when --num > 1).
+    /// Output image, .png or .jpg (a grid when --num > 1).
     #[arg(long, default_value = "out.png")]
     out: PathBuf,
     /// Also write the run report (depth per timestep, MACs, seconds) as JSON.
@@ -57,6 +61,12 @@ fn run() -> Result<()> {
     if cli.num == 0 {
         bail!("--num must be at least 1");
     }
+    check_batch(cli.batch)?;
+    check_seed_range(cli.seed, cli.num)?;
+    let mut outputs = vec![("--out", cli.out.as_path())];
+    outputs.extend(cli.report.as_deref().map(|r| ("--report", r)));
+    check_outputs(&outputs)?;
+    image_format(&cli.out)?;
     let device = Device::Cpu;
     let bundle = load_model(&cli.model, &device)?;
     let condition = match (&cli.prompt, &cli.class) {
@@ -72,10 +82,10 @@ fn run() -> Result<()> {
     if let Some(neg) = &cli.negative_prompt {
         pipeline.set_negative(Some(Condition::Text(neg.clone())))?;
     }
-    let conditions = vec![condition; cli.num];
-    let seeds: Vec<u64> = (0..cli.num as u64).map(|k| cli.seed + k).collect();
     if let Some(budget) = cli.sampling.budget {
-        let cal = pipeline.calibrate_budget(budget, &conditions, &seeds)?;
+        // Calibrated on the first images only: a long run's threshold is set by a sample of it.
+        let n = cli.num.min(CALIBRATION_IMAGES);
+        let cal = pipeline.calibrate_budget(budget, &vec![condition.clone(); n], &seeds(cli.seed, 0..n)?)?;
         eprintln!(
             "budget {budget}: threshold {:.4} (depth {:.1}% on the calibration run)",
             cal.threshold,
@@ -83,30 +93,11 @@ fn run() -> Result<()> {
         );
     }
 
-    let bar = EvalBar::new(pipeline.scheduler().nfe() as u64, "steps");
-    let mut on_progress = |p: &deediff_sampler::Progress| bar.update(p);
-    let generated = pipeline.generate(
-        &conditions,
-        &seeds,
-        Hooks {
-            progress: Some(&mut on_progress),
-            cancel: None,
-        },
-    )?;
-    bar.finish();
-
-    let images = to_images(&generated.samples)?;
-    let sheet = if images.len() == 1 {
-        images[0].clone()
-    } else {
-        grid(&images, (images.len() as f64).sqrt().ceil() as usize)
-    };
-    deediff_examples::write_atomic(&cli.out, |path| {
-        Ok(sheet.save_with_format(path, image::ImageFormat::Png)?)
-    })
-    .with_context(|| format!("{}: cannot write the image", cli.out.display()))?;
-
-    let r = &generated.report;
+    let cols = (cli.num as f64).sqrt().ceil() as usize;
+    let (sheet, r) = sample_grid(&pipeline, cli.num, cols, cli.batch, cli.seed, &|_: usize| {
+        condition.clone()
+    })?;
+    save_image(&cli.out, &sheet)?;
     println!(
         "{} image(s) → {} | policy {} | mean depth {:.2}/{} blocks ({:.1}%) | compute {:.1}% of full depth (≈{:.2}× fewer MACs) | {:.2} s, {:.2} images/s",
         r.images,
@@ -121,9 +112,7 @@ fn run() -> Result<()> {
         r.images_per_second()
     );
     if let Some(path) = &cli.report {
-        let json = serde_json::to_string_pretty(&r.to_json())?;
-        deediff_examples::write_atomic(path, |tmp| Ok(std::fs::write(tmp, json)?))
-            .with_context(|| format!("{}: cannot write the report", path.display()))?;
+        write_report(path, &r)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! `train_config`, `step`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -50,11 +51,19 @@ fn write_atomic(
         .into_iter()
         .map(|(n, t)| Ok((n, t.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
-    safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
-        .map_err(|e| load_err(&tmp, format!("cannot write safetensors: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
+    let bytes = safetensors::serialize(tensors, Some(metadata))
+        .map_err(|e| load_err(path, format!("cannot serialise safetensors: {e}")))?;
+    // Written, flushed and synced before the rename: a full disk is an error here, never a
+    // truncated checkpoint in place of the previous good one.
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        load_err(path, format!("cannot write: {e}"))
     })
 }
 
