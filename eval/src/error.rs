@@ -33,3 +33,54 @@ impl FidError {
 }
 
 pub type Result<T> = std::result::Result<T, FidError>;
+
+/// An error and its causes as one line, outermost first, for command-line tools. A cause whose
+/// text the line already holds is left out: errors that print their source inside their own
+/// message (`"{path}: {source}"`) would otherwise show it twice.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Io {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot load the model")]
+    struct Outer(#[source] Io);
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = Io {
+            path: "m.pth".into(),
+            source: io(),
+        };
+        assert_eq!(error_line(&e), format!("m.pth: {}", io()));
+        let e = Outer(Io {
+            path: "m.pth".into(),
+            source: io(),
+        });
+        assert_eq!(
+            error_line(&e),
+            format!("cannot load the model: m.pth: {}", io())
+        );
+    }
+}

@@ -71,7 +71,10 @@ pub fn write_images_npz(
     let per_image = shape[1..].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let total = per_image.and_then(|p| p.checked_mul(shape[0]));
     let (Some(per_image), Some(total)) = (per_image, total) else {
-        return Err(FidError::file(path, format!("{shape:?} images are too many bytes")));
+        return Err(FidError::file(
+            path,
+            format!("{shape:?} images are too many bytes"),
+        ));
     };
     write_zip(path, total, |zip, options| {
         zip.start_file("arr_0.npy", options)?;

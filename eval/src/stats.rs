@@ -270,7 +270,10 @@ fn check_finite(path: &Path, arrays: &[(&str, &Array)]) -> Result<()> {
         if let Some(k) = a.data.iter().position(|v| !v.is_finite()) {
             return Err(FidError::file(
                 path,
-                format!("'{name}' holds a non-finite value ({}) at index {k}", a.data[k]),
+                format!(
+                    "'{name}' holds a non-finite value ({}) at index {k}",
+                    a.data[k]
+                ),
             ));
         }
     }

@@ -42,7 +42,9 @@ fn apply(bytes: &[u8], d: &Damage) -> Vec<u8> {
             let mut s = *seed;
             (0..*n)
                 .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (s >> 56) as u8
                 })
                 .collect()
@@ -58,7 +60,10 @@ fn scratch() -> PathBuf {
 
 fn names(err: impl std::fmt::Display, path: &Path) -> Result<(), TestCaseError> {
     let msg = err.to_string();
-    prop_assert!(msg.contains(&path.display().to_string()), "{msg:?} does not name the file");
+    prop_assert!(
+        msg.contains(&path.display().to_string()),
+        "{msg:?} does not name the file"
+    );
     prop_assert!(!msg.contains('\n'), "{msg:?} is not one line");
     Ok(())
 }

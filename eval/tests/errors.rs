@@ -193,9 +193,13 @@ fn non_finite_stats_duplicate_shards_and_self_overwrites_are_refused() {
     };
     let (a, b) = (shard("a.npz", 0.0), shard("b.npz", 1.0));
     let nan = dir.join("nan.npz");
-    Stats { dims: 2, mu: vec![f64::NAN, 0.0], sigma: vec![1.0, 0.0, 0.0, 1.0] }
-        .save(&nan)
-        .unwrap();
+    Stats {
+        dims: 2,
+        mu: vec![f64::NAN, 0.0],
+        sigma: vec![1.0, 0.0, 0.0, 1.0],
+    }
+    .save(&nan)
+    .unwrap();
     let (ok, out, err) = fid(&weights, &[&nan, &a]);
     assert!(!ok && out.is_empty(), "{out}");
     one_line_naming(&err, &nan);
@@ -214,7 +218,10 @@ fn non_finite_stats_duplicate_shards_and_self_overwrites_are_refused() {
     assert!(err.contains("the output is also an input"), "{err}");
     assert_eq!(std::fs::read(&a).unwrap(), before);
 
-    let (ok, _, err) = fid(&weights, &[Path::new("--threads"), Path::new("100000"), &a, &b]);
+    let (ok, _, err) = fid(
+        &weights,
+        &[Path::new("--threads"), Path::new("100000"), &a, &b],
+    );
     assert!(!ok && err.contains("--threads"), "{err}");
 
     let (ok, out, err) = fid(&weights, &[flag, &merged, &a, &b]);

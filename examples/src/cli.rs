@@ -17,9 +17,7 @@ use crate::progress::EvalBar;
 use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::pretrained::{resolve, CLIP_VIT_L14, SD_VAE};
-use deediff_unet::{
-    Checkpoint, ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant,
-};
+use deediff_unet::{Checkpoint, ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant};
 
 /// The noise process an official U-ViT checkpoint was trained with (deediff model files record
 /// their own).
@@ -174,7 +172,10 @@ impl SamplingArgs {
         }
         if let Ok(ExitPolicy::Static { blocks }) = self.policy.parse::<ExitPolicy>() {
             if blocks > num_blocks {
-                bail!("--policy {}: this model has only {num_blocks} blocks", self.policy);
+                bail!(
+                    "--policy {}: this model has only {num_blocks} blocks",
+                    self.policy
+                );
             }
         }
         Ok(())
@@ -261,7 +262,9 @@ pub const CALIBRATION_IMAGES: usize = 8;
 /// Writes a run report as pretty JSON, atomically and checked.
 pub fn write_report(path: &std::path::Path, report: &RunReport) -> Result<()> {
     let json = serde_json::to_string_pretty(&report.to_json())?;
-    crate::write_checked(path, "report", |w| std::io::Write::write_all(w, json.as_bytes()))
+    crate::write_checked(path, "report", |w| {
+        std::io::Write::write_all(w, json.as_bytes())
+    })
 }
 
 /// Most images per network batch: beyond this a batch only costs memory (activations grow with

@@ -100,8 +100,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Image k's seed `seed + k`, refused (not wrapped) past `u64::MAX`.
 pub fn seed_of(seed: u64, k: usize) -> Result<u64> {
-    seed.checked_add(k as u64)
-        .ok_or_else(|| anyhow!("--seed {seed}: image {k} would need seed {seed} + {k}, past 2^64 - 1"))
+    seed.checked_add(k as u64).ok_or_else(|| {
+        anyhow!("--seed {seed}: image {k} would need seed {seed} + {k}, past 2^64 - 1")
+    })
 }
 
 /// The seeds of images `range` (see [`seed_of`]).
@@ -118,7 +119,7 @@ pub fn check_seed_range(seed: u64, count: usize) -> Result<()> {
 /// first) and exits with status 1.
 pub fn exit_on_error(result: anyhow::Result<()>) {
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", deediff_eval::error::error_line(e.as_ref()));
         std::process::exit(1);
     }
 }

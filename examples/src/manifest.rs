@@ -43,9 +43,8 @@ impl Manifest {
                         img.file_name().to_string_lossy()
                     );
                 }
-                let json = serde_json::to_string_pretty(&Value::Object(
-                    self.0.iter().cloned().collect(),
-                ))?;
+                let json =
+                    serde_json::to_string_pretty(&Value::Object(self.0.iter().cloned().collect()))?;
                 crate::write_checked(&path, "run manifest", |w| {
                     std::io::Write::write_all(w, json.as_bytes())
                 })
@@ -205,7 +204,10 @@ mod tests {
         run.check_or_write(&dir, is_png).unwrap();
         let other = Manifest::default().with("seed", 1).with("steps", 4);
         let err = other.check_or_write(&dir, is_png).unwrap_err().to_string();
-        assert!(err.contains("steps = 25, but this run has steps = 4"), "{err}");
+        assert!(
+            err.contains("steps = 25, but this run has steps = 4"),
+            "{err}"
+        );
 
         std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
         std::fs::write(dir.join("000000.png"), b"").unwrap();

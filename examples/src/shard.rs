@@ -41,8 +41,9 @@ impl Shard {
         };
         if let Some(id) = var("SLURM_ARRAY_TASK_ID")? {
             let min = var("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            let count = var("SLURM_ARRAY_TASK_COUNT")?
-                .ok_or_else(|| anyhow!("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not"))?;
+            let count = var("SLURM_ARRAY_TASK_COUNT")?.ok_or_else(|| {
+                anyhow!("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")
+            })?;
             let k = id.checked_sub(min).ok_or_else(|| {
                 anyhow!("SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}")
             })?;
@@ -64,8 +65,9 @@ impl Shard {
                     format!("${NUM_SHARDS_ENV}"),
                 ),
             };
-            let source =
-                format!("Kubernetes Indexed Job (JOB_COMPLETION_INDEX={k}, {n} completions from {from})");
+            let source = format!(
+                "Kubernetes Indexed Job (JOB_COMPLETION_INDEX={k}, {n} completions from {from})"
+            );
             return Self::new(k, n, &source);
         }
         Self::new(0, 1, "default: one process makes the whole run")
@@ -151,7 +153,10 @@ mod tests {
             &[("JOB_COMPLETION_INDEX", "3")][..],
             &[("JOB_COMPLETION_INDEX", "5"), (NUM_SHARDS_ENV, "5")],
             &[("SLURM_ARRAY_TASK_ID", "1")],
-            &[("SLURM_ARRAY_TASK_ID", "-1"), ("SLURM_ARRAY_TASK_COUNT", "2")],
+            &[
+                ("SLURM_ARRAY_TASK_ID", "-1"),
+                ("SLURM_ARRAY_TASK_COUNT", "2"),
+            ],
         ] {
             assert!(Shard::resolve(None, None, env(bad)).is_err(), "{bad:?}");
         }

@@ -17,7 +17,11 @@ fn generate(out: &Path, extra: &[&str]) -> std::process::Output {
 fn generate_with_env(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
     let ckpt = checkpoint();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_generate"));
-    for var in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "DEEDIFF_NUM_SHARDS"] {
+    for var in [
+        "SLURM_ARRAY_TASK_ID",
+        "JOB_COMPLETION_INDEX",
+        "DEEDIFF_NUM_SHARDS",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied())
@@ -145,7 +149,8 @@ fn run_array(out: &Path, extra: &[&str], n: usize, env: impl Fn(usize) -> Vec<(S
     let children: Vec<_> = (0..n)
         .map(|k| {
             let vars = env(k);
-            let vars: Vec<(&str, &str)> = vars.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
             generate_with_env(out, extra, &vars)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -157,7 +162,10 @@ fn run_array(out: &Path, extra: &[&str], n: usize, env: impl Fn(usize) -> Vec<(S
         let o = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{err}");
-        assert!(err.contains("Slurm array") || err.contains("Kubernetes Indexed Job"), "{err}");
+        assert!(
+            err.contains("Slurm array") || err.contains("Kubernetes Indexed Job"),
+            "{err}"
+        );
     }
 }
 
@@ -179,34 +187,61 @@ fn array_jobs_reproduce_one_process_and_its_fid_statistics() {
     .unwrap();
     let reference = tmp.join("ref.npz");
     let d = 2048;
-    let identity = (0..d * d).map(|k| f64::from(u8::from(k % (d + 1) == 0))).collect();
-    Stats { dims: d, mu: vec![0.0; d], sigma: identity }.save(&reference).unwrap();
+    let identity = (0..d * d)
+        .map(|k| f64::from(u8::from(k % (d + 1) == 0)))
+        .collect();
+    Stats {
+        dims: d,
+        mu: vec![0.0; d],
+        sigma: identity,
+    }
+    .save(&reference)
+    .unwrap();
     let cache_s = cache.to_str().unwrap().to_string();
     let fid = ["--fid-stats", reference.to_str().unwrap()];
 
     let whole = tmp.join("whole");
-    let o = generate_with_env(&whole, &fid, &[("DEEDIFF_CACHE", &cache_s)]).output().unwrap();
+    let o = generate_with_env(&whole, &fid, &[("DEEDIFF_CACHE", &cache_s)])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let single = Moments::load(&whole.join("fid-moments-0-of-1.npz")).unwrap();
 
     let slurm = tmp.join("slurm");
     run_array(&slurm, &fid, 3, |k| {
-        [("SLURM_ARRAY_TASK_ID", (7 + k).to_string()), ("SLURM_ARRAY_TASK_MIN", "7".into()), ("SLURM_ARRAY_TASK_COUNT", "3".into()), ("DEEDIFF_CACHE", cache_s.clone())]
-            .map(|(a, b)| (a.to_string(), b))
-            .to_vec()
+        [
+            ("SLURM_ARRAY_TASK_ID", (7 + k).to_string()),
+            ("SLURM_ARRAY_TASK_MIN", "7".into()),
+            ("SLURM_ARRAY_TASK_COUNT", "3".into()),
+            ("DEEDIFF_CACHE", cache_s.clone()),
+        ]
+        .map(|(a, b)| (a.to_string(), b))
+        .to_vec()
     });
     assert_eq!(files(&slurm), files(&whole));
     let mut merged = Moments::load(&slurm.join("fid-moments-0-of-3.npz")).unwrap();
     for k in 1..3 {
-        merged.merge(&Moments::load(&slurm.join(format!("fid-moments-{k}-of-3.npz"))).unwrap()).unwrap();
+        merged
+            .merge(&Moments::load(&slurm.join(format!("fid-moments-{k}-of-3.npz"))).unwrap())
+            .unwrap();
     }
     assert_eq!(merged.n, 6);
     let (a, b) = (merged.stats().unwrap(), single.stats().unwrap());
-    let worst = a.mu.iter().zip(&b.mu).chain(a.sigma.iter().zip(&b.sigma)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let worst =
+        a.mu.iter()
+            .zip(&b.mu)
+            .chain(a.sigma.iter().zip(&b.sigma))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
     assert!(worst <= 1e-12, "merged statistics differ by {worst}");
 
     let k8s = tmp.join("k8s");
-    run_array(&k8s, &[], 2, |k| vec![("JOB_COMPLETION_INDEX".into(), k.to_string()), ("DEEDIFF_NUM_SHARDS".into(), "2".into())]);
+    run_array(&k8s, &[], 2, |k| {
+        vec![
+            ("JOB_COMPLETION_INDEX".into(), k.to_string()),
+            ("DEEDIFF_NUM_SHARDS".into(), "2".into()),
+        ]
+    });
     assert_eq!(files(&k8s), files(&whole));
     std::fs::remove_dir_all(&tmp).unwrap();
 }

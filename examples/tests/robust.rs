@@ -67,20 +67,31 @@ fn mount_tiny_tmpfs(dir: &Path) -> bool {
 fn a_full_disk_fails_and_leaves_the_previous_image_byte_identical() {
     let dir = temp("full");
     let out = dir.join("existing.png");
-    png_of(&txt2img(&["--prompt", "a sneaker", "--out", out.to_str().unwrap()]));
+    png_of(&txt2img(&[
+        "--prompt",
+        "a sneaker",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
     let before = std::fs::read(&out).unwrap();
     let out_s = out.to_str().unwrap();
 
     // The file-size limit: every write fails, as on a disk with no space left.
     for (bin, args) in [
-        (env!("CARGO_BIN_EXE_txt2img"), vec!["--prompt", "a bag", "--num", "4"]),
+        (
+            env!("CARGO_BIN_EXE_txt2img"),
+            vec!["--prompt", "a bag", "--num", "4"],
+        ),
         (env!("CARGO_BIN_EXE_sample_grid"), vec!["--rows", "1"]),
     ] {
         let mut args: Vec<&str> = args;
         args.extend(["--steps", "2", "--scheduler", "ddim", "--out", out_s]);
         let o = with_no_space(bin, &args);
         fails_with(&o, &[out_s, "cannot write the image"]);
-        assert!(String::from_utf8_lossy(&o.stdout).is_empty(), "success printed");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).is_empty(),
+            "success printed"
+        );
         assert_eq!(std::fs::read(&out).unwrap(), before);
     }
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
@@ -93,7 +104,14 @@ fn a_full_disk_fails_and_leaves_the_previous_image_byte_identical() {
         let target = mnt.join("existing.png");
         std::fs::write(&target, &before).unwrap();
         let _ = std::fs::write(mnt.join("filler"), vec![0u8; 16 << 10]);
-        let o = txt2img(&["--prompt", "a bag", "--num", "9", "--out", target.to_str().unwrap()]);
+        let o = txt2img(&[
+            "--prompt",
+            "a bag",
+            "--num",
+            "9",
+            "--out",
+            target.to_str().unwrap(),
+        ]);
         let line = fails_with(&o, &["cannot write the image"]);
         assert_eq!(std::fs::read(&target).unwrap(), before, "{line}");
         let umount = Command::new("umount").arg(&mnt).status().unwrap();
@@ -128,7 +146,12 @@ fn model_with_zero_heads(path: &Path) {
 fn damaged_model_files_say_what_is_wrong_with_them() {
     let dir = temp("models");
     let png = dir.join("image.png");
-    png_of(&txt2img(&["--prompt", "a sneaker", "--out", png.to_str().unwrap()]));
+    png_of(&txt2img(&[
+        "--prompt",
+        "a sneaker",
+        "--out",
+        png.to_str().unwrap(),
+    ]));
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("empty.safetensors", Vec::new(), &["cannot read checkpoint"]),
         (
@@ -138,24 +161,48 @@ fn damaged_model_files_say_what_is_wrong_with_them() {
         ),
         (
             "random.safetensors",
-            (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
             &["cannot read checkpoint"],
         ),
-        ("picture.safetensors", std::fs::read(&png).unwrap(), &["cannot read checkpoint"]),
-        ("garbage.pth", b"PK\x03\x04garbage zip".repeat(10), &["cannot read checkpoint"]),
+        (
+            "picture.safetensors",
+            std::fs::read(&png).unwrap(),
+            &["cannot read checkpoint"],
+        ),
+        (
+            "garbage.pth",
+            b"PK\x03\x04garbage zip".repeat(10),
+            &["cannot read checkpoint"],
+        ),
     ];
     for (name, bytes, expect) in cases {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         let out = dir.join("x.png");
-        let o = txt2img(&["--prompt", "a bag", "--model", path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let o = txt2img(&[
+            "--prompt",
+            "a bag",
+            "--model",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         let line = fails_with(&o, expect);
         assert!(line.contains(path.to_str().unwrap()), "{line}");
         assert!(!line.contains("--trained-with"), "{line}");
     }
     let zero = dir.join("zero-heads.safetensors");
     model_with_zero_heads(&zero);
-    let o = txt2img(&["--prompt", "a bag", "--model", zero.to_str().unwrap(), "--out", dir.join("y.png").to_str().unwrap()]);
+    let o = txt2img(&[
+        "--prompt",
+        "a bag",
+        "--model",
+        zero.to_str().unwrap(),
+        "--out",
+        dir.join("y.png").to_str().unwrap(),
+    ]);
     fails_with(&o, &["num_heads 0"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -167,13 +214,28 @@ fn bad_flags_get_one_line_before_any_work() {
     let xs = x.to_str().unwrap();
     let folder = format!("{}/", dir.display());
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
-        (vec!["--seed", "18446744073709551615", "--num", "2"], vec!["--seed", "past 2^64"]),
+        (
+            vec!["--seed", "18446744073709551615", "--num", "2"],
+            vec!["--seed", "past 2^64"],
+        ),
         (vec!["--out", &folder], vec!["is a folder"]),
-        (vec!["--out", xs, "--report", xs], vec!["--report", "the same file as --out"]),
-        (vec!["--out", "/dev/full"], vec!["/dev/full", "No space left on device"]),
+        (
+            vec!["--out", xs, "--report", xs],
+            vec!["--report", "the same file as --out"],
+        ),
+        (
+            vec!["--out", "/dev/full"],
+            vec!["/dev/full", "No space left on device"],
+        ),
         (vec!["--out", "x.gif"], vec!["x.gif", ".png"]),
-        (vec!["--budget", "0.6", "--policy", "full"], vec!["--budget", "--policy full"]),
-        (vec!["--policy", "static:999"], vec!["static:999", "only 9 blocks"]),
+        (
+            vec!["--budget", "0.6", "--policy", "full"],
+            vec!["--budget", "--policy full"],
+        ),
+        (
+            vec!["--policy", "static:999"],
+            vec!["static:999", "only 9 blocks"],
+        ),
         (vec!["--threshold", "1e-300"], vec!["1e-300"]),
         (vec!["--batch", "100000"], vec!["--batch 100000"]),
         (vec!["--num", "18446744073709551615"], vec!["grid", "MiB"]),
@@ -200,7 +262,12 @@ fn bad_flags_get_one_line_before_any_work() {
 fn jpeg_names_get_jpeg_bytes() {
     let dir = temp("jpeg");
     let out = dir.join("out.jpg");
-    png_of(&txt2img(&["--prompt", "a bag", "--out", out.to_str().unwrap()]));
+    png_of(&txt2img(&[
+        "--prompt",
+        "a bag",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
     assert_eq!(&std::fs::read(&out).unwrap()[..3], b"\xff\xd8\xff");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -211,9 +278,19 @@ fn a_subject_past_the_context_is_refused_and_truncation_is_named() {
     let out = dir.join("x.png");
     let outs = out.to_str().unwrap();
     // Nine filler words the model knows fill its 9-word context before the subject.
-    let o = txt2img(&["--prompt", "a small black picture photo of a the of an ankle boot", "--out", outs]);
+    let o = txt2img(&[
+        "--prompt",
+        "a small black picture photo of a the of an ankle boot",
+        "--out",
+        outs,
+    ]);
     fails_with(&o, &["put the subject first"]);
-    let o = txt2img(&["--prompt", "an ankle boot a small black picture photo of a the of", "--out", outs]);
+    let o = txt2img(&[
+        "--prompt",
+        "an ankle boot a small black picture photo of a the of",
+        "--out",
+        outs,
+    ]);
     png_of(&o);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("prompt truncated"), "{err}");
@@ -223,7 +300,12 @@ fn a_subject_past_the_context_is_refused_and_truncation_is_named() {
 #[test]
 fn training_refuses_hyper_parameters_outside_their_meaning() {
     let dir = temp("train");
-    for (flag, value) in [("--lr", "nan"), ("--ema-decay", "2"), ("--cond-drop", "2"), ("--batch-size", "10000000")] {
+    for (flag, value) in [
+        ("--lr", "nan"),
+        ("--ema-decay", "2"),
+        ("--cond-drop", "2"),
+        ("--batch-size", "10000000"),
+    ] {
         let o = Command::new(env!("CARGO_BIN_EXE_train"))
             .args(["--out-dir", dir.to_str().unwrap(), flag, value])
             .output()
@@ -248,8 +330,23 @@ fn a_non_finite_loss_stops_training_without_writing_a_model() {
     }
     let out = dir.join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--out-dir", out.to_str().unwrap(), "--image-folder", dir.join("data").to_str().unwrap()])
-        .args(["--steps", "5", "--batch-size", "2", "--lr", "1e30", "--warmup", "0", "--plain"])
+        .args([
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--image-folder",
+            dir.join("data").to_str().unwrap(),
+        ])
+        .args([
+            "--steps",
+            "5",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--plain",
+        ])
         .output()
         .unwrap();
     fails_with(&o, &["step", "training stopped"]);
@@ -264,7 +361,16 @@ fn a_non_finite_loss_stops_training_without_writing_a_model() {
 fn generate_without_a_prompt_cycles_through_the_example_prompts() {
     let dir = temp("cycle");
     let o = Command::new(env!("CARGO_BIN_EXE_generate"))
-        .args(["--num", "3", "--batch", "2", "--steps", "2", "--scheduler", "ddim"])
+        .args([
+            "--num",
+            "3",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--scheduler",
+            "ddim",
+        ])
         .args(["--out", dir.to_str().unwrap()])
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("JOB_COMPLETION_INDEX")
@@ -272,7 +378,10 @@ fn generate_without_a_prompt_cycles_through_the_example_prompts() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("no --prompt: image i gets the model's example prompt i mod 20"), "{err}");
+    assert!(
+        err.contains("no --prompt: image i gets the model's example prompt i mod 20"),
+        "{err}"
+    );
     for i in 0..3 {
         assert!(dir.join(format!("{i:06}.png")).is_file());
     }

@@ -56,7 +56,8 @@ impl GridSheet {
         let (w, h) = (first.width() as u64, first.height() as u64);
         let cols = cols.clamp(1, count.max(1)) as u64;
         let rows = (count as u64).div_ceil(cols);
-        let side = |n: u64, cell: u64| (n * (cell + Self::GAP as u64)).saturating_sub(Self::GAP as u64);
+        let side =
+            |n: u64, cell: u64| (n * (cell + Self::GAP as u64)).saturating_sub(Self::GAP as u64);
         let (sw, sh) = (side(cols, w), side(rows, h));
         let bytes = sw
             .checked_mul(sh)

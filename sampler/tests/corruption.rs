@@ -10,7 +10,9 @@ use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures/uvit").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../unet/tests/fixtures/uvit")
+        .join(name);
     std::fs::read(p).unwrap()
 }
 
@@ -25,17 +27,27 @@ fn load(path: &Path) -> Result<(), String> {
     let dev = Device::Cpu;
     let is_bundle = ModelBundle::is_bundle(path).map_err(|e| e.to_string())?;
     if is_bundle {
-        ModelBundle::load(path, &dev).map(drop).map_err(|e| e.to_string())
+        ModelBundle::load(path, &dev)
+            .map(drop)
+            .map_err(|e| e.to_string())
     } else {
-        let hints = ConfigHints { num_heads: Some(4), ..ConfigHints::default() };
-        EarlyExitUVit::load(path, &hints, &dev).map(drop).map_err(|e| e.to_string())
+        let hints = ConfigHints {
+            num_heads: Some(4),
+            ..ConfigHints::default()
+        };
+        EarlyExitUVit::load(path, &hints, &dev)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 
 fn check(path: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
     std::fs::write(path, bytes).unwrap();
     if let Err(msg) = load(path) {
-        prop_assert!(msg.contains(&path.display().to_string()), "{msg:?} does not name the file");
+        prop_assert!(
+            msg.contains(&path.display().to_string()),
+            "{msg:?} does not name the file"
+        );
         prop_assert!(!msg.trim_end().contains('\n'), "{msg:?} is not one line");
     }
     Ok(())
@@ -61,8 +73,17 @@ fn renumber(bytes: &[u8], k: usize, value: &str) -> Vec<u8> {
     let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
     let runs: Vec<(usize, usize)> = header
         .char_indices()
-        .filter(|&(i, c)| c.is_ascii_digit() && !header[..i].ends_with(|p: char| p.is_ascii_digit()))
-        .map(|(i, _)| (i, i + header[i..].find(|c: char| !c.is_ascii_digit()).unwrap_or(header.len() - i)))
+        .filter(|&(i, c)| {
+            c.is_ascii_digit() && !header[..i].ends_with(|p: char| p.is_ascii_digit())
+        })
+        .map(|(i, _)| {
+            (
+                i,
+                i + header[i..]
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(header.len() - i),
+            )
+        })
         .collect();
     let (a, b) = runs[k % runs.len()];
     let edited = format!("{}{value}{}", &header[..a], &header[b..]);

@@ -107,9 +107,32 @@ impl UVitConfig {
         self.depth / 2
     }
 
-    /// Checks the internal consistency the model code relies on.
+    /// Checks the internal consistency the model code relies on, and sizes small enough that
+    /// no shape product overflows (a damaged file may claim any number).
     pub fn validate(&self) -> Result<(), String> {
         let mut bad = Vec::new();
+        const MAX_SIDE: usize = 1 << 16;
+        for (name, v, max) in [
+            ("img_size", self.img_size, MAX_SIDE),
+            ("patch_size", self.patch_size, MAX_SIDE),
+            ("in_chans", self.in_chans, 1 << 12),
+            ("embed_dim", self.embed_dim, MAX_SIDE),
+            ("depth", self.depth, 1 << 12),
+            ("num_heads", self.num_heads, MAX_SIDE),
+            ("clip_dim", self.clip_dim, MAX_SIDE),
+            ("num_clip_token", self.num_clip_token, MAX_SIDE),
+            ("num_classes", self.num_classes.unwrap_or(0), 1 << 24),
+        ] {
+            if v > max {
+                bad.push(format!("{name} {v} is larger than {max}"));
+            }
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            bad.push(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
+        }
+        if !bad.is_empty() {
+            return Err(bad.join("; "));
+        }
         if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             bad.push(format!(
                 "img_size {} not a multiple of patch_size {}",

@@ -166,7 +166,8 @@ impl Tokenizer {
             });
         }
         let cut = known.split_off(known.len().min(self.max_tokens));
-        let drawable = |words: &[(u32, String)]| words.iter().any(|(id, _)| self.content.contains(id));
+        let drawable =
+            |words: &[(u32, String)]| words.iter().any(|(id, _)| self.content.contains(id));
         if !self.content.is_empty() && !drawable(&known) {
             let prompt = prompt.to_string();
             return Err(if drawable(&cut) {
@@ -224,6 +225,21 @@ impl TextEncoder {
                 "text encoder config: dim {} must be a positive multiple of num_heads {}",
                 cfg.dim,
                 cfg.num_heads
+            );
+        }
+        // A damaged file may claim any size: keep shape products far from overflowing.
+        if cfg.max_tokens > 1 << 16 || cfg.dim > 1 << 16 || cfg.depth > 1 << 12 {
+            candle_core::bail!(
+                "text encoder config: max_tokens {}, dim {} or depth {} is implausibly large",
+                cfg.max_tokens,
+                cfg.dim,
+                cfg.depth
+            );
+        }
+        if !(cfg.mlp_ratio > 0.0 && cfg.mlp_ratio <= 64.0) {
+            candle_core::bail!(
+                "text encoder config: mlp_ratio {} must be in (0, 64]",
+                cfg.mlp_ratio
             );
         }
         let d = cfg.dim;

@@ -115,7 +115,10 @@ fn refuse_overwriting_inputs(out: &Path, inputs: &[PathBuf]) -> Result<()> {
         _ => out == p,
     };
     if let Some(p) = inputs.iter().find(|p| same(p)) {
-        bail!("{}: the output is also an input; write to another file", p.display());
+        bail!(
+            "{}: the output is also an input; write to another file",
+            p.display()
+        );
     }
     Ok(())
 }
@@ -160,8 +163,7 @@ fn run(args: &Args) -> Result<()> {
                 );
             }
             seen.push((fp, p));
-            m.merge(&shard)
-                .with_context(|| p.display().to_string())?;
+            m.merge(&shard).with_context(|| p.display().to_string())?;
         }
         m.save(out)?;
         println!(
@@ -219,7 +221,11 @@ fn run(args: &Args) -> Result<()> {
     }
     let fid = frechet_distance(&stats[0], &stats[1])?;
     if !fid.is_finite() {
-        bail!("FID of {} and {} is {fid}: the statistics are degenerate", a.display(), b.display());
+        bail!(
+            "FID of {} and {} is {fid}: the statistics are degenerate",
+            a.display(),
+            b.display()
+        );
     }
     println!("FID: {fid}");
     if args.kid {
@@ -243,7 +249,7 @@ fn main() {
             .expect("thread pool set once");
     }
     if let Err(e) = run(&args) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", deediff_eval::error::error_line(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -21,7 +21,9 @@ use deediff_examples::manifest::{partition_done, sha256, sha256_file, Manifest, 
 use deediff_examples::progress::EvalBar;
 use deediff_examples::shard::Shard;
 use deediff_examples::{check_outputs, check_seed_range, save_image, seed_of, seeds};
-use deediff_sampler::{to_images, Condition, Hooks, ModelBundle, Pipeline, RunReport, DEFAULT_MODEL};
+use deediff_sampler::{
+    to_images, Condition, Hooks, ModelBundle, Pipeline, RunReport, DEFAULT_MODEL,
+};
 use deediff_unet::Variant;
 
 #[global_allocator]
@@ -152,7 +154,9 @@ fn prompts(cli: &Cli, bundle: &ModelBundle) -> Result<Vec<String>> {
     };
     let examples = text.example_prompts();
     if examples.is_empty() {
-        bail!("a text-to-image model needs --prompt or --prompts (this one names no example prompts)");
+        bail!(
+            "a text-to-image model needs --prompt or --prompts (this one names no example prompts)"
+        );
     }
     eprintln!(
         "no --prompt: image i gets the model's example prompt i mod {} ({})",
@@ -173,7 +177,11 @@ fn manifest(cli: &Cli, pipeline: &Pipeline, prompts: &[String], shards: usize) -
     let prompts = if prompts.len() <= 16 {
         serde_json::json!(prompts)
     } else {
-        serde_json::json!(format!("{} prompts, sha256 {}", prompts.len(), sha256(prompts.join("\n").as_bytes())))
+        serde_json::json!(format!(
+            "{} prompts, sha256 {}",
+            prompts.len(),
+            sha256(prompts.join("\n").as_bytes())
+        ))
     };
     let scheduler = match &cli.sampling.scheduler_config {
         Some(path) => format!("config sha256 {}", sha256_file(path)?),
@@ -224,7 +232,9 @@ fn run() -> Result<()> {
     }
     check_batch(cli.batch)?;
     check_seed_range(cli.seed, cli.num)?;
-    let shard = Shard::resolve(cli.shard.as_deref(), cli.num_shards, |k| std::env::var(k).ok())?;
+    let shard = Shard::resolve(cli.shard.as_deref(), cli.num_shards, |k| {
+        std::env::var(k).ok()
+    })?;
     let range = shard.range(cli.num);
     eprintln!("shard {}/{} from {}", shard.k, shard.n, shard.source);
     let outputs: Vec<_> = [("--report", &cli.report), ("--npz", &cli.npz)]
@@ -351,7 +361,10 @@ fn generate_shard(
             None => report = Some(generated.report),
         }
         finished += chunk.len() as u64;
-        bar.set(finished, report.as_ref().map_or(0.0, RunReport::mean_blocks));
+        bar.set(
+            finished,
+            report.as_ref().map_or(0.0, RunReport::mean_blocks),
+        );
     }
     bar.finish();
     if let Some((_, reference, moments)) = &scoring {
@@ -362,7 +375,10 @@ fn generate_shard(
         println!(
             "FID of these {} images vs {}: {:.4} (moments: {})",
             range.len(),
-            cli.fid_stats.as_ref().expect("scoring implies stats").display(),
+            cli.fid_stats
+                .as_ref()
+                .expect("scoring implies stats")
+                .display(),
             frechet_distance(&moments.stats()?, reference)?,
             path.display()
         );

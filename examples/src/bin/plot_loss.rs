@@ -77,7 +77,12 @@ fn run() -> Result<()> {
         ("L_layer", series("layer"), GREEN),
     ];
     let max_step = by_step.keys().last().copied().unwrap_or(1) as f64;
-    let root = BitMapBackend::new(&args.out, (900, 500)).into_drawing_area();
+    deediff_examples::image_format(&args.out)?;
+    // Drawn into memory and saved by the checked writer: plotters' own file output would
+    // report success over a failed write.
+    let (w, h) = (900, 500);
+    let mut pixels = vec![0u8; w as usize * h as usize * 3];
+    let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -115,6 +120,10 @@ fn run() -> Result<()> {
         .label_font(("sans-serif", 14))
         .draw()?;
     root.present()?;
+    drop(chart);
+    drop(root);
+    let img = image::RgbImage::from_raw(w, h, pixels).context("plot buffer has the plot's size")?;
+    deediff_examples::save_image(&args.out, &image::DynamicImage::ImageRgb8(img))?;
     eprintln!("{} steps plotted -> {}", by_step.len(), args.out.display());
     Ok(())
 }

@@ -62,14 +62,22 @@ fn run() -> Result<()> {
     }
     let count = match args.rows.checked_mul(prompts.len()) {
         Some(n) if args.rows > 0 => n,
-        _ => bail!("--rows {}: must be at least 1 (and rows × prompts must fit)", args.rows),
+        _ => bail!(
+            "--rows {}: must be at least 1 (and rows × prompts must fit)",
+            args.rows
+        ),
     };
     check_seed_range(args.seed, count)?;
     warn_about_prompts(&bundle, prompts.iter().map(String::as_str));
     let pipeline = build_pipeline(bundle, &args.sampling, &device)?;
-    let (sheet, r) = sample_grid(&pipeline, count, prompts.len(), args.batch, args.seed, &|k: usize| {
-        Condition::Text(prompts[k % prompts.len()].clone())
-    })?;
+    let (sheet, r) = sample_grid(
+        &pipeline,
+        count,
+        prompts.len(),
+        args.batch,
+        args.seed,
+        &|k: usize| Condition::Text(prompts[k % prompts.len()].clone()),
+    )?;
     save_image(&args.out, &sheet)?;
     eprintln!(
         "{count} samples ({} prompts x {}) -> {} | {} | mean depth {:.2}/{} blocks",

@@ -311,7 +311,9 @@ fn write_captions(path: &Path) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let json = serde_json::json!({ "text_encoder_config": cfg, "captions": captions });
-    deediff_examples::write_checked(path, "captions", |w| w.write_all(json.to_string().as_bytes()))?;
+    deediff_examples::write_checked(path, "captions", |w| {
+        w.write_all(json.to_string().as_bytes())
+    })?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -85,7 +85,11 @@ fn run() -> Result<()> {
     if let Some(budget) = cli.sampling.budget {
         // Calibrated on the first images only: a long run's threshold is set by a sample of it.
         let n = cli.num.min(CALIBRATION_IMAGES);
-        let cal = pipeline.calibrate_budget(budget, &vec![condition.clone(); n], &seeds(cli.seed, 0..n)?)?;
+        let cal = pipeline.calibrate_budget(
+            budget,
+            &vec![condition.clone(); n],
+            &seeds(cli.seed, 0..n)?,
+        )?;
         eprintln!(
             "budget {budget}: threshold {:.4} (depth {:.1}% on the calibration run)",
             cal.threshold,
@@ -94,9 +98,14 @@ fn run() -> Result<()> {
     }
 
     let cols = (cli.num as f64).sqrt().ceil() as usize;
-    let (sheet, r) = sample_grid(&pipeline, cli.num, cols, cli.batch, cli.seed, &|_: usize| {
-        condition.clone()
-    })?;
+    let (sheet, r) = sample_grid(
+        &pipeline,
+        cli.num,
+        cols,
+        cli.batch,
+        cli.seed,
+        &|_: usize| condition.clone(),
+    )?;
     save_image(&cli.out, &sheet)?;
     println!(
         "{} image(s) → {} | policy {} | mean depth {:.2}/{} blocks ({:.1}%) | compute {:.1}% of full depth (≈{:.2}× fewer MACs) | {:.2} s, {:.2} images/s",

@@ -57,20 +57,58 @@ impl TrainConfig {
     pub fn validate(&self) -> candle_core::Result<()> {
         let in_range = |v: f64, lo: f64, hi: f64| v.is_finite() && v >= lo && v <= hi;
         let checks = [
-            (self.lr.is_finite() && self.lr > 0.0, "lr (--lr)", self.lr, "a finite number > 0"),
-            (in_range(self.ema_decay, 0.0, 1.0), "ema_decay (--ema-decay)", self.ema_decay, "in [0, 1]"),
-            (in_range(self.cond_drop_prob, 0.0, 1.0), "cond_drop_prob (--cond-drop)", self.cond_drop_prob, "in [0, 1]"),
-            (in_range(self.optim.weight_decay, 0.0, f64::MAX), "weight_decay (--weight-decay)", self.optim.weight_decay, "a finite number ≥ 0"),
-            (in_range(self.loss.lambda, 0.0, f64::MAX), "lambda (--lambda)", self.loss.lambda, "a finite number ≥ 0"),
-            (in_range(self.loss.beta, 0.0, f64::MAX), "beta (--beta)", self.loss.beta, "a finite number ≥ 0"),
-            (self.grad_clip.is_none_or(|c| c.is_finite() && c > 0.0), "grad_clip (--grad-clip)", self.grad_clip.unwrap_or(0.0), "a finite number > 0"),
+            (
+                self.lr.is_finite() && self.lr > 0.0,
+                "lr (--lr)",
+                self.lr,
+                "a finite number > 0",
+            ),
+            (
+                in_range(self.ema_decay, 0.0, 1.0),
+                "ema_decay (--ema-decay)",
+                self.ema_decay,
+                "in [0, 1]",
+            ),
+            (
+                in_range(self.cond_drop_prob, 0.0, 1.0),
+                "cond_drop_prob (--cond-drop)",
+                self.cond_drop_prob,
+                "in [0, 1]",
+            ),
+            (
+                in_range(self.optim.weight_decay, 0.0, f64::MAX),
+                "weight_decay (--weight-decay)",
+                self.optim.weight_decay,
+                "a finite number ≥ 0",
+            ),
+            (
+                in_range(self.loss.lambda, 0.0, f64::MAX),
+                "lambda (--lambda)",
+                self.loss.lambda,
+                "a finite number ≥ 0",
+            ),
+            (
+                in_range(self.loss.beta, 0.0, f64::MAX),
+                "beta (--beta)",
+                self.loss.beta,
+                "a finite number ≥ 0",
+            ),
+            (
+                self.grad_clip.is_none_or(|c| c.is_finite() && c > 0.0),
+                "grad_clip (--grad-clip)",
+                self.grad_clip.unwrap_or(0.0),
+                "a finite number > 0",
+            ),
         ];
         if let Some((_, name, v, want)) = checks.iter().find(|c| !c.0) {
             candle_core::bail!("{name} = {v}: must be {want}");
         }
         if let LrSchedule::Cosine { min_lr } = self.schedule {
             if !in_range(min_lr, 0.0, self.lr) {
-                candle_core::bail!("min_lr (--cosine-min-lr) = {min_lr}: must be in [0, lr = {}]", self.lr);
+                candle_core::bail!(
+                    "min_lr (--cosine-min-lr) = {min_lr}: must be in [0, lr = {}]",
+                    self.lr
+                );
             }
         }
         if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
