@@ -195,7 +195,7 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
     };
     let expected = shape
         .iter()
-        .try_fold(width, |a, &d| a.checked_mul(d))
+        .try_fold(width, |a: usize, &d| a.checked_mul(d))
         .ok_or_else(|| format!("shape {shape:?} is too large"))?;
     if body.len() != expected {
         return Err(format!(
