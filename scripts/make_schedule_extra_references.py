@@ -13,17 +13,26 @@ Cases:
   custom-`timesteps` path given the unique list (checked: identical timesteps and sigmas).
 * DPM-Solver singlestep at 1000 steps: diffusers runs it finitely with the duplicate (its
   order-2 steps span two intervals), so it is recorded unmodified.
+* k-diffusion `sample_dpmpp_2s_ancestral` (diffusers has no such scheduler; its
+  `DPMSolverSinglestepScheduler` has no ancestral noise), the installed k-diffusion 0.1.1.post1
+  function itself driving `external.DiscreteEpsDDPMDenoiser` (float64 ᾱ). Only the sigmas are
+  computed here: k-diffusion's `DiscreteSchedule.t_to_sigma` casts t to float32, so the same
+  formula is evaluated in float64 (and checked against k-diffusion's to float32 precision).
 
 Stochastic cases draw their noise from a rule both sides compute bit for bit instead of storing
 it: splitmix64 → 53-bit uniforms → Irwin–Hall sum of 12 minus 6 (mean 0, variance 1).
 
-Needs torch and diffusers 0.42.1.
+Needs torch, diffusers 0.42.1 and k-diffusion: `pip install --no-deps k-diffusion==0.1.1.post1
+torchsde torchdiffeq trampoline` (k-diffusion's own package `__init__` pulls in training
+dependencies; only its `sampling` and `external` modules are loaded).
 
 Usage: python scripts/make_schedule_extra_references.py [OUT_DIR]
 (default schedules/tests/fixtures/extra; reads schedules/tests/fixtures/schedules/common.safetensors).
 """
 
+import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import math
@@ -191,6 +200,98 @@ def record_orders(sched):
     return used
 
 
+@functools.cache
+def kdiffusion_modules():
+    """k_diffusion.sampling and .external without running the package's __init__."""
+    spec = importlib.util.find_spec("k_diffusion")
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["k_diffusion"] = pkg
+    return importlib.import_module("k_diffusion.sampling"), importlib.import_module(
+        "k_diffusion.external"
+    )
+
+
+def kdiffusion_case(name, steps, mix, z, alphas_cumprod, noise_seed):
+    """`sample_dpmpp_2s_ancestral` (η = 1) on `get_sigmas(steps)` of the ε-denoiser."""
+    sampling, external = kdiffusion_modules()
+    current = {}
+    record = {"t": [], "alpha": [], "sigma": [], "out": []}
+
+    class Analytic(torch.nn.Module):
+        """ε̂ at the VP level of the σ being evaluated (the wrapper passes only t)."""
+
+        def forward(self, x, t):
+            s = current["sigma"]
+            a = 1.0 / math.sqrt(1.0 + s * s)
+            eps = mix.eps(x.numpy(), a, s * a)
+            record["t"].append(float(t[0]))
+            record["alpha"].append(a)
+            record["sigma"].append(s * a)
+            record["out"].append(eps)
+            return torch.from_numpy(eps)
+
+    ac = torch.from_numpy(alphas_cumprod)
+    den = external.DiscreteEpsDDPMDenoiser(Analytic(), ac, quantize=False)
+
+    def model(x, sigma):
+        current["sigma"] = float(sigma[0])
+        return den(x, sigma)
+
+    log_sigmas = den.log_sigmas
+    t = torch.linspace(len(log_sigmas) - 1, 0, steps)
+    low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+    sigmas = sampling.append_zero(((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp())
+    assert torch.allclose(sigmas, den.get_sigmas(steps).double(), rtol=1e-5), "get_sigmas"
+    rows = splitmix_noise(noise_seed, steps - 1, z.size).reshape(steps - 1, *z.shape)
+    draws = iter(torch.from_numpy(r) for r in rows)
+    traj = []
+    x_init = torch.from_numpy(z) * sigmas[0]
+    x = sampling.sample_dpmpp_2s_ancestral(
+        model,
+        x_init.clone(),
+        sigmas,
+        callback=lambda info: traj.append(info["x"].numpy().copy()),
+        disable=True,
+        noise_sampler=lambda s, s_next: next(draws),
+    ).numpy()
+    traj.append(x)
+    starts = sigmas[:-1]
+    step_t = [float(den.sigma_to_t(s)) for s in starts]
+    n_eval = len(record["t"])
+    tensors = {
+        "timesteps": np.array(step_t),
+        "sigmas": sigmas.numpy(),
+        "model_t": np.array(record["t"]),
+        "model_alpha": np.array(record["alpha"]),
+        "model_sigma": np.array(record["sigma"]),
+        "model_out": np.stack(record["out"]),
+        "model_out_index": np.arange(n_eval, dtype=np.float64),
+        "traj": np.stack(traj),
+        "traj_index": np.arange(steps + 1, dtype=np.float64),
+        "x_init": x_init.numpy(),
+        "x_final": x,
+    }
+    entry = {
+        "name": name,
+        "source": "kdiffusion",
+        "sampler": "sample_dpmpp_2s_ancestral",
+        "preset": "dpmpp-2s-a",
+        "betas": "linear 1e-4..0.02, T = 1000",
+        "file": f"cases/{name}.safetensors",
+        "num_inference_steps": steps,
+        "step_kwargs": {"eta": 1.0, "s_noise": 1.0},
+        "prediction_type": "epsilon",
+        "init_noise_sigma": float(sigmas[0]),
+        "solver_orders": [2] * (steps - 1) + [1],
+        "nfe": n_eval,
+        "stochastic": True,
+        "noise_rule": {"kind": "splitmix64_irwin_hall12", "seed": noise_seed, "rows": steps - 1},
+        "note": "k-diffusion DPM++ 2S ancestral (DiscreteEpsDDPMDenoiser, quantize=False); noise drawn after every step but the last",
+    }
+    return entry, tensors
+
+
 def main():
     common = load_file(str(COMMON))
     mix = Mixture(common)
@@ -213,6 +314,12 @@ def main():
         cases.append(entry)
         files[name] = tensors
         print(name, "nfe", entry["nfe"], "x_final max", np.abs(tensors["x_final"]).max())
+    ac_linear = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    for name, steps in [("kdiff_dpmpp2sa_lin_10", 10), ("kdiff_dpmpp2sa_lin_15", 15)]:
+        entry, tensors = kdiffusion_case(name, steps, mix, z, ac_linear, 7 + steps)
+        cases.append(entry)
+        files[name] = tensors
+        print(name, "nfe", entry["nfe"], "x_final max", np.abs(tensors["x_final"]).max())
     (OUT / "cases").mkdir(parents=True, exist_ok=True)
     for name, tensors in files.items():
         save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(OUT / f"cases/{name}.safetensors"))
@@ -222,6 +329,7 @@ def main():
             "diffusers": importlib.import_module("diffusers").__version__,
             "torch": torch.__version__,
             "numpy": np.__version__,
+            "k_diffusion": "0.1.1.post1",
             "script": "scripts/make_schedule_extra_references.py",
         },
         "common_file": "../schedules/common.safetensors",

@@ -74,6 +74,7 @@ solvers! {
     unipc,
     uvit_dpm,
     uvit_em,
+    dpmpp_2s_ancestral,
 }
 
 pub use betas::{cumprod_one_minus, rescale_zero_terminal_snr, BetaConfig, BetaSchedule};

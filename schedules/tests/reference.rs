@@ -361,22 +361,31 @@ fn run_case(
 ) -> (Vec<String>, String, f64, f64) {
     let name = case["name"].as_str().unwrap();
     let t = load(&dir.join(case["file"].as_str().unwrap()));
-    let diffusers = case["source"] == "diffusers";
+    // k-diffusion cases are checked like diffusers ones, with fractional model times.
+    let kdiffusion = case["source"] == "kdiffusion";
+    let diffusers = case["source"] == "diffusers" || kdiffusion;
     let euler = case["scheduler_class"]
         .as_str()
         .is_some_and(|c| c.starts_with("Euler"));
     let mut ck = Checker {
         case: name,
-        integer_times: diffusers && !euler,
+        integer_times: diffusers && !euler && !kdiffusion,
         failures: vec![],
         worst_rel: 0.0,
         worst_what: String::new(),
         worst_state: 0.0,
     };
     let (config, steps, what) = if diffusers {
-        let mut config = SchedulerConfig::from_diffusers_json(&case["config"].to_string())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        if let Some(eta) = case["step_kwargs"].get("eta").and_then(Value::as_f64) {
+        let mut config = match case["preset"].as_str() {
+            Some(preset) => SchedulerConfig::by_name(preset, BetaConfig::ddpm_linear(1000)),
+            None => SchedulerConfig::from_diffusers_json(&case["config"].to_string()),
+        }
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Some(eta) = case["step_kwargs"]
+            .get("eta")
+            .and_then(Value::as_f64)
+            .filter(|_| !kdiffusion)
+        {
             let Some(c) = config.get_mut::<DdimConfig>() else {
                 panic!("{name}: eta for a non-DDIM scheduler")
             };
@@ -642,7 +651,8 @@ fn all_reference_cases() {
 }
 
 /// The cases of `tests/fixtures/extra` (scripts/make_schedule_extra_references.py): diffusers'
-/// multistep solvers at 1000 steps, where the DPM linspace rule repeats timestep 500.
+/// multistep solvers at 1000 steps, where the DPM linspace rule repeats timestep 500, and
+/// k-diffusion's DPM++ 2S ancestral (the `dpmpp-2s-a` preset, η = 1).
 #[test]
 fn extra_reference_cases() {
     let common = load(&reference_dir().join("common.safetensors"));
