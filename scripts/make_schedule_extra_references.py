@@ -36,6 +36,7 @@ import importlib.util
 import inspect
 import json
 import math
+import re
 import sys
 import types
 from pathlib import Path
@@ -335,7 +336,10 @@ def main():
         "common_file": "../schedules/common.safetensors",
         "cases": cases,
     }
-    (OUT / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    text = json.dumps(index, indent=1)
+    # Number lists (timesteps, orders) on one line each, so the index stays readable.
+    text = re.sub(r"\[[-+\d\s,.eE]+\]", lambda m: json.dumps(json.loads(m.group(0))), text)
+    (OUT / "index.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":
