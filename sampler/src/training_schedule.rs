@@ -1,5 +1,6 @@
-//! The noise schedule and time convention a model was trained with, and how a scheduler's
-//! evaluation times map onto the model's time input.
+//! The noise schedule and time convention a model was trained with (and the presets naming
+//! those of the official checkpoints, [`TrainedWith`]), and how a scheduler's evaluation times
+//! map onto the model's time input.
 //!
 //! Solvers report each evaluation's time in their own convention (diffusers timestep index,
 //! U-ViT's `1000·t` on a discrete schedule, or `999·t` on the continuous VP-linear SDE). A network
