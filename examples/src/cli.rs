@@ -6,50 +6,18 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use deediff_sampler::{
     imagenet_class, to_images, Condition, GridSheet, Guidance, Hooks, ModelBundle, Pipeline,
-    RunReport, TimestepBand, TrainingSchedule, DEFAULT_THRESHOLD,
+    RunReport, TimestepBand, TrainedWith, DEFAULT_THRESHOLD,
 };
 use image::DynamicImage;
 
 use crate::progress::EvalBar;
-use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
+use deediff_schedules::{SchedulerConfig, SCHEDULER_NAMES};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::pretrained::{resolve, CLIP_VIT_L14, SD_VAE};
 use deediff_unet::{Checkpoint, ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant};
-
-/// The noise process an official U-ViT checkpoint was trained with (deediff model files record
-/// their own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TrainedWith {
-    /// DDPM linear betas 1e-4…0.02, diffusers timestep labels 0…999.
-    DdpmLinear,
-    /// Stable Diffusion's scaled-linear betas, U-ViT labels 1…1000 (latent ImageNet / MS-COCO).
-    SdDiscrete,
-    /// Continuous VP-linear SDE β 0.1→20, labels 999·t (U-ViT's CIFAR-10 / CelebA checkpoints).
-    VpLinear,
-}
-
-impl TrainedWith {
-    fn schedule(self) -> TrainingSchedule {
-        match self {
-            Self::DdpmLinear => TrainingSchedule::Diffusers(BetaConfig::ddpm_linear(1000)),
-            Self::SdDiscrete => TrainingSchedule::UvitDiscrete(BetaConfig {
-                schedule: BetaSchedule::ScaledLinear {
-                    start: 0.00085,
-                    end: 0.012,
-                },
-                num_train_timesteps: 1000,
-                rescale_betas_zero_snr: false,
-            }),
-            Self::VpLinear => TrainingSchedule::UvitContinuous {
-                beta_0: 0.1,
-                beta_1: 20.0,
-            },
-        }
-    }
-}
 
 /// Which model to sample from.
 #[derive(Debug, Args)]

@@ -39,4 +39,4 @@ pub use noise::PerImageNoise;
 pub use pipeline::{Generated, Hooks, Pipeline, Progress, DEFAULT_THRESHOLD};
 pub use report::{EvalReport, RunReport};
 pub use timestep_bands::{policy_at, TimestepBand};
-pub use training_schedule::{TimeLabel, TrainingSchedule};
+pub use training_schedule::{TimeLabel, TrainedWith, TrainingSchedule};

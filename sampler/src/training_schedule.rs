@@ -1,12 +1,13 @@
-//! The noise schedule and time convention a model was trained with, and how a scheduler's
-//! evaluation times map onto the model's time input.
+//! The noise schedule and time convention a model was trained with (and the presets naming
+//! those of the official checkpoints, [`TrainedWith`]), and how a scheduler's evaluation times
+//! map onto the model's time input.
 //!
 //! Solvers report each evaluation's time in their own convention (diffusers timestep index,
 //! U-ViT's `1000·t` on a discrete schedule, or `999·t` on the continuous VP-linear SDE). A network
 //! only understands the labels it was trained on, so mixing conventions silently shifts every
 //! step; here it is either converted exactly or refused.
 
-use deediff_schedules::{BetaConfig, ModelTime, SchedulerConfig, UvitScheduleConfig};
+use deediff_schedules::{BetaConfig, BetaSchedule, ModelTime, SchedulerConfig, TimeConvention};
 
 use crate::error::{Result, SamplerError};
 
@@ -34,8 +35,8 @@ impl TrainingSchedule {
     /// The training process a diffusers scheduler config describes (a model file records the
     /// config it was trained with); U-ViT solver configs describe no training and are refused.
     pub fn of_diffusers(config: &SchedulerConfig) -> Result<Self> {
-        match scheduler_time(config) {
-            SchedulerTime::Diffusers(b) => Ok(Self::Diffusers(b.clone())),
+        match config.time_convention() {
+            TimeConvention::Diffusers(b) => Ok(Self::Diffusers(b)),
             _ => Err(SamplerError::Request(
                 "the training schedule must be a diffusers scheduler config".into(),
             )),
@@ -43,33 +44,37 @@ impl TrainingSchedule {
     }
 }
 
-/// The forward process a scheduler integrates, and the label unit of its [`ModelTime::t`].
-enum SchedulerTime<'a> {
-    Diffusers(&'a BetaConfig),
-    UvitDiscrete(&'a BetaConfig),
-    Continuous { beta_0: f64, beta_1: f64 },
+/// The noise processes of the official checkpoints (U-ViT, AdaDiff), which — unlike deediff
+/// model files — do not record their own; a CLI flag names one (`clap` feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum TrainedWith {
+    /// DDPM linear betas 1e-4…0.02, diffusers timestep labels 0…999.
+    DdpmLinear,
+    /// Stable Diffusion's scaled-linear betas, U-ViT labels 1…1000 (latent ImageNet / MS-COCO).
+    SdDiscrete,
+    /// Continuous VP-linear SDE β 0.1→20, labels 999·t (U-ViT's CIFAR-10 / CelebA checkpoints).
+    VpLinear,
 }
 
-fn scheduler_time(config: &SchedulerConfig) -> SchedulerTime<'_> {
-    match config {
-        SchedulerConfig::Ddim(c) => SchedulerTime::Diffusers(&c.betas),
-        SchedulerConfig::Ddpm(c) => SchedulerTime::Diffusers(&c.betas),
-        SchedulerConfig::DpmMultistep(c) => SchedulerTime::Diffusers(&c.betas),
-        SchedulerConfig::DpmSinglestep(c) => SchedulerTime::Diffusers(&c.betas),
-        SchedulerConfig::Euler(c) => SchedulerTime::Diffusers(&c.betas),
-        SchedulerConfig::EulerAncestral(c) => SchedulerTime::Diffusers(&c.betas),
-        SchedulerConfig::UniPc(c) => SchedulerTime::Diffusers(&c.betas),
-        SchedulerConfig::UvitDpm(c) => match &c.schedule {
-            UvitScheduleConfig::Discrete(b) => SchedulerTime::UvitDiscrete(b),
-            UvitScheduleConfig::Linear { beta_0, beta_1 } => SchedulerTime::Continuous {
-                beta_0: *beta_0,
-                beta_1: *beta_1,
+impl TrainedWith {
+    /// The training schedule of the preset.
+    pub fn schedule(self) -> TrainingSchedule {
+        match self {
+            Self::DdpmLinear => TrainingSchedule::Diffusers(BetaConfig::ddpm_linear(1000)),
+            Self::SdDiscrete => TrainingSchedule::UvitDiscrete(BetaConfig {
+                schedule: BetaSchedule::ScaledLinear {
+                    start: 0.00085,
+                    end: 0.012,
+                },
+                num_train_timesteps: 1000,
+                rescale_betas_zero_snr: false,
+            }),
+            Self::VpLinear => TrainingSchedule::UvitContinuous {
+                beta_0: 0.1,
+                beta_1: 20.0,
             },
-        },
-        SchedulerConfig::UvitEm(c) => SchedulerTime::Continuous {
-            beta_0: c.beta_min,
-            beta_1: c.beta_max,
-        },
+        }
     }
 }
 
@@ -94,26 +99,26 @@ impl TimeLabel {
                 )))
             }
         };
-        let offset = match (training, scheduler_time(scheduler)) {
-            (TrainingSchedule::Diffusers(m), SchedulerTime::Diffusers(s)) => {
-                same_betas(m, s)?;
+        let offset = match (training, scheduler.time_convention()) {
+            (TrainingSchedule::Diffusers(m), TimeConvention::Diffusers(s)) => {
+                same_betas(m, &s)?;
                 0.0
             }
-            (TrainingSchedule::Diffusers(m), SchedulerTime::UvitDiscrete(s)) => {
-                same_betas(m, s)?;
+            (TrainingSchedule::Diffusers(m), TimeConvention::UvitDiscrete(s)) => {
+                same_betas(m, &s)?;
                 -1.0
             }
-            (TrainingSchedule::UvitDiscrete(m), SchedulerTime::Diffusers(s)) => {
-                same_betas(m, s)?;
+            (TrainingSchedule::UvitDiscrete(m), TimeConvention::Diffusers(s)) => {
+                same_betas(m, &s)?;
                 1.0
             }
-            (TrainingSchedule::UvitDiscrete(m), SchedulerTime::UvitDiscrete(s)) => {
-                same_betas(m, s)?;
+            (TrainingSchedule::UvitDiscrete(m), TimeConvention::UvitDiscrete(s)) => {
+                same_betas(m, &s)?;
                 0.0
             }
             (
                 TrainingSchedule::UvitContinuous { beta_0, beta_1 },
-                SchedulerTime::Continuous {
+                TimeConvention::Continuous {
                     beta_0: b0,
                     beta_1: b1,
                 },
@@ -130,7 +135,7 @@ impl TimeLabel {
                     "the model was trained on a continuous-time SDE; use a U-ViT scheduler on the linear schedule (uvit-em, or uvit-dpm with a continuous schedule)".into(),
                 )
             }
-            (_, SchedulerTime::Continuous { .. }) => {
+            (_, TimeConvention::Continuous { .. }) => {
                 return mismatch(
                     "the model was trained on a discrete schedule; a continuous-time scheduler would feed it times it never saw".into(),
                 )

@@ -6,17 +6,12 @@
 //! JSON); they are rewritten to strings before parsing, and float fields accept either form.
 
 use crate::betas::{BetaConfig, BetaSchedule};
-use crate::ddim::DdimConfig;
-use crate::ddpm::DdpmConfig;
-use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmMultistepConfig, DpmSolverType};
-use crate::dpm_singlestep::DpmSinglestepConfig;
+use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmSolverType};
 use crate::error::{Error, Result};
-use crate::euler::EulerConfig;
-use crate::euler_ancestral::EulerAncestralConfig;
 use crate::prediction::PredictionType;
+use crate::registry::diffusers_classes;
 use crate::scheduler::SchedulerConfig;
 use crate::spacing::{FinalSigmas, Spacing};
-use crate::unipc::{UniPcConfig, UniPcSolverType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -78,52 +73,53 @@ fn lenient_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f6
 /// Every field any supported class writes; which ones a class accepts is checked separately.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Raw {
-    num_train_timesteps: Option<usize>,
+pub(crate) struct Raw {
+    pub(crate) num_train_timesteps: Option<usize>,
     #[serde(deserialize_with = "lenient_f64")]
-    beta_start: Option<f64>,
+    pub(crate) beta_start: Option<f64>,
     #[serde(deserialize_with = "lenient_f64")]
-    beta_end: Option<f64>,
-    beta_schedule: Option<String>,
-    trained_betas: Option<Vec<f64>>,
-    clip_sample: Option<bool>,
+    pub(crate) beta_end: Option<f64>,
+    pub(crate) beta_schedule: Option<String>,
+    pub(crate) trained_betas: Option<Vec<f64>>,
+    pub(crate) clip_sample: Option<bool>,
     #[serde(deserialize_with = "lenient_f64")]
-    clip_sample_range: Option<f64>,
-    set_alpha_to_one: Option<bool>,
-    steps_offset: Option<usize>,
-    prediction_type: Option<String>,
-    thresholding: Option<bool>,
-    timestep_spacing: Option<String>,
-    rescale_betas_zero_snr: Option<bool>,
-    variance_type: Option<String>,
-    solver_order: Option<usize>,
-    algorithm_type: Option<String>,
-    solver_type: Option<String>,
-    lower_order_final: Option<bool>,
-    euler_at_final: Option<bool>,
-    use_karras_sigmas: Option<bool>,
-    use_exponential_sigmas: Option<bool>,
-    use_beta_sigmas: Option<bool>,
-    use_lu_lambdas: Option<bool>,
-    use_flow_sigmas: Option<bool>,
-    final_sigmas_type: Option<String>,
+    pub(crate) clip_sample_range: Option<f64>,
+    pub(crate) set_alpha_to_one: Option<bool>,
+    pub(crate) steps_offset: Option<usize>,
+    pub(crate) prediction_type: Option<String>,
+    pub(crate) thresholding: Option<bool>,
+    pub(crate) timestep_spacing: Option<String>,
+    pub(crate) rescale_betas_zero_snr: Option<bool>,
+    pub(crate) variance_type: Option<String>,
+    pub(crate) solver_order: Option<usize>,
+    pub(crate) algorithm_type: Option<String>,
+    pub(crate) solver_type: Option<String>,
+    pub(crate) lower_order_final: Option<bool>,
+    pub(crate) euler_at_final: Option<bool>,
+    pub(crate) use_karras_sigmas: Option<bool>,
+    pub(crate) use_exponential_sigmas: Option<bool>,
+    pub(crate) use_beta_sigmas: Option<bool>,
+    pub(crate) use_lu_lambdas: Option<bool>,
+    pub(crate) use_flow_sigmas: Option<bool>,
+    pub(crate) final_sigmas_type: Option<String>,
     #[serde(deserialize_with = "lenient_f64")]
-    lambda_min_clipped: Option<f64>,
-    use_dynamic_shifting: Option<bool>,
-    time_shift_type: Option<String>,
-    interpolation_type: Option<String>,
-    timestep_type: Option<String>,
+    pub(crate) lambda_min_clipped: Option<f64>,
+    pub(crate) use_dynamic_shifting: Option<bool>,
+    pub(crate) time_shift_type: Option<String>,
+    pub(crate) interpolation_type: Option<String>,
+    pub(crate) timestep_type: Option<String>,
     #[serde(deserialize_with = "lenient_f64")]
-    sigma_min: Option<f64>,
+    pub(crate) sigma_min: Option<f64>,
     #[serde(deserialize_with = "lenient_f64")]
-    sigma_max: Option<f64>,
-    predict_x0: Option<bool>,
-    disable_corrector: Option<Vec<usize>>,
-    solver_p: Option<Value>,
-    shift_terminal: Option<Value>,
+    pub(crate) sigma_max: Option<f64>,
+    pub(crate) predict_x0: Option<bool>,
+    pub(crate) disable_corrector: Option<Vec<usize>>,
+    pub(crate) solver_p: Option<Value>,
+    pub(crate) shift_terminal: Option<Value>,
 }
 
-const COMMON: &[&str] = &[
+/// Fields every class accepts.
+pub(crate) const COMMON: &[&str] = &[
     "_class_name",
     "_diffusers_version",
     "_use_default_values",
@@ -135,144 +131,31 @@ const COMMON: &[&str] = &[
     "trained_betas",
     "prediction_type",
 ];
-const THRESHOLD: &[&str] = &[
+/// Dynamic thresholding (accepted when off).
+pub(crate) const THRESHOLD: &[&str] = &[
     "thresholding",
     "dynamic_thresholding_ratio",
     "sample_max_value",
 ];
 
-fn allowed(class: &str) -> Option<Vec<&'static str>> {
-    let extra: &[&[&str]] = match class {
-        "DDIMScheduler" => &[
-            THRESHOLD,
-            &[
-                "clip_sample",
-                "clip_sample_range",
-                "set_alpha_to_one",
-                "steps_offset",
-                "timestep_spacing",
-                "rescale_betas_zero_snr",
-            ],
-        ],
-        "DDPMScheduler" => &[
-            THRESHOLD,
-            &[
-                "variance_type",
-                "clip_sample",
-                "clip_sample_range",
-                "timestep_spacing",
-                "steps_offset",
-                "rescale_betas_zero_snr",
-            ],
-        ],
-        "DPMSolverMultistepScheduler" => &[
-            THRESHOLD,
-            &[
-                "solver_order",
-                "algorithm_type",
-                "solver_type",
-                "lower_order_final",
-                "euler_at_final",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_lu_lambdas",
-                "use_flow_sigmas",
-                "flow_shift",
-                "final_sigmas_type",
-                "lambda_min_clipped",
-                "variance_type",
-                "timestep_spacing",
-                "steps_offset",
-                "rescale_betas_zero_snr",
-                "use_dynamic_shifting",
-                "time_shift_type",
-            ],
-        ],
-        "DPMSolverSinglestepScheduler" => &[
-            THRESHOLD,
-            &[
-                "solver_order",
-                "algorithm_type",
-                "solver_type",
-                "lower_order_final",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_flow_sigmas",
-                "flow_shift",
-                "final_sigmas_type",
-                "lambda_min_clipped",
-                "variance_type",
-                "use_dynamic_shifting",
-                "time_shift_type",
-            ],
-        ],
-        "EulerDiscreteScheduler" => &[&[
-            "interpolation_type",
-            "use_karras_sigmas",
-            "use_exponential_sigmas",
-            "use_beta_sigmas",
-            "sigma_min",
-            "sigma_max",
-            "timestep_spacing",
-            "timestep_type",
-            "steps_offset",
-            "rescale_betas_zero_snr",
-            "final_sigmas_type",
-        ]],
-        "EulerAncestralDiscreteScheduler" => {
-            &[&["timestep_spacing", "steps_offset", "rescale_betas_zero_snr"]]
-        }
-        "UniPCMultistepScheduler" => &[
-            THRESHOLD,
-            &[
-                "solver_order",
-                "solver_type",
-                "lower_order_final",
-                "disable_corrector",
-                "solver_p",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_flow_sigmas",
-                "flow_shift",
-                "timestep_spacing",
-                "steps_offset",
-                "final_sigmas_type",
-                "rescale_betas_zero_snr",
-                "use_dynamic_shifting",
-                "time_shift_type",
-                "sigma_min",
-                "sigma_max",
-                "shift_terminal",
-                "predict_x0",
-            ],
-        ],
-        _ => return None,
-    };
-    Some(
-        COMMON
-            .iter()
-            .chain(extra.iter().flat_map(|l| l.iter()))
-            .copied()
-            .collect(),
-    )
-}
-
 /// Parse a string-valued option into `T` through serde, with a message listing the choices.
-fn choice<T: DeserializeOwned>(field: &str, value: &str, choices: &str) -> Result<T, String> {
+pub(crate) fn choice<T: DeserializeOwned>(
+    field: &str,
+    value: &str,
+    choices: &str,
+) -> Result<T, String> {
     serde_json::from_value(Value::String(value.to_owned()))
         .map_err(|_| format!("unsupported {field} {value:?} (supported: {choices})"))
 }
 
-struct Reader<'a> {
-    class: &'a str,
-    raw: Raw,
+/// A parsed config of one class; the helpers read the settings most classes share.
+pub(crate) struct Reader<'a> {
+    pub(crate) class: &'a str,
+    pub(crate) raw: Raw,
 }
 
 impl Reader<'_> {
-    fn flag_off(&self, field: &str, value: Option<bool>) -> Result<(), String> {
+    pub(crate) fn flag_off(&self, field: &str, value: Option<bool>) -> Result<(), String> {
         if value == Some(true) {
             return Err(format!(
                 "{field} = true is not supported for {}",
@@ -282,7 +165,7 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn betas(&self) -> Result<BetaConfig, String> {
+    pub(crate) fn betas(&self) -> Result<BetaConfig, String> {
         let r = &self.raw;
         let start = r.beta_start.unwrap_or(1e-4);
         let end = r.beta_end.unwrap_or(0.02);
@@ -305,7 +188,7 @@ impl Reader<'_> {
         })
     }
 
-    fn prediction(&self) -> Result<PredictionType, String> {
+    pub(crate) fn prediction(&self) -> Result<PredictionType, String> {
         choice(
             "prediction_type",
             self.raw.prediction_type.as_deref().unwrap_or("epsilon"),
@@ -313,7 +196,7 @@ impl Reader<'_> {
         )
     }
 
-    fn spacing(&self, default: &str) -> Result<Spacing, String> {
+    pub(crate) fn spacing(&self, default: &str) -> Result<Spacing, String> {
         choice(
             "timestep_spacing",
             self.raw.timestep_spacing.as_deref().unwrap_or(default),
@@ -321,14 +204,14 @@ impl Reader<'_> {
         )
     }
 
-    fn clip(&self, default: bool) -> Option<f64> {
+    pub(crate) fn clip(&self, default: bool) -> Option<f64> {
         self.raw
             .clip_sample
             .unwrap_or(default)
             .then_some(self.raw.clip_sample_range.unwrap_or(1.0))
     }
 
-    fn final_sigmas(&self) -> Result<FinalSigmas, String> {
+    pub(crate) fn final_sigmas(&self) -> Result<FinalSigmas, String> {
         choice(
             "final_sigmas_type",
             self.raw.final_sigmas_type.as_deref().unwrap_or("zero"),
@@ -337,7 +220,7 @@ impl Reader<'_> {
     }
 
     /// Sigma families other than Karras, flow matching and dynamic shifting are not implemented.
-    fn karras_only(&self) -> Result<bool, String> {
+    pub(crate) fn karras_only(&self) -> Result<bool, String> {
         let r = &self.raw;
         self.flag_off("use_exponential_sigmas", r.use_exponential_sigmas)?;
         self.flag_off("use_beta_sigmas", r.use_beta_sigmas)?;
@@ -360,14 +243,14 @@ impl Reader<'_> {
         Ok(r.use_karras_sigmas.unwrap_or(false))
     }
 
-    fn order(&self) -> Result<usize, String> {
+    pub(crate) fn order(&self) -> Result<usize, String> {
         match self.raw.solver_order.unwrap_or(2) {
             o @ 1..=3 => Ok(o),
             o => Err(format!("unsupported solver_order {o} (supported: 1, 2, 3)")),
         }
     }
 
-    fn dpm_kind(
+    pub(crate) fn dpm_kind(
         &self,
         final_sigmas: FinalSigmas,
     ) -> Result<(AlgorithmType, DpmSolverType), String> {
@@ -384,136 +267,6 @@ impl Reader<'_> {
         )?;
         Ok((algorithm, solver_type))
     }
-
-    fn build(&self) -> Result<SchedulerConfig, String> {
-        let r = &self.raw;
-        Ok(match self.class {
-            "DDIMScheduler" => SchedulerConfig::Ddim(DdimConfig {
-                betas: self.betas()?,
-                prediction_type: self.prediction()?,
-                clip_sample: self.clip(true),
-                set_alpha_to_one: r.set_alpha_to_one.unwrap_or(true),
-                steps_offset: r.steps_offset.unwrap_or(0),
-                timestep_spacing: self.spacing("leading")?,
-                eta: 0.0,
-            }),
-            "DDPMScheduler" => SchedulerConfig::Ddpm(DdpmConfig {
-                betas: self.betas()?,
-                prediction_type: self.prediction()?,
-                variance_type: choice(
-                    "variance_type",
-                    r.variance_type.as_deref().unwrap_or("fixed_small"),
-                    "fixed_small, fixed_small_log, fixed_large",
-                )?,
-                clip_sample: self.clip(true),
-                steps_offset: r.steps_offset.unwrap_or(0),
-                timestep_spacing: self.spacing("leading")?,
-            }),
-            "DPMSolverMultistepScheduler" => {
-                let final_sigmas_type = self.final_sigmas()?;
-                let (algorithm_type, solver_type) = self.dpm_kind(final_sigmas_type)?;
-                SchedulerConfig::DpmMultistep(DpmMultistepConfig {
-                    betas: self.betas()?,
-                    solver_order: self.order()?,
-                    prediction_type: self.prediction()?,
-                    algorithm_type,
-                    solver_type,
-                    lower_order_final: r.lower_order_final.unwrap_or(true),
-                    euler_at_final: r.euler_at_final.unwrap_or(false),
-                    use_karras_sigmas: self.karras_only()?,
-                    final_sigmas_type,
-                    lambda_min_clipped: r.lambda_min_clipped.unwrap_or(f64::NEG_INFINITY),
-                    timestep_spacing: self.spacing("linspace")?,
-                    steps_offset: r.steps_offset.unwrap_or(0),
-                })
-            }
-            "DPMSolverSinglestepScheduler" => {
-                let final_sigmas_type = self.final_sigmas()?;
-                let (algorithm_type, solver_type) = self.dpm_kind(final_sigmas_type)?;
-                if algorithm_type == AlgorithmType::SdeDpmSolverPp {
-                    return Err("algorithm_type \"sde-dpmsolver++\" is not supported for DPMSolverSinglestepScheduler".into());
-                }
-                SchedulerConfig::DpmSinglestep(DpmSinglestepConfig {
-                    betas: self.betas()?,
-                    solver_order: self.order()?,
-                    prediction_type: self.prediction()?,
-                    algorithm_type,
-                    solver_type,
-                    lower_order_final: r.lower_order_final.unwrap_or(false),
-                    use_karras_sigmas: self.karras_only()?,
-                    final_sigmas_type,
-                    lambda_min_clipped: r.lambda_min_clipped.unwrap_or(f64::NEG_INFINITY),
-                })
-            }
-            "EulerDiscreteScheduler" => {
-                if let Some(t) = r.interpolation_type.as_deref().filter(|t| *t != "linear") {
-                    return Err(format!(
-                        "unsupported interpolation_type {t:?} (supported: linear)"
-                    ));
-                }
-                if let Some(t) = r.timestep_type.as_deref().filter(|t| *t != "discrete") {
-                    return Err(format!(
-                        "unsupported timestep_type {t:?} (supported: discrete)"
-                    ));
-                }
-                SchedulerConfig::Euler(EulerConfig {
-                    betas: self.betas()?,
-                    prediction_type: self.prediction()?,
-                    use_karras_sigmas: self.karras_only()?,
-                    sigma_min: r.sigma_min,
-                    sigma_max: r.sigma_max,
-                    timestep_spacing: self.spacing("linspace")?,
-                    steps_offset: r.steps_offset.unwrap_or(0),
-                    final_sigmas_type: self.final_sigmas()?,
-                })
-            }
-            "EulerAncestralDiscreteScheduler" => {
-                let prediction_type = self.prediction()?;
-                if prediction_type == PredictionType::Sample {
-                    return Err("prediction_type \"sample\" is not implemented by EulerAncestralDiscreteScheduler".into());
-                }
-                SchedulerConfig::EulerAncestral(EulerAncestralConfig {
-                    betas: self.betas()?,
-                    prediction_type,
-                    timestep_spacing: self.spacing("linspace")?,
-                    steps_offset: r.steps_offset.unwrap_or(0),
-                })
-            }
-            "UniPCMultistepScheduler" => {
-                if r.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
-                    return Err(
-                        "solver_p (an external predictor scheduler) is not supported".into(),
-                    );
-                }
-                if r.shift_terminal.as_ref().is_some_and(|v| !v.is_null()) {
-                    return Err(
-                        "shift_terminal is only used with flow sigmas, which are not supported"
-                            .into(),
-                    );
-                }
-                SchedulerConfig::UniPc(UniPcConfig {
-                    betas: self.betas()?,
-                    solver_order: self.order()?,
-                    prediction_type: self.prediction()?,
-                    solver_type: choice::<UniPcSolverType>(
-                        "solver_type",
-                        r.solver_type.as_deref().unwrap_or("bh2"),
-                        "bh1, bh2",
-                    )?,
-                    predict_x0: r.predict_x0.unwrap_or(true),
-                    lower_order_final: r.lower_order_final.unwrap_or(true),
-                    disable_corrector: r.disable_corrector.clone().unwrap_or_default(),
-                    use_karras_sigmas: self.karras_only()?,
-                    sigma_min: r.sigma_min,
-                    sigma_max: r.sigma_max,
-                    timestep_spacing: self.spacing("linspace")?,
-                    steps_offset: r.steps_offset.unwrap_or(0),
-                    final_sigmas_type: self.final_sigmas()?,
-                })
-            }
-            other => return Err(format!("unsupported scheduler class {other:?}")),
-        })
-    }
 }
 
 /// Parse a diffusers scheduler config; `origin` names the file (or string) in error messages.
@@ -528,17 +281,18 @@ pub(crate) fn parse_diffusers(text: &str, origin: &str) -> Result<SchedulerConfi
         .get("_class_name")
         .and_then(Value::as_str)
         .ok_or_else(|| err("missing \"_class_name\"".into()))?;
-    let fields = allowed(class).ok_or_else(|| {
-        err(format!(
-            "unsupported scheduler class {class:?} (supported: DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, UniPCMultistepScheduler)"
-        ))
-    })?;
-    if let Some(unknown) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+    let Some(entry) = diffusers_classes().find(|c| c.name == class) else {
+        let known: Vec<&str> = diffusers_classes().map(|c| c.name).collect();
+        return Err(err(format!(
+            "unsupported scheduler class {class:?} (supported: {})",
+            known.join(", ")
+        )));
+    };
+    let fields = COMMON.iter().chain(entry.fields.iter().copied().flatten());
+    if let Some(unknown) = obj.keys().find(|k| !fields.clone().any(|f| f == k)) {
         return Err(err(format!("unknown field {unknown:?} for {class}")));
     }
     let raw: Raw =
         serde_json::from_value(value.clone()).map_err(|e| err(format!("{class}: {e}")))?;
-    Reader { class, raw }
-        .build()
-        .map_err(|m| err(format!("{class}: {m}")))
+    (entry.read)(&Reader { class, raw }).map_err(|m| err(format!("{class}: {m}")))
 }

@@ -4,13 +4,62 @@
 //! `final_alpha_cumprod` (1 with `set_alpha_to_one`, else ᾱ₀).
 
 use crate::betas::BetaConfig;
+use crate::config::{Reader, THRESHOLD};
 use crate::error::{Error, Result};
 use crate::noise::{add_noise, NoiseSource};
 use crate::ops::{clamp, lincomb};
 use crate::prediction::PredictionType;
+use crate::registry::{DiffusersClass, Preset, Registration};
+use crate::scheduler::{Plan, SchedulerConfig};
 use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{DiscreteSchedule, Spacing};
 use std::sync::Arc;
+
+/// Preset `ddim` (η = 0, leading spacing, no clipping) and `DDIMScheduler`.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[Preset {
+        name: "ddim",
+        build: |betas| {
+            Ok(SchedulerConfig::new(DdimConfig {
+                betas,
+                prediction_type: PredictionType::Epsilon,
+                clip_sample: None,
+                set_alpha_to_one: true,
+                steps_offset: 0,
+                timestep_spacing: Spacing::Leading,
+                eta: 0.0,
+            }))
+        },
+    }],
+    diffusers: Some(DiffusersClass {
+        name: "DDIMScheduler",
+        fields: &[
+            THRESHOLD,
+            &[
+                "clip_sample",
+                "clip_sample_range",
+                "set_alpha_to_one",
+                "steps_offset",
+                "timestep_spacing",
+                "rescale_betas_zero_snr",
+            ],
+        ],
+        read,
+    }),
+};
+
+/// `eta` is a `step()` argument in diffusers, not a config field: it starts at 0.
+fn read(r: &Reader) -> Result<SchedulerConfig, String> {
+    Ok(SchedulerConfig::new(DdimConfig {
+        betas: r.betas()?,
+        prediction_type: r.prediction()?,
+        clip_sample: r.clip(true),
+        set_alpha_to_one: r.raw.set_alpha_to_one.unwrap_or(true),
+        steps_offset: r.raw.steps_offset.unwrap_or(0),
+        timestep_spacing: r.spacing("leading")?,
+        eta: 0.0,
+    }))
+}
 
 /// `DDIMScheduler` settings (plus the `eta` that diffusers passes to `step`).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,16 +110,19 @@ impl Ddim {
         })
     }
 
-    pub(crate) fn is_stochastic(&self) -> bool {
+}
+
+diffusers_solver_config!(DdimConfig, Ddim::new);
+
+impl Plan for Ddim {
+    schedule_accessors!(alphas_cumprod);
+
+    fn is_stochastic(&self) -> bool {
         self.config.eta > 0.0
     }
 
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
-        Box::new(DdimRun {
-            plan: self.clone(),
-            x,
-            i: 0,
-        })
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(DdimRun { plan: self, x, i: 0 })
     }
 }
 

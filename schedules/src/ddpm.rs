@@ -4,14 +4,64 @@
 //! last one), and noise is drawn whenever t > 0 (README Q2, Q10).
 
 use crate::betas::BetaConfig;
+use crate::config::{choice, Reader, THRESHOLD};
 use crate::error::Result;
 use crate::noise::{add_noise, NoiseSource};
 use crate::ops::{clamp, lincomb};
 use crate::prediction::PredictionType;
+use crate::registry::{DiffusersClass, Preset, Registration};
+use crate::scheduler::{Plan, SchedulerConfig};
 use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{DiscreteSchedule, Spacing};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// Preset `ddpm` (fixed_small, leading spacing, no clipping) and `DDPMScheduler`.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[Preset {
+        name: "ddpm",
+        build: |betas| {
+            Ok(SchedulerConfig::new(DdpmConfig {
+                betas,
+                prediction_type: PredictionType::Epsilon,
+                variance_type: VarianceType::FixedSmall,
+                clip_sample: None,
+                steps_offset: 0,
+                timestep_spacing: Spacing::Leading,
+            }))
+        },
+    }],
+    diffusers: Some(DiffusersClass {
+        name: "DDPMScheduler",
+        fields: &[
+            THRESHOLD,
+            &[
+                "variance_type",
+                "clip_sample",
+                "clip_sample_range",
+                "timestep_spacing",
+                "steps_offset",
+                "rescale_betas_zero_snr",
+            ],
+        ],
+        read,
+    }),
+};
+
+fn read(r: &Reader) -> Result<SchedulerConfig, String> {
+    Ok(SchedulerConfig::new(DdpmConfig {
+        betas: r.betas()?,
+        prediction_type: r.prediction()?,
+        variance_type: choice(
+            "variance_type",
+            r.raw.variance_type.as_deref().unwrap_or("fixed_small"),
+            "fixed_small, fixed_small_log, fixed_large",
+        )?,
+        clip_sample: r.clip(true),
+        steps_offset: r.raw.steps_offset.unwrap_or(0),
+        timestep_spacing: r.spacing("leading")?,
+    }))
+}
 
 /// The fixed posterior variances DDPM supports (learned variances need a split network output).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,13 +105,19 @@ impl Ddpm {
             config: config.clone(),
         })
     }
+}
 
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
-        Box::new(DdpmRun {
-            plan: self.clone(),
-            x,
-            i: 0,
-        })
+diffusers_solver_config!(DdpmConfig, Ddpm::new);
+
+impl Plan for Ddpm {
+    schedule_accessors!(alphas_cumprod);
+
+    fn is_stochastic(&self) -> bool {
+        true
+    }
+
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(DdpmRun { plan: self, x, i: 0 })
     }
 }
 

@@ -2,16 +2,102 @@
 //! `DPMSolverMultistepScheduler` (README Q5–Q7).
 
 use crate::betas::BetaConfig;
+use crate::config::{Reader, THRESHOLD};
 use crate::error::{Error, Result};
 use crate::exp_integrator::{check_solver_order, multistep_update, push_history, D1Weight, Form};
 use crate::noise::{draw, NoiseSource};
 use crate::prediction::PredictionType;
+use crate::registry::{DiffusersClass, Preset, Registration};
+use crate::scheduler::{Plan, SchedulerConfig};
 use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{
-    last_timestep, timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
+    last_timestep, multistep_timesteps, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// Presets `dpmpp-2m`, `dpmpp-3m` (DPM-Solver++, midpoint, linspace spacing, σ_final = 0) and
+/// `dpmpp-2m-sde` (SDE-DPM-Solver++), and `DPMSolverMultistepScheduler`.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[
+        Preset {
+            name: "dpmpp-2m",
+            build: |betas| preset(betas, 2, AlgorithmType::DpmSolverPp),
+        },
+        Preset {
+            name: "dpmpp-3m",
+            build: |betas| preset(betas, 3, AlgorithmType::DpmSolverPp),
+        },
+        Preset {
+            name: "dpmpp-2m-sde",
+            build: |betas| preset(betas, 2, AlgorithmType::SdeDpmSolverPp),
+        },
+    ],
+    diffusers: Some(DiffusersClass {
+        name: "DPMSolverMultistepScheduler",
+        fields: &[
+            THRESHOLD,
+            &[
+                "solver_order",
+                "algorithm_type",
+                "solver_type",
+                "lower_order_final",
+                "euler_at_final",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_lu_lambdas",
+                "use_flow_sigmas",
+                "flow_shift",
+                "final_sigmas_type",
+                "lambda_min_clipped",
+                "variance_type",
+                "timestep_spacing",
+                "steps_offset",
+                "rescale_betas_zero_snr",
+                "use_dynamic_shifting",
+                "time_shift_type",
+            ],
+        ],
+        read,
+    }),
+};
+
+fn preset(betas: BetaConfig, order: usize, algorithm_type: AlgorithmType) -> Result<SchedulerConfig> {
+    Ok(SchedulerConfig::new(DpmMultistepConfig {
+        betas,
+        solver_order: order,
+        prediction_type: PredictionType::Epsilon,
+        algorithm_type,
+        solver_type: DpmSolverType::Midpoint,
+        lower_order_final: true,
+        euler_at_final: false,
+        use_karras_sigmas: false,
+        final_sigmas_type: FinalSigmas::Zero,
+        lambda_min_clipped: f64::NEG_INFINITY,
+        timestep_spacing: Spacing::Linspace,
+        steps_offset: 0,
+    }))
+}
+
+fn read(r: &Reader) -> Result<SchedulerConfig, String> {
+    let final_sigmas_type = r.final_sigmas()?;
+    let (algorithm_type, solver_type) = r.dpm_kind(final_sigmas_type)?;
+    Ok(SchedulerConfig::new(DpmMultistepConfig {
+        betas: r.betas()?,
+        solver_order: r.order()?,
+        prediction_type: r.prediction()?,
+        algorithm_type,
+        solver_type,
+        lower_order_final: r.raw.lower_order_final.unwrap_or(true),
+        euler_at_final: r.raw.euler_at_final.unwrap_or(false),
+        use_karras_sigmas: r.karras_only()?,
+        final_sigmas_type,
+        lambda_min_clipped: r.raw.lambda_min_clipped.unwrap_or(f64::NEG_INFINITY),
+        timestep_spacing: r.spacing("linspace")?,
+        steps_offset: r.raw.steps_offset.unwrap_or(0),
+    }))
+}
 
 /// diffusers `algorithm_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,13 +192,13 @@ impl DpmMultistep {
         let ac = config.betas.alphas_cumprod_finite()?;
         let t = config.betas.num_train_timesteps;
         let last = last_timestep(&ac, config.lambda_min_clipped);
-        let spaced = timesteps(
-            Family::Dpm,
+        let spaced = multistep_timesteps(
             config.timestep_spacing,
             t,
             last,
             n,
             config.steps_offset,
+            config.use_karras_sigmas,
         )?;
         let karras = config.use_karras_sigmas.then_some(KarrasRule {
             sigma_min: None,
@@ -133,17 +219,24 @@ impl DpmMultistep {
         })
     }
 
-    pub(crate) fn orders(&self) -> &[usize] {
-        &self.orders
+}
+
+diffusers_solver_config!(DpmMultistepConfig, DpmMultistep::new);
+
+impl Plan for DpmMultistep {
+    schedule_accessors!(sigmas);
+
+    fn orders(&self) -> Vec<usize> {
+        self.orders.clone()
     }
 
-    pub(crate) fn is_stochastic(&self) -> bool {
+    fn is_stochastic(&self) -> bool {
         self.config.algorithm_type == AlgorithmType::SdeDpmSolverPp
     }
 
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
         Box::new(DpmMultistepRun {
-            plan: self.clone(),
+            plan: self,
             x,
             i: 0,
             history: Vec::new(),

@@ -4,6 +4,7 @@
 //! intermediate outputs are auxiliary points.
 
 use crate::betas::BetaConfig;
+use crate::config::{Reader, THRESHOLD};
 use crate::dpm_multistep::{check_final_sigmas, AlgorithmType, DpmSolverType};
 use crate::error::{Error, Result};
 use crate::exp_integrator::{
@@ -12,11 +13,87 @@ use crate::exp_integrator::{
 use crate::noise::NoiseSource;
 use crate::ops::scaled_diff;
 use crate::prediction::PredictionType;
+use crate::registry::{DiffusersClass, Preset, Registration};
+use crate::scheduler::{Plan, SchedulerConfig};
 use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
 use crate::spacing::{
     last_timestep, timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing,
 };
 use std::sync::Arc;
+
+/// Presets `dpm-2s`, `dpm-3s` (DPM-Solver++, midpoint, σ_final = 0) and
+/// `DPMSolverSinglestepScheduler`.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[
+        Preset {
+            name: "dpm-2s",
+            build: |betas| preset(betas, 2),
+        },
+        Preset {
+            name: "dpm-3s",
+            build: |betas| preset(betas, 3),
+        },
+    ],
+    diffusers: Some(DiffusersClass {
+        name: "DPMSolverSinglestepScheduler",
+        fields: &[
+            THRESHOLD,
+            &[
+                "solver_order",
+                "algorithm_type",
+                "solver_type",
+                "lower_order_final",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_flow_sigmas",
+                "flow_shift",
+                "final_sigmas_type",
+                "lambda_min_clipped",
+                "variance_type",
+                "use_dynamic_shifting",
+                "time_shift_type",
+            ],
+        ],
+        read,
+    }),
+};
+
+fn preset(betas: BetaConfig, order: usize) -> Result<SchedulerConfig> {
+    Ok(SchedulerConfig::new(DpmSinglestepConfig {
+        betas,
+        solver_order: order,
+        prediction_type: PredictionType::Epsilon,
+        algorithm_type: AlgorithmType::DpmSolverPp,
+        solver_type: DpmSolverType::Midpoint,
+        lower_order_final: true,
+        use_karras_sigmas: false,
+        final_sigmas_type: FinalSigmas::Zero,
+        lambda_min_clipped: f64::NEG_INFINITY,
+    }))
+}
+
+fn read(r: &Reader) -> Result<SchedulerConfig, String> {
+    let final_sigmas_type = r.final_sigmas()?;
+    let (algorithm_type, solver_type) = r.dpm_kind(final_sigmas_type)?;
+    if algorithm_type == AlgorithmType::SdeDpmSolverPp {
+        return Err(
+            "algorithm_type \"sde-dpmsolver++\" is not supported for DPMSolverSinglestepScheduler"
+                .into(),
+        );
+    }
+    Ok(SchedulerConfig::new(DpmSinglestepConfig {
+        betas: r.betas()?,
+        solver_order: r.order()?,
+        prediction_type: r.prediction()?,
+        algorithm_type,
+        solver_type,
+        lower_order_final: r.raw.lower_order_final.unwrap_or(false),
+        use_karras_sigmas: r.karras_only()?,
+        final_sigmas_type,
+        lambda_min_clipped: r.raw.lambda_min_clipped.unwrap_or(f64::NEG_INFINITY),
+    }))
+}
 
 /// `DPMSolverSinglestepScheduler` settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,8 +157,15 @@ impl DpmSinglestep {
         })
     }
 
+}
+
+diffusers_solver_config!(DpmSinglestepConfig, DpmSinglestep::new);
+
+impl Plan for DpmSinglestep {
+    schedule_accessors!(sigmas);
+
     /// Orders actually used (the scheduled order, reduced while outputs are missing).
-    pub(crate) fn effective_orders(&self) -> Vec<usize> {
+    fn orders(&self) -> Vec<usize> {
         self.orders
             .iter()
             .enumerate()
@@ -89,9 +173,9 @@ impl DpmSinglestep {
             .collect()
     }
 
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
         Box::new(DpmSinglestepRun {
-            plan: self.clone(),
+            plan: self,
             restart: x.clone(),
             x,
             i: 0,

@@ -2,15 +2,77 @@
 //! Samples live in the VE scale x_ve = x_vp·√(1 + σ²); the model sees x/√(σ² + 1) (README Q9).
 
 use crate::betas::BetaConfig;
+use crate::config::Reader;
 use crate::error::Result;
 use crate::euler_ancestral::ancestral_step;
 use crate::noise::{draw, NoiseSource};
 use crate::prediction::{vp_from_ve, PredictionType};
+use crate::registry::{DiffusersClass, Preset, Registration};
+use crate::scheduler::{Plan, SchedulerConfig};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo, StepTimes};
 use crate::spacing::{
     interp_table, karras_sigmas, sigma_to_t, timesteps, ve_sigmas, Family, FinalSigmas, Spacing,
 };
 use std::sync::Arc;
+
+/// Preset `euler` (linspace spacing, σ_final = 0) and `EulerDiscreteScheduler`.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[Preset {
+        name: "euler",
+        build: |betas| {
+            Ok(SchedulerConfig::new(EulerConfig {
+                betas,
+                prediction_type: PredictionType::Epsilon,
+                use_karras_sigmas: false,
+                sigma_min: None,
+                sigma_max: None,
+                timestep_spacing: Spacing::Linspace,
+                steps_offset: 0,
+                final_sigmas_type: FinalSigmas::Zero,
+            }))
+        },
+    }],
+    diffusers: Some(DiffusersClass {
+        name: "EulerDiscreteScheduler",
+        fields: &[&[
+            "interpolation_type",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "sigma_min",
+            "sigma_max",
+            "timestep_spacing",
+            "timestep_type",
+            "steps_offset",
+            "rescale_betas_zero_snr",
+            "final_sigmas_type",
+        ]],
+        read,
+    }),
+};
+
+fn read(r: &Reader) -> Result<SchedulerConfig, String> {
+    if let Some(t) = r.raw.interpolation_type.as_deref().filter(|t| *t != "linear") {
+        return Err(format!(
+            "unsupported interpolation_type {t:?} (supported: linear)"
+        ));
+    }
+    if let Some(t) = r.raw.timestep_type.as_deref().filter(|t| *t != "discrete") {
+        return Err(format!(
+            "unsupported timestep_type {t:?} (supported: discrete)"
+        ));
+    }
+    Ok(SchedulerConfig::new(EulerConfig {
+        betas: r.betas()?,
+        prediction_type: r.prediction()?,
+        use_karras_sigmas: r.karras_only()?,
+        sigma_min: r.raw.sigma_min,
+        sigma_max: r.raw.sigma_max,
+        timestep_spacing: r.spacing("linspace")?,
+        steps_offset: r.raw.steps_offset.unwrap_or(0),
+        final_sigmas_type: r.final_sigmas()?,
+    }))
+}
 
 /// `EulerDiscreteScheduler` settings (`interpolation_type` linear, `timestep_type` discrete).
 #[derive(Debug, Clone, PartialEq)]
@@ -123,11 +185,25 @@ impl Euler {
             ancestral: false,
         })
     }
+}
 
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+diffusers_solver_config!(EulerConfig, Euler::new);
+
+impl Plan for Euler {
+    schedule_accessors!(sigmas);
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.schedule.init_noise_sigma
+    }
+
+    fn is_stochastic(&self) -> bool {
+        self.ancestral
+    }
+
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
         Box::new(EulerRun {
             input: self.schedule.scale_input(&x, 0),
-            plan: self.clone(),
+            plan: self,
             x,
             i: 0,
         })

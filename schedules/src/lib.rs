@@ -12,6 +12,11 @@
 //!   `dpm_solver_pytorch` fast path, and Euler–Maruyama for the reverse SDE / ODE
 //!   ([`UvitDpmConfig`], [`UvitEmConfig`]).
 //!
+//! Each solver is a settings type implementing [`SolverConfig`]: it builds the solver for a
+//! number of steps and says which [`TimeConvention`] its model times follow. [`SchedulerConfig`]
+//! holds any of them; the presets and diffusers classes come from one registry (the
+//! `solvers!` list in this file), so a new scheduler is one file plus one line there.
+//!
 //! A sampler is a short loop over a model callback: the solver asks for evaluations
 //! ([`Run::next_eval`]: a flat input buffer plus its [`ModelTime`] — the network's time label
 //! and the VP (α, σ) it corresponds to), the caller runs the network and feeds the output back
@@ -43,26 +48,34 @@
 //! # Ok::<(), deediff_schedules::Error>(())
 //! ```
 
+#[macro_use]
+mod registry;
 mod betas;
 mod config;
-mod ddim;
-mod ddpm;
-mod dpm_multistep;
-mod dpm_singlestep;
 mod error;
-mod euler;
-mod euler_ancestral;
 mod exp_integrator;
 mod noise;
 mod ops;
 mod prediction;
+#[macro_use]
 mod scheduler;
 mod solver;
 mod spacing;
-mod unipc;
-mod uvit_dpm;
-mod uvit_em;
 mod uvit_schedule;
+
+// The schedulers: one line each (see `registry`).
+solvers! {
+    ddim,
+    ddpm,
+    dpm_multistep,
+    dpm_singlestep,
+    euler,
+    euler_ancestral,
+    unipc,
+    uvit_dpm,
+    uvit_em,
+    dpmpp_2s_ancestral,
+}
 
 pub use betas::{cumprod_one_minus, rescale_zero_terminal_snr, BetaConfig, BetaSchedule};
 pub use config::quote_non_finite;
@@ -75,7 +88,10 @@ pub use euler::EulerConfig;
 pub use euler_ancestral::EulerAncestralConfig;
 pub use noise::{NoNoise, NoiseSource, ReplayNoise, SeededNoise};
 pub use prediction::{lambda, vp_from_ve, PredictionType};
-pub use scheduler::{sample, Run, SampleOutput, Scheduler, SchedulerConfig, SCHEDULER_NAMES};
+pub use registry::SCHEDULER_NAMES;
+pub use scheduler::{
+    sample, AnyConfig, Run, SampleOutput, Scheduler, SchedulerConfig, SolverConfig, TimeConvention,
+};
 pub use solver::{Evaluation, ModelTime, StepInfo};
 pub use spacing::{karras_sigmas, linspace, sigma_to_t, ve_sigmas, FinalSigmas, Spacing};
 pub use unipc::{UniPcConfig, UniPcSolverType};

@@ -1,57 +1,135 @@
-//! The unified front: one configuration enum, one built [`Scheduler`], one [`Run`] protocol and
-//! the k-diffusion style [`sample`] loop over a model callback.
+//! The unified front: [`SchedulerConfig`] holds any registered solver's settings (a
+//! [`SolverConfig`]), which build a [`Scheduler`] for a number of steps; runs follow the
+//! [`Run`] protocol, and [`sample`] is the k-diffusion style loop over a model callback.
 
-use crate::betas::{BetaConfig, BetaSchedule};
+use crate::betas::BetaConfig;
 use crate::config::parse_diffusers;
-use crate::ddim::{Ddim, DdimConfig};
-use crate::ddpm::{Ddpm, DdpmConfig, VarianceType};
-use crate::dpm_multistep::{AlgorithmType, DpmMultistep, DpmMultistepConfig, DpmSolverType};
-use crate::dpm_singlestep::{DpmSinglestep, DpmSinglestepConfig};
 use crate::error::{Error, ModelError, Result};
-use crate::euler::{Euler, EulerConfig};
-use crate::euler_ancestral::EulerAncestralConfig;
 use crate::noise::NoiseSource;
-use crate::prediction::PredictionType;
-use crate::solver::{Evaluation, ModelTime, Solver, StepInfo, StepTimes};
-use crate::spacing::{FinalSigmas, Spacing};
-use crate::unipc::{UniPc, UniPcConfig, UniPcSolverType};
-use crate::uvit_dpm::{SkipType, UvitDpm, UvitDpmConfig, UvitMethod, UvitSolverType};
-use crate::uvit_em::{ReverseProcess, UvitEm, UvitEmConfig};
-use crate::uvit_schedule::UvitScheduleConfig;
+use crate::registry::{presets, SCHEDULER_NAMES};
+use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
+use std::any::Any;
+use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Any supported scheduler, fully configured except for the number of steps.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SchedulerConfig {
-    Ddim(DdimConfig),
-    Ddpm(DdpmConfig),
-    DpmMultistep(DpmMultistepConfig),
-    DpmSinglestep(DpmSinglestepConfig),
-    Euler(EulerConfig),
-    EulerAncestral(EulerAncestralConfig),
-    UniPc(UniPcConfig),
-    UvitDpm(UvitDpmConfig),
-    UvitEm(UvitEmConfig),
+/// The settings of one solver: a registered scheduler type (`DdimConfig`, `DpmMultistepConfig`,
+/// …). It knows the time convention of the model times its runs report and builds the solver
+/// for a number of steps; [`SchedulerConfig`] holds any of them.
+pub trait SolverConfig: AnyConfig + Debug + Send + Sync {
+    /// What the [`ModelTime::t`] labels of this solver mean, and on which noise process.
+    fn time_convention(&self) -> TimeConvention;
+
+    /// The solver for `steps` inference steps (U-ViT DPM-Solver: `steps` = NFE budget as in
+    /// `DPM_Solver.sample(steps=…)`).
+    fn build(&self, steps: usize) -> Result<Scheduler>;
 }
 
-/// Names accepted by [`SchedulerConfig::by_name`].
-pub const SCHEDULER_NAMES: &[&str] = &[
-    "ddim",
-    "ddpm",
-    "dpmpp-2m",
-    "dpmpp-3m",
-    "dpmpp-2m-sde",
-    "dpm-2s",
-    "dpm-3s",
-    "euler",
-    "euler-a",
-    "unipc",
-    "uvit-dpm",
-    "uvit-em",
-];
+/// Cloning, comparing and downcasting a boxed [`SolverConfig`]; implemented for every
+/// `Clone + PartialEq` config, so a solver only writes [`SolverConfig`] itself.
+pub trait AnyConfig: 'static {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn clone_box(&self) -> Box<dyn SolverConfig>;
+    fn eq_dyn(&self, other: &dyn Any) -> bool;
+}
+
+impl<T: SolverConfig + Clone + PartialEq> AnyConfig for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn clone_box(&self) -> Box<dyn SolverConfig> {
+        Box::new(self.clone())
+    }
+
+    fn eq_dyn(&self, other: &dyn Any) -> bool {
+        other.downcast_ref::<T>() == Some(self)
+    }
+}
+
+/// The forward process a solver integrates and the unit of its [`ModelTime::t`]: what a caller
+/// needs to feed a network the labels it was trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimeConvention {
+    /// A discrete ᾱ table; `t` is the diffusers timestep index in `[0, T)` (fractional for the
+    /// Euler family's interpolated times).
+    Diffusers(BetaConfig),
+    /// A discrete ᾱ table integrated in continuous time; `t` is U-ViT's `1000·t` (label n + 1
+    /// for diffusers index n).
+    UvitDiscrete(BetaConfig),
+    /// The continuous VP-linear SDE with β(t) = β₀ + t(β₁ − β₀); `t` is `999·t`.
+    Continuous { beta_0: f64, beta_1: f64 },
+}
+
+/// [`SolverConfig`] for a diffusers-family settings type (a `betas` field, timestep labels on
+/// its ᾱ table) whose solver `$build(&config, steps)` constructs.
+macro_rules! diffusers_solver_config {
+    ($config:ty, $build:path) => {
+        impl $crate::scheduler::SolverConfig for $config {
+            fn time_convention(&self) -> $crate::scheduler::TimeConvention {
+                $crate::scheduler::TimeConvention::Diffusers(self.betas.clone())
+            }
+
+            fn build(&self, steps: usize) -> $crate::error::Result<$crate::scheduler::Scheduler> {
+                Ok($crate::scheduler::Scheduler::from_plan($build(
+                    self, steps,
+                )?))
+            }
+        }
+    };
+}
+
+/// The [`Plan`] accessors of a solver whose `schedule` field is a `StepTimes` with
+/// `timesteps` and the table `$table` (`sigmas` or `alphas_cumprod`).
+macro_rules! schedule_accessors {
+    ($table:ident) => {
+        fn model_times(&self) -> Vec<$crate::solver::ModelTime> {
+            $crate::solver::StepTimes::model_times(&self.schedule)
+        }
+
+        fn timesteps(&self) -> Vec<f64> {
+            self.schedule.timesteps.clone()
+        }
+
+        fn $table(&self) -> Option<&[f64]> {
+            Some(&self.schedule.$table)
+        }
+    };
+}
+
+/// Any supported scheduler, fully configured except for the number of steps.
+#[derive(Debug)]
+pub struct SchedulerConfig(Box<dyn SolverConfig>);
+
+impl Clone for SchedulerConfig {
+    fn clone(&self) -> Self {
+        Self(self.0.clone_box())
+    }
+}
+
+impl PartialEq for SchedulerConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_dyn(other.0.as_any())
+    }
+}
+
+impl<T: SolverConfig> From<T> for SchedulerConfig {
+    fn from(config: T) -> Self {
+        Self(Box::new(config))
+    }
+}
 
 impl SchedulerConfig {
+    /// Wrap the settings of one solver.
+    pub fn new(config: impl SolverConfig) -> Self {
+        config.into()
+    }
+
     /// Parse a diffusers `scheduler_config.json` text (bare `-Infinity` tokens allowed).
     pub fn from_diffusers_json(text: &str) -> Result<Self> {
         parse_diffusers(text, "scheduler config")
@@ -68,151 +146,67 @@ impl SchedulerConfig {
     }
 
     /// A preset for a model trained with the discrete schedule `betas` and ε-prediction, with
-    /// diffusers' defaults otherwise (no clipping). `name` is one of [`SCHEDULER_NAMES`].
-    /// `uvit-dpm` is U-ViT's default sampler (fast, order 3, time-uniform, data prediction,
-    /// input 1000·t) on the discrete schedule; `uvit-em` is U-ViT's CIFAR Euler–Maruyama SDE on
-    /// the continuous VP-linear equivalent of linear betas (β₀ = T·β_start, β₁ = T·β_end).
+    /// diffusers' defaults otherwise (no clipping). `name` is one of [`SCHEDULER_NAMES`];
+    /// each solver file documents its presets.
     pub fn by_name(name: &str, betas: BetaConfig) -> Result<Self> {
-        let eps = PredictionType::Epsilon;
-        let dpm = |order: usize, algorithm_type: AlgorithmType| {
-            Self::DpmMultistep(DpmMultistepConfig {
-                betas: betas.clone(),
-                solver_order: order,
-                prediction_type: eps,
-                algorithm_type,
-                solver_type: DpmSolverType::Midpoint,
-                lower_order_final: true,
-                euler_at_final: false,
-                use_karras_sigmas: false,
-                final_sigmas_type: FinalSigmas::Zero,
-                lambda_min_clipped: f64::NEG_INFINITY,
-                timestep_spacing: Spacing::Linspace,
-                steps_offset: 0,
-            })
-        };
-        let single = |order: usize| {
-            Self::DpmSinglestep(DpmSinglestepConfig {
-                betas: betas.clone(),
-                solver_order: order,
-                prediction_type: eps,
-                algorithm_type: AlgorithmType::DpmSolverPp,
-                solver_type: DpmSolverType::Midpoint,
-                lower_order_final: true,
-                use_karras_sigmas: false,
-                final_sigmas_type: FinalSigmas::Zero,
-                lambda_min_clipped: f64::NEG_INFINITY,
-            })
-        };
-        Ok(match name {
-            "ddim" => Self::Ddim(DdimConfig {
-                betas,
-                prediction_type: eps,
-                clip_sample: None,
-                set_alpha_to_one: true,
-                steps_offset: 0,
-                timestep_spacing: Spacing::Leading,
-                eta: 0.0,
-            }),
-            "ddpm" => Self::Ddpm(DdpmConfig {
-                betas,
-                prediction_type: eps,
-                variance_type: VarianceType::FixedSmall,
-                clip_sample: None,
-                steps_offset: 0,
-                timestep_spacing: Spacing::Leading,
-            }),
-            "dpmpp-2m" => dpm(2, AlgorithmType::DpmSolverPp),
-            "dpmpp-3m" => dpm(3, AlgorithmType::DpmSolverPp),
-            "dpmpp-2m-sde" => dpm(2, AlgorithmType::SdeDpmSolverPp),
-            "dpm-2s" => single(2),
-            "dpm-3s" => single(3),
-            "euler" => Self::Euler(EulerConfig {
-                betas,
-                prediction_type: eps,
-                use_karras_sigmas: false,
-                sigma_min: None,
-                sigma_max: None,
-                timestep_spacing: Spacing::Linspace,
-                steps_offset: 0,
-                final_sigmas_type: FinalSigmas::Zero,
-            }),
-            "euler-a" => Self::EulerAncestral(EulerAncestralConfig {
-                betas,
-                prediction_type: eps,
-                timestep_spacing: Spacing::Linspace,
-                steps_offset: 0,
-            }),
-            "unipc" => Self::UniPc(UniPcConfig {
-                betas,
-                solver_order: 2,
-                prediction_type: eps,
-                solver_type: UniPcSolverType::Bh2,
-                predict_x0: true,
-                lower_order_final: true,
-                disable_corrector: vec![],
-                use_karras_sigmas: false,
-                sigma_min: None,
-                sigma_max: None,
-                timestep_spacing: Spacing::Linspace,
-                steps_offset: 0,
-                final_sigmas_type: FinalSigmas::Zero,
-            }),
-            "uvit-dpm" => Self::UvitDpm(UvitDpmConfig {
-                schedule: UvitScheduleConfig::Discrete(betas),
-                time_input_scale: 1000.0,
-                predict_x0: true,
-                method: UvitMethod::Fast,
-                order: 3,
-                skip_type: SkipType::TimeUniform,
-                solver_type: UvitSolverType::DpmSolver,
-                eps: 1e-3,
-                t_end: 1.0,
-                denoise: false,
-            }),
-            "uvit-em" => {
-                let BetaSchedule::Linear { start, end } = betas.schedule else {
-                    return Err(Error::Invalid(
-                        "uvit-em needs linear betas (it integrates their continuous VP-linear limit)"
-                            .into(),
-                    ));
-                };
-                let t = betas.num_train_timesteps as f64;
-                Self::UvitEm(UvitEmConfig {
-                    beta_min: start * t,
-                    beta_max: end * t,
-                    reverse: ReverseProcess::Sde,
-                    eps: 1e-3,
-                    t_end: 1.0,
-                    time_input_scale: 999.0,
-                })
-            }
-            other => {
-                return Err(Error::Invalid(format!(
-                    "unknown scheduler {other:?} (known: {})",
-                    SCHEDULER_NAMES.join(", ")
-                )))
-            }
-        })
+        let preset = presets().find(|p| p.name == name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown scheduler {name:?} (known: {})",
+                SCHEDULER_NAMES.join(", ")
+            ))
+        })?;
+        (preset.build)(betas)
+    }
+
+    /// What the model times of this scheduler mean (see [`TimeConvention`]).
+    pub fn time_convention(&self) -> TimeConvention {
+        self.0.time_convention()
+    }
+
+    /// The solver settings, if they are a `T`.
+    pub fn get<T: SolverConfig>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+
+    /// The solver settings for editing, if they are a `T`.
+    pub fn get_mut<T: SolverConfig>(&mut self) -> Option<&mut T> {
+        self.0.as_any_mut().downcast_mut()
     }
 }
 
-#[derive(Debug)]
-enum Plan {
-    Ddim(Arc<Ddim>),
-    Ddpm(Arc<Ddpm>),
-    DpmMultistep(Arc<DpmMultistep>),
-    DpmSinglestep(Arc<DpmSinglestep>),
-    Euler(Arc<Euler>),
-    EulerAncestral(Arc<Euler>),
-    UniPc(Arc<UniPc>),
-    UvitDpm(Arc<UvitDpm>),
-    UvitEm(Arc<UvitEm>),
+/// A built solver's schedule: what [`Scheduler`] reports, and the runs over it. The defaults
+/// are those of a first-order solver without VE scaling or noise.
+pub(crate) trait Plan: Debug + Send + Sync + 'static {
+    /// Every model evaluation of a run, in order.
+    fn model_times(&self) -> Vec<ModelTime>;
+    /// See [`Scheduler::timesteps`].
+    fn timesteps(&self) -> Vec<f64>;
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
+    }
+    fn alphas_cumprod(&self) -> Option<&[f64]> {
+        None
+    }
+    fn num_steps(&self) -> usize {
+        self.timesteps().len()
+    }
+    fn orders(&self) -> Vec<usize> {
+        vec![1; self.num_steps()]
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    fn is_stochastic(&self) -> bool {
+        false
+    }
+    /// A run from the (already scaled) initial sample `x`.
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver>;
 }
 
 /// A scheduler built for a fixed number of steps: its schedule, and runs over it.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
-    plan: Arc<Plan>,
+    plan: Arc<dyn Plan>,
     model_times: Arc<[ModelTime]>,
 }
 
@@ -220,38 +214,15 @@ impl Scheduler {
     /// Build `config` for `steps` inference steps (U-ViT DPM-Solver: `steps` = NFE budget as
     /// in `DPM_Solver.sample(steps=…)`).
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let plan = match config {
-            SchedulerConfig::Ddim(c) => Plan::Ddim(Arc::new(Ddim::new(c, steps)?)),
-            SchedulerConfig::Ddpm(c) => Plan::Ddpm(Arc::new(Ddpm::new(c, steps)?)),
-            SchedulerConfig::DpmMultistep(c) => {
-                Plan::DpmMultistep(Arc::new(DpmMultistep::new(c, steps)?))
-            }
-            SchedulerConfig::DpmSinglestep(c) => {
-                Plan::DpmSinglestep(Arc::new(DpmSinglestep::new(c, steps)?))
-            }
-            SchedulerConfig::Euler(c) => Plan::Euler(Arc::new(Euler::new(c, steps)?)),
-            SchedulerConfig::EulerAncestral(c) => {
-                Plan::EulerAncestral(Arc::new(Euler::ancestral(c, steps)?))
-            }
-            SchedulerConfig::UniPc(c) => Plan::UniPc(Arc::new(UniPc::new(c, steps)?)),
-            SchedulerConfig::UvitDpm(c) => Plan::UvitDpm(Arc::new(UvitDpm::new(c, steps)?)),
-            SchedulerConfig::UvitEm(c) => Plan::UvitEm(Arc::new(UvitEm::new(c, steps)?)),
-        };
-        let model_times = match &plan {
-            Plan::Ddim(p) => p.schedule.model_times(),
-            Plan::Ddpm(p) => p.schedule.model_times(),
-            Plan::DpmMultistep(p) => p.schedule.model_times(),
-            Plan::DpmSinglestep(p) => p.schedule.model_times(),
-            Plan::Euler(p) => p.schedule.model_times(),
-            Plan::EulerAncestral(p) => p.schedule.model_times(),
-            Plan::UniPc(p) => p.schedule.model_times(),
-            Plan::UvitDpm(p) => p.model_times(),
-            Plan::UvitEm(p) => p.model_times(),
-        };
-        Ok(Self {
+        config.0.build(steps)
+    }
+
+    /// The scheduler over a solver's built schedule (what [`SolverConfig::build`] returns).
+    pub(crate) fn from_plan(plan: impl Plan) -> Self {
+        Self {
+            model_times: plan.model_times().into(),
             plan: Arc::new(plan),
-            model_times: model_times.into(),
-        })
+        }
     }
 
     /// Build from a diffusers `scheduler_config.json` file.
@@ -270,38 +241,17 @@ impl Scheduler {
     /// diffusers: `scheduler.timesteps`. U-ViT: the continuous times bounding the steps
     /// (T first, then the time after each step).
     pub fn timesteps(&self) -> Vec<f64> {
-        match &*self.plan {
-            Plan::Ddim(p) => p.schedule.timesteps.clone(),
-            Plan::Ddpm(p) => p.schedule.timesteps.clone(),
-            Plan::DpmMultistep(p) => p.schedule.timesteps.clone(),
-            Plan::DpmSinglestep(p) => p.schedule.timesteps.clone(),
-            Plan::Euler(p) => p.schedule.timesteps.clone(),
-            Plan::EulerAncestral(p) => p.schedule.timesteps.clone(),
-            Plan::UniPc(p) => p.schedule.timesteps.clone(),
-            Plan::UvitDpm(p) => p.step_times(),
-            Plan::UvitEm(p) => p.step_times().to_vec(),
-        }
+        self.plan.timesteps()
     }
 
     /// The VE sigmas (N + 1, last = final sigma) of the DPM, UniPC and Euler families.
     pub fn sigmas(&self) -> Option<&[f64]> {
-        match &*self.plan {
-            Plan::DpmMultistep(p) => Some(&p.schedule.sigmas),
-            Plan::DpmSinglestep(p) => Some(&p.schedule.sigmas),
-            Plan::UniPc(p) => Some(&p.schedule.sigmas),
-            Plan::Euler(p) => Some(&p.schedule.sigmas),
-            Plan::EulerAncestral(p) => Some(&p.schedule.sigmas),
-            _ => None,
-        }
+        self.plan.sigmas()
     }
 
     /// ᾱ of DDIM/DDPM (with an exact 0 under zero terminal SNR).
     pub fn alphas_cumprod(&self) -> Option<&[f64]> {
-        match &*self.plan {
-            Plan::Ddim(p) => Some(&p.schedule.alphas_cumprod),
-            Plan::Ddpm(p) => Some(&p.schedule.alphas_cumprod),
-            _ => None,
-        }
+        self.plan.alphas_cumprod()
     }
 
     /// Every model evaluation of a run, in order (length = NFE).
@@ -316,60 +266,32 @@ impl Scheduler {
 
     /// The solver order of every step.
     pub fn orders(&self) -> Vec<usize> {
-        match &*self.plan {
-            Plan::DpmMultistep(p) => p.orders().to_vec(),
-            Plan::DpmSinglestep(p) => p.effective_orders(),
-            Plan::UniPc(p) => p.orders().to_vec(),
-            Plan::UvitDpm(p) => p.orders(),
-            _ => vec![1; self.num_steps()],
-        }
+        self.plan.orders()
     }
 
     /// Number of solver steps (trajectory rows after the initial one).
     pub fn num_steps(&self) -> usize {
-        match &*self.plan {
-            Plan::UvitDpm(p) => p.orders().len(),
-            Plan::UvitEm(p) => p.step_times().len() - 1,
-            _ => self.timesteps().len(),
-        }
+        self.plan.num_steps()
     }
 
     /// Scale of the initial noise: x_T = z · init_noise_sigma (σ_max-based for Euler).
     pub fn init_noise_sigma(&self) -> f64 {
-        match &*self.plan {
-            Plan::Euler(p) => p.schedule.init_noise_sigma,
-            Plan::EulerAncestral(p) => p.schedule.init_noise_sigma,
-            _ => 1.0,
-        }
+        self.plan.init_noise_sigma()
     }
 
     /// Whether a run draws noise (then it needs a real [`NoiseSource`]).
     pub fn is_stochastic(&self) -> bool {
-        match &*self.plan {
-            Plan::Ddim(p) => p.is_stochastic(),
-            Plan::Ddpm(_) | Plan::EulerAncestral(_) => true,
-            Plan::DpmMultistep(p) => p.is_stochastic(),
-            Plan::UvitEm(p) => p.is_stochastic(),
-            _ => false,
-        }
+        self.plan.is_stochastic()
     }
 
     /// Start a run from standard-normal noise `z` (scaled by [`Self::init_noise_sigma`]).
     pub fn start(&self, z: &[f64]) -> Run {
         let s = self.init_noise_sigma();
         let x: Vec<f64> = z.iter().map(|v| v * s).collect();
-        let solver = match &*self.plan {
-            Plan::Ddim(p) => p.start(x),
-            Plan::Ddpm(p) => p.start(x),
-            Plan::DpmMultistep(p) => p.start(x),
-            Plan::DpmSinglestep(p) => p.start(x),
-            Plan::Euler(p) => p.start(x),
-            Plan::EulerAncestral(p) => p.start(x),
-            Plan::UniPc(p) => p.start(x),
-            Plan::UvitDpm(p) => p.start(x),
-            Plan::UvitEm(p) => p.start(x),
-        };
-        Run { solver, evals: 0 }
+        Run {
+            solver: self.plan.clone().start(x),
+            evals: 0,
+        }
     }
 }
 

@@ -108,6 +108,35 @@ pub(crate) fn timesteps(
     Ok(ts)
 }
 
+/// Timesteps of the multistep DPM-family solvers (DPM-Solver multistep, UniPC), whose updates
+/// divide by the λ step between consecutive points. Near N = T the DPM rules repeat a timestep
+/// (linspace at N = 1000: 499.5 and 500.499 both round to 500) and the next multistep update
+/// divides by h = 0: diffusers 0.42.1 returns NaN there. The repeats are dropped, first
+/// occurrence kept — diffusers' own fix (PR #2969, `np.unique`) before it was lost — so such a
+/// run has fewer steps than asked. With Karras sigmas the σ are distinct and nothing is dropped.
+pub(crate) fn multistep_timesteps(
+    spacing: Spacing,
+    t_train: usize,
+    last_timestep: usize,
+    n: usize,
+    steps_offset: usize,
+    karras: bool,
+) -> Result<Vec<f64>> {
+    let mut ts = timesteps(
+        Family::Dpm,
+        spacing,
+        t_train,
+        last_timestep,
+        n,
+        steps_offset,
+    )?;
+    if !karras {
+        // Descending, so repeats are adjacent.
+        ts.dedup();
+    }
+    Ok(ts)
+}
+
 /// VE sigmas σ = √((1 − ᾱ)/ᾱ) of a ᾱ table.
 pub fn ve_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
     alphas_cumprod
@@ -332,6 +361,18 @@ mod tests {
             433, 400, 366, 333, 300, 266, 233, 200, 166, 133, 100, 67, 33,
         ];
         assert_eq!(ts, expected.map(f64::from));
+    }
+
+    /// At N = T the DPM linspace rule holds 500 twice; the multistep timesteps drop the repeat.
+    #[test]
+    fn multistep_timesteps_drop_the_repeat_at_n_equal_t() {
+        let raw = timesteps(Family::Dpm, Spacing::Linspace, 1000, 1000, 1000, 0).unwrap();
+        assert_eq!(raw[498..502], [501.0, 500.0, 500.0, 499.0]);
+        let ts = multistep_timesteps(Spacing::Linspace, 1000, 1000, 1000, 0, false).unwrap();
+        assert_eq!(ts.len(), 999);
+        assert_eq!(ts[498..501], [501.0, 500.0, 499.0]);
+        let karras = multistep_timesteps(Spacing::Linspace, 1000, 1000, 1000, 0, true).unwrap();
+        assert_eq!(karras, raw);
     }
 
     #[test]

@@ -3,14 +3,102 @@
 //! output, then the predictor UniP. Order-2 predictors use the fixed weight ρ = ½.
 
 use crate::betas::BetaConfig;
+use crate::config::{choice, Reader, THRESHOLD};
 use crate::error::Result;
 use crate::exp_integrator::{check_solver_order, push_history, Level};
 use crate::noise::NoiseSource;
 use crate::prediction::PredictionType;
+use crate::registry::{DiffusersClass, Preset, Registration};
+use crate::scheduler::{Plan, SchedulerConfig};
 use crate::solver::{Evaluation, Solver, StepInfo, StepTimes};
-use crate::spacing::{timesteps, Family, FinalSigmas, KarrasRule, SigmaSchedule, Spacing};
+use crate::spacing::{multistep_timesteps, FinalSigmas, KarrasRule, SigmaSchedule, Spacing};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// Preset `unipc` (bh2, order 2, data prediction, linspace spacing) and
+/// `UniPCMultistepScheduler`.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[Preset {
+        name: "unipc",
+        build: |betas| {
+            Ok(SchedulerConfig::new(UniPcConfig {
+                betas,
+                solver_order: 2,
+                prediction_type: PredictionType::Epsilon,
+                solver_type: UniPcSolverType::Bh2,
+                predict_x0: true,
+                lower_order_final: true,
+                disable_corrector: vec![],
+                use_karras_sigmas: false,
+                sigma_min: None,
+                sigma_max: None,
+                timestep_spacing: Spacing::Linspace,
+                steps_offset: 0,
+                final_sigmas_type: FinalSigmas::Zero,
+            }))
+        },
+    }],
+    diffusers: Some(DiffusersClass {
+        name: "UniPCMultistepScheduler",
+        fields: &[
+            THRESHOLD,
+            &[
+                "solver_order",
+                "solver_type",
+                "lower_order_final",
+                "disable_corrector",
+                "solver_p",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_flow_sigmas",
+                "flow_shift",
+                "timestep_spacing",
+                "steps_offset",
+                "final_sigmas_type",
+                "rescale_betas_zero_snr",
+                "use_dynamic_shifting",
+                "time_shift_type",
+                "sigma_min",
+                "sigma_max",
+                "shift_terminal",
+                "predict_x0",
+            ],
+        ],
+        read,
+    }),
+};
+
+fn read(r: &Reader) -> Result<SchedulerConfig, String> {
+    let raw = &r.raw;
+    if raw.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err("solver_p (an external predictor scheduler) is not supported".into());
+    }
+    if raw.shift_terminal.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(
+            "shift_terminal is only used with flow sigmas, which are not supported".into(),
+        );
+    }
+    Ok(SchedulerConfig::new(UniPcConfig {
+        betas: r.betas()?,
+        solver_order: r.order()?,
+        prediction_type: r.prediction()?,
+        solver_type: choice(
+            "solver_type",
+            raw.solver_type.as_deref().unwrap_or("bh2"),
+            "bh1, bh2",
+        )?,
+        predict_x0: raw.predict_x0.unwrap_or(true),
+        lower_order_final: raw.lower_order_final.unwrap_or(true),
+        disable_corrector: raw.disable_corrector.clone().unwrap_or_default(),
+        use_karras_sigmas: r.karras_only()?,
+        sigma_min: raw.sigma_min,
+        sigma_max: raw.sigma_max,
+        timestep_spacing: r.spacing("linspace")?,
+        steps_offset: raw.steps_offset.unwrap_or(0),
+        final_sigmas_type: r.final_sigmas()?,
+    }))
+}
 
 /// diffusers UniPC `solver_type`: the B(h) of the UniPC family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,13 +142,13 @@ impl UniPc {
         check_solver_order("UniPC solver_order", config.solver_order)?;
         let ac = config.betas.alphas_cumprod_finite()?;
         let t = config.betas.num_train_timesteps;
-        let spaced = timesteps(
-            Family::Dpm,
+        let spaced = multistep_timesteps(
             config.timestep_spacing,
             t,
             t,
             n,
             config.steps_offset,
+            config.use_karras_sigmas,
         )?;
         let karras = config.use_karras_sigmas.then_some(KarrasRule {
             sigma_min: config.sigma_min,
@@ -91,19 +179,6 @@ impl UniPc {
         })
     }
 
-    pub(crate) fn orders(&self) -> &[usize] {
-        &self.orders
-    }
-
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
-        Box::new(UniPcRun {
-            plan: self.clone(),
-            x,
-            i: 0,
-            history: Vec::new(),
-            last_sample: None,
-        })
-    }
 
     fn level(&self, k: usize) -> Level {
         self.schedule.level(k)
@@ -157,6 +232,26 @@ impl UniPc {
             .zip(res)
             .map(|((x, m), r)| (cx * x - cm * m) - cr * r)
             .collect()
+    }
+}
+
+diffusers_solver_config!(UniPcConfig, UniPc::new);
+
+impl Plan for UniPc {
+    schedule_accessors!(sigmas);
+
+    fn orders(&self) -> Vec<usize> {
+        self.orders.clone()
+    }
+
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(UniPcRun {
+            plan: self,
+            x,
+            i: 0,
+            history: Vec::new(),
+            last_sample: None,
+        })
     }
 }
 

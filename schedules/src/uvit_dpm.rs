@@ -6,15 +6,41 @@
 //! from λ ratios on the grid) and the `denoise` quirk: the final x₀ = (x − σ·m)/α uses the
 //! *converted* model output m, which is a data prediction when `predict_x0` is set.
 
+use crate::betas::BetaConfig;
 use crate::error::{Error, Result};
 use crate::exp_integrator::{multistep_update, taylor_diffs, update, D1Weight, Form, Terms};
 use crate::noise::NoiseSource;
 use crate::ops::scaled_diff;
+use crate::registry::{Preset, Registration};
+use crate::scheduler::{Plan, Scheduler, SchedulerConfig, SolverConfig, TimeConvention};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo};
 use crate::spacing::linspace;
 use crate::uvit_schedule::{UvitSchedule, UvitScheduleConfig};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// Preset `uvit-dpm`: U-ViT's default sampler (fast, order 3, time-uniform, data prediction,
+/// input 1000·t) on the discrete schedule. U-ViT has no config file format.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[Preset {
+        name: "uvit-dpm",
+        build: |betas: BetaConfig| {
+            Ok(SchedulerConfig::new(UvitDpmConfig {
+                schedule: UvitScheduleConfig::Discrete(betas),
+                time_input_scale: 1000.0,
+                predict_x0: true,
+                method: UvitMethod::Fast,
+                order: 3,
+                skip_type: SkipType::TimeUniform,
+                solver_type: UvitSolverType::DpmSolver,
+                eps: 1e-3,
+                t_end: 1.0,
+                denoise: false,
+            }))
+        },
+    }],
+    diffusers: None,
+};
 
 /// `DPM_Solver.sample(method=…)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,7 +216,7 @@ impl UvitDpm {
     }
 
     /// The continuous times bounding the steps: T, then the time after each step.
-    pub(crate) fn step_times(&self) -> Vec<f64> {
+    fn step_times(&self) -> Vec<f64> {
         match &self.steps {
             Steps::Single(v) => std::iter::once(v[0].s)
                 .chain(v.iter().map(|o| o.t))
@@ -199,7 +225,7 @@ impl UvitDpm {
         }
     }
 
-    pub(crate) fn orders(&self) -> Vec<usize> {
+    fn step_orders(&self) -> Vec<usize> {
         match &self.steps {
             Steps::Single(v) => v.iter().map(|o| o.order).collect(),
             Steps::Multi { orders, .. } => orders.clone(),
@@ -221,24 +247,6 @@ impl UvitDpm {
         v
     }
 
-    pub(crate) fn model_times(&self) -> Vec<ModelTime> {
-        self.eval_times()
-            .into_iter()
-            .map(|t| self.time(t))
-            .collect()
-    }
-
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
-        Box::new(UvitDpmRun {
-            plan: self.clone(),
-            pending: None,
-            x,
-            k: 0,
-            phase: 0,
-            outputs: Vec::new(),
-            denoised: false,
-        })
-    }
 
     /// `DPM_Solver.model_fn`: ε from the network, turned into x̂₀ when `predict_x0`.
     fn convert(&self, out: &[f64], x: &[f64], t: f64) -> Vec<f64> {
@@ -251,6 +259,54 @@ impl UvitDpm {
         } else {
             out.to_vec()
         }
+    }
+}
+
+impl SolverConfig for UvitDpmConfig {
+    fn time_convention(&self) -> TimeConvention {
+        match &self.schedule {
+            UvitScheduleConfig::Discrete(b) => TimeConvention::UvitDiscrete(b.clone()),
+            &UvitScheduleConfig::Linear { beta_0, beta_1 } => {
+                TimeConvention::Continuous { beta_0, beta_1 }
+            }
+        }
+    }
+
+    fn build(&self, steps: usize) -> Result<Scheduler> {
+        Ok(Scheduler::from_plan(UvitDpm::new(self, steps)?))
+    }
+}
+
+impl Plan for UvitDpm {
+    fn model_times(&self) -> Vec<ModelTime> {
+        self.eval_times()
+            .into_iter()
+            .map(|t| self.time(t))
+            .collect()
+    }
+
+    fn timesteps(&self) -> Vec<f64> {
+        self.step_times()
+    }
+
+    fn num_steps(&self) -> usize {
+        self.step_orders().len()
+    }
+
+    fn orders(&self) -> Vec<usize> {
+        self.step_orders()
+    }
+
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(UvitDpmRun {
+            plan: self,
+            pending: None,
+            x,
+            k: 0,
+            phase: 0,
+            outputs: Vec::new(),
+            denoised: false,
+        })
     }
 }
 

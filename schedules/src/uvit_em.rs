@@ -1,13 +1,43 @@
 //! U-ViT's Euler–Maruyama sampler (`sde.euler_maruyama`) for the reverse VP-SDE or the
 //! probability-flow ODE, on the grid [0, linspace(ε, T, steps)] traversed downwards.
 
+use crate::betas::{BetaConfig, BetaSchedule};
 use crate::error::{Error, Result};
 use crate::noise::{add_noise, NoiseSource};
+use crate::registry::{Preset, Registration};
+use crate::scheduler::{Plan, Scheduler, SchedulerConfig, SolverConfig, TimeConvention};
 use crate::solver::{Evaluation, ModelTime, Solver, StepInfo, StepTimes};
 use crate::spacing::linspace;
 use crate::uvit_schedule::{UvitSchedule, UvitScheduleConfig};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// Preset `uvit-em`: U-ViT's CIFAR Euler–Maruyama SDE on the continuous VP-linear equivalent
+/// of linear betas (β₀ = T·β_start, β₁ = T·β_end). U-ViT has no config file format.
+pub(crate) const REGISTRATION: Registration = Registration {
+    presets: &[Preset {
+        name: "uvit-em",
+        build: preset,
+    }],
+    diffusers: None,
+};
+
+fn preset(betas: BetaConfig) -> Result<SchedulerConfig> {
+    let BetaSchedule::Linear { start, end } = betas.schedule else {
+        return Err(Error::Invalid(
+            "uvit-em needs linear betas (it integrates their continuous VP-linear limit)".into(),
+        ));
+    };
+    let t = betas.num_train_timesteps as f64;
+    Ok(SchedulerConfig::new(UvitEmConfig {
+        beta_min: start * t,
+        beta_max: end * t,
+        reverse: ReverseProcess::Sde,
+        eps: 1e-3,
+        t_end: 1.0,
+        time_input_scale: 999.0,
+    }))
+}
 
 /// Which reverse-time process is integrated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,20 +90,41 @@ impl UvitEm {
         })
     }
 
-    pub(crate) fn step_times(&self) -> &[f64] {
-        &self.grid
+}
+
+impl SolverConfig for UvitEmConfig {
+    fn time_convention(&self) -> TimeConvention {
+        TimeConvention::Continuous {
+            beta_0: self.beta_min,
+            beta_1: self.beta_max,
+        }
     }
 
-    pub(crate) fn is_stochastic(&self) -> bool {
+    fn build(&self, steps: usize) -> Result<Scheduler> {
+        Ok(Scheduler::from_plan(UvitEm::new(self, steps)?))
+    }
+}
+
+impl Plan for UvitEm {
+    fn model_times(&self) -> Vec<ModelTime> {
+        StepTimes::model_times(self)
+    }
+
+    /// The grid T > … > 0.
+    fn timesteps(&self) -> Vec<f64> {
+        self.grid.clone()
+    }
+
+    fn num_steps(&self) -> usize {
+        self.grid.len() - 1
+    }
+
+    fn is_stochastic(&self) -> bool {
         self.config.reverse == ReverseProcess::Sde
     }
 
-    pub(crate) fn start(self: &Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
-        Box::new(UvitEmRun {
-            plan: self.clone(),
-            x,
-            k: 0,
-        })
+    fn start(self: Arc<Self>, x: Vec<f64>) -> Box<dyn Solver> {
+        Box::new(UvitEmRun { plan: self, x, k: 0 })
     }
 }
 

@@ -87,3 +87,25 @@ fn misuse_is_an_error() {
     assert!(Scheduler::by_name("ddim", 0).is_err());
     assert!(Scheduler::by_name("ddim", 1001).is_err());
 }
+
+/// `--steps 1000` used to fail with "model evaluation 501 returned a non-finite value" for the
+/// multistep solvers: their spacing repeats timestep 500 and the next update divided by h = 0.
+/// The repeat is dropped (999 evaluations); the diffusers parity is in `reference.rs`.
+#[test]
+fn multistep_solvers_run_at_1000_steps() {
+    let z = vec![1.5, -0.7, 0.2];
+    for name in ["dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc"] {
+        let s = Scheduler::by_name(name, 1000).unwrap();
+        assert_eq!(s.nfe(), 999, "{name}");
+        let out = sample(
+            &s,
+            &z,
+            point_model(0.5),
+            &mut SeededNoise::new(1),
+            |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let err = out.x.iter().map(|v| (v - 0.5).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-9, "{name}: {err}");
+    }
+}

@@ -2,7 +2,10 @@
 //! `-Infinity`) parse; unknown fields, classes, unsupported and contradictory settings are
 //! clear errors.
 
-use deediff_schedules::{quote_non_finite, Error, Scheduler, SchedulerConfig, SCHEDULER_NAMES};
+use deediff_schedules::{
+    quote_non_finite, DdimConfig, DdpmConfig, DpmMultistepConfig, Error, Scheduler,
+    SchedulerConfig, SCHEDULER_NAMES,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -56,10 +59,10 @@ fn non_finite_tokens() {
     assert_eq!(v["a"], "-Infinity");
     assert_eq!(v["b"][1], "NaN");
     assert_eq!(v["c"], "-Infinity NaN \" Infinity");
-    let SchedulerConfig::DpmMultistep(c) = SchedulerConfig::from_diffusers_json(DPM).unwrap()
-    else {
-        panic!("wrong class")
-    };
+    let config = SchedulerConfig::from_diffusers_json(DPM).unwrap();
+    let c = config
+        .get::<DpmMultistepConfig>()
+        .expect("DPMSolverMultistepScheduler");
     assert_eq!(c.lambda_min_clipped, f64::NEG_INFINITY);
     // A finite clip moves the last usable timestep.
     let clipped = DPM.replace("-Infinity", "-3.0");
@@ -123,16 +126,16 @@ fn harmless_fields_are_accepted() {
     let json = r#"{"_class_name": "DDPMScheduler", "_diffusers_version": "0.42.1",
       "trained_betas": null, "variance_type": "fixed_small", "dynamic_thresholding_ratio": 0.995,
       "sample_max_value": 1.0, "thresholding": false, "clip_sample": false}"#;
-    let SchedulerConfig::Ddpm(c) = SchedulerConfig::from_diffusers_json(json).unwrap() else {
-        panic!("wrong class")
-    };
+    let config = SchedulerConfig::from_diffusers_json(json).unwrap();
+    let c = config.get::<DdpmConfig>().expect("DDPMScheduler");
     assert_eq!(c.clip_sample, None);
     // diffusers defaults: DDIM/DDPM clip x0 to ±1 unless told otherwise (README Q12).
-    let SchedulerConfig::Ddim(c) =
-        SchedulerConfig::from_diffusers_json(r#"{"_class_name": "DDIMScheduler"}"#).unwrap()
-    else {
-        panic!("wrong class")
-    };
+    let config = SchedulerConfig::from_diffusers_json(r#"{"_class_name": "DDIMScheduler"}"#);
+    let c = config
+        .unwrap()
+        .get::<DdimConfig>()
+        .cloned()
+        .expect("DDIMScheduler");
     assert_eq!(c.clip_sample, Some(1.0));
 }
 

@@ -3,8 +3,8 @@
 //! step by step. The mixture, the noise and the expected values all come from the files.
 
 use deediff_schedules::{
-    sample, BetaConfig, BetaSchedule, ModelTime, NoNoise, NoiseSource, ReplayNoise, ReverseProcess,
-    Scheduler, SchedulerConfig, SkipType, UvitDpmConfig, UvitEmConfig, UvitMethod,
+    sample, BetaConfig, BetaSchedule, DdimConfig, ModelTime, NoNoise, NoiseSource, ReplayNoise,
+    ReverseProcess, Scheduler, SchedulerConfig, SkipType, UvitDpmConfig, UvitEmConfig, UvitMethod,
     UvitScheduleConfig, UvitSolverType,
 };
 use safetensors::{Dtype, SafeTensors};
@@ -254,7 +254,7 @@ fn uvit_config(args: &Value, time_input: &str) -> SchedulerConfig {
         999.0
     };
     if let Some(reverse) = args.get("reverse") {
-        return SchedulerConfig::UvitEm(UvitEmConfig {
+        return SchedulerConfig::new(UvitEmConfig {
             beta_min: 0.1,
             beta_max: 20.0,
             reverse: match reverse.as_str() {
@@ -281,7 +281,7 @@ fn uvit_config(args: &Value, time_input: &str) -> SchedulerConfig {
     };
     // Without `method` the case is dpm_solver_pytorch's fast path (U-ViT CIFAR eval.py).
     let Some(method) = args.get("method").and_then(Value::as_str) else {
-        return SchedulerConfig::UvitDpm(UvitDpmConfig {
+        return SchedulerConfig::new(UvitDpmConfig {
             schedule,
             time_input_scale,
             predict_x0: false,
@@ -294,7 +294,7 @@ fn uvit_config(args: &Value, time_input: &str) -> SchedulerConfig {
             denoise: false,
         });
     };
-    SchedulerConfig::UvitDpm(UvitDpmConfig {
+    SchedulerConfig::new(UvitDpmConfig {
         schedule,
         time_input_scale,
         predict_x0: args["predict_x0"].as_bool().unwrap(),
@@ -321,6 +321,32 @@ fn uvit_config(args: &Value, time_input: &str) -> SchedulerConfig {
     })
 }
 
+/// Noise the extra cases compute instead of storing (scripts/make_schedule_extra_references.py):
+/// splitmix64 → 53-bit uniforms → the sum of 12 minus 6, `rows` draws of `width` values.
+fn rule_noise(rule: &Value, width: usize) -> Option<Vec<Vec<f64>>> {
+    assert_eq!(
+        rule.get("kind")?,
+        "splitmix64_irwin_hall12",
+        "noise_rule {rule}"
+    );
+    let mut state = rule["seed"].as_u64().unwrap();
+    let mut uniform = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0)
+    };
+    let rows = rule["rows"].as_u64().unwrap() as usize;
+    let mut draw = || (0..12).fold(0.0, |acc, _| acc + uniform()) - 6.0;
+    Some(
+        (0..rows)
+            .map(|_| (0..width).map(|_| draw()).collect())
+            .collect(),
+    )
+}
+
 fn to_usize(v: &[f64]) -> Vec<usize> {
     v.iter().map(|&x| x as usize).collect()
 }
@@ -335,23 +361,32 @@ fn run_case(
 ) -> (Vec<String>, String, f64, f64) {
     let name = case["name"].as_str().unwrap();
     let t = load(&dir.join(case["file"].as_str().unwrap()));
-    let diffusers = case["source"] == "diffusers";
+    // k-diffusion cases are checked like diffusers ones, with fractional model times.
+    let kdiffusion = case["source"] == "kdiffusion";
+    let diffusers = case["source"] == "diffusers" || kdiffusion;
     let euler = case["scheduler_class"]
         .as_str()
         .is_some_and(|c| c.starts_with("Euler"));
     let mut ck = Checker {
         case: name,
-        integer_times: diffusers && !euler,
+        integer_times: diffusers && !euler && !kdiffusion,
         failures: vec![],
         worst_rel: 0.0,
         worst_what: String::new(),
         worst_state: 0.0,
     };
     let (config, steps, what) = if diffusers {
-        let mut config = SchedulerConfig::from_diffusers_json(&case["config"].to_string())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        if let Some(eta) = case["step_kwargs"].get("eta").and_then(Value::as_f64) {
-            let SchedulerConfig::Ddim(c) = &mut config else {
+        let mut config = match case["preset"].as_str() {
+            Some(preset) => SchedulerConfig::by_name(preset, BetaConfig::ddpm_linear(1000)),
+            None => SchedulerConfig::from_diffusers_json(&case["config"].to_string()),
+        }
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Some(eta) = case["step_kwargs"]
+            .get("eta")
+            .and_then(Value::as_f64)
+            .filter(|_| !kdiffusion)
+        {
+            let Some(c) = config.get_mut::<DdimConfig>() else {
                 panic!("{name}: eta for a non-DDIM scheduler")
             };
             c.eta = eta;
@@ -405,9 +440,12 @@ fn run_case(
     let x_init: Vec<f64> = z.iter().map(|v| v * scheduler.init_noise_sigma()).collect();
     ck.close("x_init", &x_init, &t["x_init"].data, 1e-12);
 
-    let mut replay = t
+    let rows: Option<Vec<Vec<f64>>> = t
         .get("noise")
-        .map(|n| ReplayNoise::new(n.rows().iter().map(|r| r.to_vec()).collect()));
+        .map(|n| n.rows().iter().map(|r| r.to_vec()).collect())
+        .or_else(|| rule_noise(&case["noise_rule"], z.len()));
+    let noise_rows = rows.as_ref().map(Vec::len);
+    let mut replay = rows.map(ReplayNoise::new);
     let mut no_noise = NoNoise;
     let noise: &mut dyn NoiseSource = match replay.as_mut() {
         Some(r) => r,
@@ -468,11 +506,11 @@ fn run_case(
     if !diffusers {
         ck.times("step_t (run)", &step_t, &t["step_t"].data[1..]);
     }
-    if let (Some(n), Some(r)) = (t.get("noise"), &replay) {
+    if let (Some(rows), Some(r)) = (noise_rows, &replay) {
         // Draws happen exactly where the reference drew (README §2.3).
         let expected = match case["noise_used"].as_array() {
             Some(used) => used.iter().filter(|u| u.as_u64() == Some(1)).count(),
-            None => n.shape[0],
+            None => rows,
         };
         if r.consumed() != expected {
             ck.failures.push(format!(
@@ -564,13 +602,11 @@ fn beta_tables_match() {
     }
 }
 
-#[test]
-fn all_reference_cases() {
-    let dir = reference_dir();
+/// Runs every case of the set in `dir` (mixture and z from `common`); returns the number run.
+fn run_set(dir: &Path, common: &HashMap<String, Tensor>) -> usize {
     let index: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
-    let common = load(&dir.join("common.safetensors"));
-    let mixture = Mixture::new(&common);
+    let mixture = Mixture::new(common);
     let z = common["z"].data.clone();
     let cases = index["cases"].as_array().unwrap();
     let only = std::env::var("CASE").ok();
@@ -581,7 +617,7 @@ fn all_reference_cases() {
         if only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
-        let (f, worst, rel, state) = run_case(&dir, case, &mixture, &z);
+        let (f, worst, rel, state) = run_case(dir, case, &mixture, &z);
         println!(
             "{name:45} {} worst |Δ|/max(1,|ref|) = {worst}",
             if f.is_empty() { "ok  " } else { "FAIL" }
@@ -605,4 +641,21 @@ fn all_reference_cases() {
     if only.is_none() {
         assert_eq!(ran, cases.len(), "fewer cases ran than the index lists");
     }
+    ran
+}
+
+#[test]
+fn all_reference_cases() {
+    let dir = reference_dir();
+    run_set(&dir, &load(&dir.join("common.safetensors")));
+}
+
+/// The cases of `tests/fixtures/extra` (scripts/make_schedule_extra_references.py): diffusers'
+/// multistep solvers at 1000 steps, where the DPM linspace rule repeats timestep 500, and
+/// k-diffusion's DPM++ 2S ancestral (the `dpmpp-2s-a` preset, η = 1).
+#[test]
+fn extra_reference_cases() {
+    let common = load(&reference_dir().join("common.safetensors"));
+    let extra = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/extra");
+    run_set(&extra, &common);
 }
