@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use deediff_sampler::{
-    imagenet_class, Guidance, ModelBundle, Pipeline, TimestepBand, TrainingSchedule,
-    DEFAULT_THRESHOLD,
+    imagenet_class, Guidance, ModelBundle, Pipeline, SamplingDefaults, TimestepBand,
+    TrainingSchedule, DEFAULT_THRESHOLD,
 };
 use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
@@ -79,17 +79,18 @@ pub struct ModelArgs {
 }
 
 /// How to sample: scheduler, steps, exit policy, guidance.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SamplingArgs {
-    /// Scheduler preset (see --help for names) …
-    #[arg(long, default_value = "dpmpp-2m", value_parser = clap::builder::PossibleValuesParser::new(SCHEDULER_NAMES))]
-    pub scheduler: String,
+    /// Scheduler preset (see --help for names) … Default: the model's (metadata
+    /// `sampling_defaults`), else dpmpp-2m.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCHEDULER_NAMES))]
+    pub scheduler: Option<String>,
     /// … or a diffusers scheduler_config.json (overrides --scheduler).
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
-    /// Inference steps (U-ViT DPM-Solver: model evaluations).
-    #[arg(long, default_value_t = 25)]
-    pub steps: usize,
+    /// Inference steps (U-ViT DPM-Solver: model evaluations). Default: the model's, else 25.
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Classifier-free guidance scale g (diffusers convention; 1 = off; U-ViT's s is g − 1).
     #[arg(long, default_value_t = 1.0)]
     pub guidance: f64,
@@ -106,9 +107,9 @@ pub struct SamplingArgs {
     /// Target mean depth as a fraction of the full network (0, 1]: calibrates the threshold.
     #[arg(long, conflicts_with = "threshold")]
     pub budget: Option<f64>,
-    /// per-sample (default), official, full, or static:K.
-    #[arg(long, default_value = "per-sample")]
-    pub policy: String,
+    /// per-sample, official, full, or static:K. Default: the model's, else per-sample.
+    #[arg(long)]
+    pub policy: Option<String>,
     /// Timesteps LO ≤ t ≤ HI (0 = clean … 999 = noise) that follow their own policy,
     /// `LO-HI:POLICY`, e.g. `640-1000:static:2`; comma-separated or repeated, not overlapping.
     #[arg(long, value_delimiter = ',')]
@@ -120,11 +121,31 @@ impl SamplingArgs {
     /// `--threshold` (else `default_threshold`) filled in for `per-sample` / `official`.
     pub fn policy(&self, default_threshold: f32) -> Result<ExitPolicy> {
         let t = self.threshold.unwrap_or(default_threshold);
-        let spec = match self.policy.as_str() {
-            "per-sample" | "official" => format!("{}:{t}", self.policy),
+        let policy = self.policy.as_deref().unwrap_or("per-sample");
+        let spec = match policy {
+            "per-sample" | "official" => format!("{policy}:{t}"),
             other => other.to_string(),
         };
         Ok(spec.parse()?)
+    }
+
+    /// Every setting the flags leave open taken from the model's recommended ones
+    /// (`sampling_defaults`): scheduler, steps, and the policy unless `--threshold` or
+    /// `--budget` asks for per-sample exits.
+    pub fn with_defaults(&self, defaults: Option<&SamplingDefaults>) -> Self {
+        let Some(d) = defaults else {
+            return self.clone();
+        };
+        let exits_asked = self.threshold.is_some() || self.budget.is_some();
+        Self {
+            scheduler: self.scheduler.clone().or_else(|| Some(d.scheduler.clone())),
+            steps: self.steps.or(Some(d.steps)),
+            policy: match exits_asked {
+                true => self.policy.clone(),
+                false => self.policy.clone().or_else(|| Some(d.policy.clone())),
+            },
+            ..self.clone()
+        }
     }
 }
 
@@ -206,12 +227,17 @@ pub fn build_pipeline(
     args: &SamplingArgs,
     device: &Device,
 ) -> Result<Pipeline> {
+    let args = &args.with_defaults(bundle.sampling_defaults.as_ref());
     let scheduler = match &args.scheduler_config {
         Some(path) => SchedulerConfig::from_file(path)?,
-        None => SchedulerConfig::by_name(&args.scheduler, bundle.training.betas())?,
+        None => SchedulerConfig::by_name(
+            args.scheduler.as_deref().unwrap_or("dpmpp-2m"),
+            bundle.training.betas(),
+        )?,
     };
     let default_threshold = bundle.exit_threshold.unwrap_or(DEFAULT_THRESHOLD);
-    let mut pipeline = Pipeline::from_bundle(bundle, scheduler, args.steps, device.clone())?;
+    let steps = args.steps.unwrap_or(25);
+    let mut pipeline = Pipeline::from_bundle(bundle, scheduler, steps, device.clone())?;
     if args.budget.is_none() {
         pipeline.set_policy(args.policy(default_threshold)?)?;
     }

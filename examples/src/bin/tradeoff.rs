@@ -22,7 +22,10 @@ use candle_core::Device;
 use clap::Parser;
 use deediff_eval::{frechet_distance, FidInception, Stats};
 use deediff_examples::cli::{load_model, ModelArgs};
-use deediff_sampler::{to_images, Condition, Guidance, Hooks, Pipeline, RunReport, TimestepBand};
+use deediff_sampler::{
+    to_images, Condition, Guidance, Hooks, Pipeline, RunReport, SamplingDefaults, TimestepBand,
+    SAMPLING_DEFAULTS_KEY,
+};
 use deediff_schedules::SchedulerConfig;
 use deediff_uem::data::captions::CONCEPTS;
 use deediff_uem::data::idx::load_idx;
@@ -65,9 +68,17 @@ struct Cli {
     /// Upper end of the plot's FID axis (points above it are left out of the plot, not the table).
     #[arg(long)]
     fid_max: Option<f64>,
+    /// Store this measured point (a `--point` spec at this N) in the model file's metadata as
+    /// the setting samplers use when given no flags; the embedded model's file is
+    /// `models/uvit_t2i_fashion_digits.safetensors`.
+    #[arg(long)]
+    store_default: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
+
+/// The file the embedded default model is compiled from.
+const EMBEDDED_MODEL_FILE: &str = "models/uvit_t2i_fashion_digits.safetensors";
 
 /// One point to measure: a solver at a step count with an exit/reuse policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -566,5 +577,56 @@ fn run() -> Result<()> {
     print_table(&rows, floor, cli.num);
     plot(&rows, floor, &cli)?;
     eprintln!("plot: {}", cli.plot.display());
+    if let Some(spec) = &cli.store_default {
+        store_default(&cli, &rows, spec)?;
+    }
+    Ok(())
+}
+
+/// Writes a measured point into the model file's metadata as its sampling defaults; the tensors
+/// are copied unchanged, so every row measured on the file stays valid.
+fn store_default(cli: &Cli, rows: &[&Row], spec: &str) -> Result<()> {
+    let point = Point::parse(spec)?;
+    if !point.bands.is_empty() {
+        bail!("--store-default {spec:?}: timestep bands cannot be a model's default");
+    }
+    let row = rows
+        .iter()
+        .find(|r| r.spec == point.spec())
+        .with_context(|| {
+            format!(
+                "--store-default {spec:?}: not measured at --num {} yet",
+                cli.num
+            )
+        })?;
+    let defaults = SamplingDefaults::from_json(
+        &serde_json::json!({
+            "scheduler": point.scheduler,
+            "steps": point.steps,
+            "policy": point.policy.to_string(),
+        })
+        .to_string(),
+    )
+    .map_err(|e| anyhow::anyhow!("--store-default {spec:?}: {e}"))?;
+    let path = cli
+        .model
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(EMBEDDED_MODEL_FILE));
+    let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    metadata.insert(SAMPLING_DEFAULTS_KEY.to_string(), defaults.to_json());
+    let out = safetensors::serialize(file.tensors(), Some(metadata))?;
+    std::fs::write(&path, out).with_context(|| format!("{}", path.display()))?;
+    eprintln!(
+        "{}: sampling defaults {} (FID {:.2} at {:.1} % of DDIM 25's compute)",
+        path.display(),
+        defaults.to_json(),
+        row.fid,
+        row.compute_pct()
+    );
     Ok(())
 }
