@@ -1,39 +1,45 @@
 #!/usr/bin/env bash
-# Wall-clock of one batch of 16 images (txt2img, DDIM 25 steps, the embedded model or --model)
-# at full depth, static truncation and per-sample exits; policies interleaved, median of REPEATS.
+# Wall-clock of one batch of 16 images (txt2img, the embedded model or --model) for trade-off
+# points written as in bench/tradeoff.sh, SCHEDULER:STEPS[@POLICY[+LO-HI:POLICY,…]]; the points
+# are interleaved (every repeat runs each once, so all see the same machine) and each row is the
+# median of REPEATS. Speed-ups are against the first point. Run it on an idle machine.
 #
-#   bench/exit_speed.sh                     # RAYON_NUM_THREADS=2, REPEATS=5
-#   bench/exit_speed.sh --model m.safetensors
-#   POLICIES="full full+640-1000:static:2" bench/exit_speed.sh   # POLICY+BANDS: timestep bands
+#   bench/exit_speed.sh                                     # RAYON_NUM_THREADS=2, REPEATS=15
+#   POINTS="ddim:25 dpmpp-2m:10 dpmpp-2m:10@per-sample:0.97" bench/exit_speed.sh --model m.safetensors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
-REPEATS=${REPEATS:-5}
-POLICIES=${POLICIES:-"full per-sample:0.97 per-sample:0.95 per-sample:0.93 per-sample:0.9 static:6 static:5"}
+REPEATS=${REPEATS:-15}
+POINTS=${POINTS:-"ddim:25 ddim:25@per-sample:0.97 ddim:25@per-sample:0.95 ddim:25@static:6 ddim:25@full+640-1000:static:2"}
 cargo build --release -q -p deediff-examples --bin txt2img
 tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 for r in $(seq "$REPEATS"); do
-    for p in $POLICIES; do
-        case $p in
-            per-sample:*) flags=(--policy per-sample --threshold "${p#per-sample:}") ;;
-            *+*) flags=(--policy "${p%%+*}" --timestep-band "${p#*+}") ;;
-            *) flags=(--policy "$p") ;;
-        esac
-        ./target/release/txt2img "$@" --prompt "an ankle boot" --num 16 --scheduler ddim --steps 25 \
-            "${flags[@]}" --seed "$r" --out "$tmp/x.png" --report "$tmp/$p.$r.json" 2>/dev/null
+    for p in $POINTS; do
+        head=${p%%@*} policy=full
+        [[ $p == *@* ]] && policy=${p#*@}
+        flags=(--scheduler "${head%%:*}" --steps "${head#*:}" --policy "${policy%%+*}")
+        [[ $policy == *+* ]] && flags+=(--timestep-band "${policy#*+}")
+        ./target/release/txt2img "$@" --prompt "an ankle boot" --num 16 "${flags[@]}" \
+            --seed "$r" --out "$tmp/x.png" --report "$tmp/$r.$(echo "$p" | tr '/:@+,' '_____').json" \
+            2>/dev/null
     done
 done
-python3 - "$tmp" "$REPEATS" $POLICIES <<'PY'
+python3 - "$tmp" "$REPEATS" $POINTS <<'PY'
 import json, statistics, sys
-tmp, repeats, policies = sys.argv[1], sys.argv[2], sys.argv[3:]
-runs = {p: [json.load(open(f"{tmp}/{p}.{r}.json")) for r in range(1, int(repeats) + 1)]
-        for p in policies}
-full = statistics.median(r["seconds"] for r in runs["full"])
-print("| policy | mean blocks | MACs % | median s / batch of 16 | speed-up vs full |")
+tmp, repeats, points = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+key = lambda p: "".join("_" if c in "/:@+," else c for c in p)
+runs = {p: [json.load(open(f"{tmp}/{r}.{key(p)}.json")) for r in range(1, repeats + 1)]
+        for p in points}
+def compute(r):  # MACs per image over all steps, in full-depth evaluations
+    return r["macs_fraction"] * len(r["evals"])
+base = statistics.median(r["seconds"] for r in runs[points[0]])
+base_compute = compute(runs[points[0]][0])
+print(f"| point | mean blocks | compute vs {points[0]} | median s / batch of 16 | speed-up vs {points[0]} |")
 print("|---|---|---|---|---|")
 for p, rs in runs.items():
     s = statistics.median(r["seconds"] for r in rs)
-    print(f"| {p} | {statistics.mean(r['mean_blocks'] for r in rs):.2f} | "
-          f"{100 * statistics.mean(r['macs_fraction'] for r in rs):.1f} | {s:.3f} | {full / s:.2f}× |")
+    c = statistics.mean(compute(r) for r in rs) / base_compute
+    print(f"| {p} | {statistics.mean(r['mean_blocks'] for r in rs):.2f} | {100 * c:.1f} % | "
+          f"{s:.3f} | {base / s:.2f}× |")
 PY
-rm -rf "$tmp"

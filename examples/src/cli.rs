@@ -9,7 +9,7 @@ use candle_core::Device;
 use clap::Args;
 use deediff_sampler::{
     imagenet_class, to_images, Condition, GridSheet, Guidance, Hooks, ModelBundle, Pipeline,
-    RunReport, TimestepBand, TrainedWith, DEFAULT_THRESHOLD,
+    RunReport, SamplingDefaults, TimestepBand, TrainedWith, DEFAULT_THRESHOLD,
 };
 use image::DynamicImage;
 
@@ -50,17 +50,18 @@ pub struct ModelArgs {
 }
 
 /// How to sample: scheduler, steps, exit policy, guidance.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SamplingArgs {
-    /// Scheduler preset (see --help for names) …
-    #[arg(long, default_value = "dpmpp-2m", value_parser = clap::builder::PossibleValuesParser::new(SCHEDULER_NAMES))]
-    pub scheduler: String,
+    /// Scheduler preset (see --help for names) … Default: the model's (metadata
+    /// `sampling_defaults`), else dpmpp-2m.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCHEDULER_NAMES))]
+    pub scheduler: Option<String>,
     /// … or a diffusers scheduler_config.json (overrides --scheduler).
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
-    /// Inference steps (U-ViT DPM-Solver: model evaluations).
-    #[arg(long, default_value_t = 25)]
-    pub steps: usize,
+    /// Inference steps (U-ViT DPM-Solver: model evaluations). Default: the model's, else 25.
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Classifier-free guidance scale g (diffusers convention; 1 = off; U-ViT's s is g − 1).
     #[arg(long, default_value_t = 1.0)]
     pub guidance: f64,
@@ -78,9 +79,9 @@ pub struct SamplingArgs {
     /// of the per-sample (or official) policy.
     #[arg(long, conflicts_with = "threshold", value_parser = parse_unit_f64)]
     pub budget: Option<f64>,
-    /// per-sample (default), official, full, or static:K.
-    #[arg(long, default_value = "per-sample")]
-    pub policy: String,
+    /// per-sample, official, full, or static:K. Default: the model's, else per-sample.
+    #[arg(long)]
+    pub policy: Option<String>,
     /// Timesteps LO ≤ t ≤ HI (0 = clean … 999 = noise) that follow their own policy,
     /// `LO-HI:POLICY`, e.g. `640-1000:static:2`; comma-separated or repeated, not overlapping.
     #[arg(long, value_delimiter = ',')]
@@ -113,8 +114,9 @@ impl SamplingArgs {
     /// `--threshold` (else `default_threshold`) filled in for `per-sample` / `official`.
     pub fn policy(&self, default_threshold: f32) -> Result<ExitPolicy> {
         let t = self.threshold.unwrap_or(default_threshold);
-        let spec = match self.policy.as_str() {
-            "per-sample" | "official" => format!("{}:{t}", self.policy),
+        let policy = self.policy.as_deref().unwrap_or("per-sample");
+        let spec = match policy {
+            "per-sample" | "official" => format!("{policy}:{t}"),
             other => other.to_string(),
         };
         Ok(spec.parse()?)
@@ -124,29 +126,44 @@ impl SamplingArgs {
     /// a certainty threshold, which the full and static policies never read; a static depth
     /// past the model's blocks would silently run full depth.
     fn check(&self, num_blocks: usize) -> Result<()> {
-        let thresholded = matches!(self.policy.as_str(), "per-sample" | "official");
+        let policy = self.policy.as_deref().unwrap_or("per-sample");
+        let thresholded = matches!(policy, "per-sample" | "official");
         if let (Some(b), false) = (self.budget, thresholded) {
             bail!(
                 "--budget {b} calibrates the threshold of the per-sample or official policy; \
-                 --policy {} has none (drop one of the two)",
-                self.policy
+                 --policy {policy} has none (drop one of the two)"
             );
         }
         if let (Some(t), false) = (self.threshold, thresholded) {
             bail!(
-                "--threshold {t} applies to the per-sample or official policy, not --policy {}",
-                self.policy
+                "--threshold {t} applies to the per-sample or official policy, not --policy {policy}"
             );
         }
-        if let Ok(ExitPolicy::Static { blocks }) = self.policy.parse::<ExitPolicy>() {
+        if let Ok(ExitPolicy::Static { blocks }) = policy.parse::<ExitPolicy>() {
             if blocks > num_blocks {
-                bail!(
-                    "--policy {}: this model has only {num_blocks} blocks",
-                    self.policy
-                );
+                bail!("--policy {policy}: this model has only {num_blocks} blocks");
             }
         }
         Ok(())
+    }
+
+    /// Every setting the flags leave open taken from the model's recommended ones
+    /// (`sampling_defaults`): scheduler, steps, and the policy unless `--threshold` or
+    /// `--budget` asks for per-sample exits.
+    pub fn with_defaults(&self, defaults: Option<&SamplingDefaults>) -> Self {
+        let Some(d) = defaults else {
+            return self.clone();
+        };
+        let exits_asked = self.threshold.is_some() || self.budget.is_some();
+        Self {
+            scheduler: self.scheduler.clone().or_else(|| Some(d.scheduler.clone())),
+            steps: self.steps.or(Some(d.steps)),
+            policy: match exits_asked {
+                true => self.policy.clone(),
+                false => self.policy.clone().or_else(|| Some(d.policy.clone())),
+            },
+            ..self.clone()
+        }
     }
 }
 
@@ -301,13 +318,18 @@ pub fn build_pipeline(
     args: &SamplingArgs,
     device: &Device,
 ) -> Result<Pipeline> {
+    let args = &args.with_defaults(bundle.sampling_defaults.as_ref());
     let scheduler = match &args.scheduler_config {
         Some(path) => SchedulerConfig::from_file(path)?,
-        None => SchedulerConfig::by_name(&args.scheduler, bundle.training.betas())?,
+        None => SchedulerConfig::by_name(
+            args.scheduler.as_deref().unwrap_or("dpmpp-2m"),
+            bundle.training.betas(),
+        )?,
     };
     args.check(bundle.model.model().config().num_blocks())?;
     let default_threshold = bundle.exit_threshold.unwrap_or(DEFAULT_THRESHOLD);
-    let mut pipeline = Pipeline::from_bundle(bundle, scheduler, args.steps, device.clone())?;
+    let steps = args.steps.unwrap_or(25);
+    let mut pipeline = Pipeline::from_bundle(bundle, scheduler, steps, device.clone())?;
     if args.budget.is_none() {
         pipeline.set_policy(args.policy(default_threshold)?)?;
     }

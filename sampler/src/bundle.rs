@@ -16,6 +16,7 @@ use deediff_unet::{LatentDecoder, UVit, UVitConfig};
 
 use crate::conditioning::TextEncoder;
 use crate::error::{Result, SamplerError};
+use crate::sampling_defaults::{SamplingDefaults, SAMPLING_DEFAULTS_KEY};
 use crate::training_schedule::TrainingSchedule;
 
 /// Everything needed to sample from one model file.
@@ -32,6 +33,9 @@ pub struct ModelBundle {
     /// The exit threshold measured for this model (metadata [`EXIT_THRESHOLD_KEY`]), used when the
     /// caller names none.
     pub exit_threshold: Option<f32>,
+    /// The scheduler, steps and policy recommended for this model (metadata
+    /// [`SAMPLING_DEFAULTS_KEY`]), used for each of them the caller names none of.
+    pub sampling_defaults: Option<SamplingDefaults>,
 }
 
 /// Metadata key of a model's recommended exit threshold: the highest-compute-saving threshold
@@ -53,6 +57,7 @@ impl ModelBundle {
             training,
             metadata: HashMap::new(),
             exit_threshold: None,
+            sampling_defaults: None,
         }
     }
 
@@ -126,6 +131,11 @@ impl ModelBundle {
                 Ok::<f32, SamplerError>(t)
             })
             .transpose()?;
+        let sampling_defaults = metadata
+            .get(SAMPLING_DEFAULTS_KEY)
+            .map(|v| SamplingDefaults::from_json(v))
+            .transpose()
+            .map_err(|e| bad(format!("{SAMPLING_DEFAULTS_KEY}: {e}")))?;
 
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
             .map_err(|e| bad(e.to_string()))?;
@@ -143,6 +153,7 @@ impl ModelBundle {
             training,
             metadata,
             exit_threshold,
+            sampling_defaults,
         })
     }
 }

@@ -23,6 +23,7 @@ mod images;
 mod noise;
 mod pipeline;
 mod report;
+mod sampling_defaults;
 mod timestep_bands;
 mod training_schedule;
 
@@ -38,5 +39,6 @@ pub use images::{to_images, GridSheet};
 pub use noise::PerImageNoise;
 pub use pipeline::{Generated, Hooks, Pipeline, Progress, DEFAULT_THRESHOLD};
 pub use report::{EvalReport, RunReport};
+pub use sampling_defaults::{SamplingDefaults, SAMPLING_DEFAULTS_KEY};
 pub use timestep_bands::{policy_at, TimestepBand};
 pub use training_schedule::{TimeLabel, TrainedWith, TrainingSchedule};
