@@ -183,10 +183,9 @@ fn manifest(cli: &Cli, pipeline: &Pipeline, prompts: &[String], shards: usize) -
             sha256(prompts.join("\n").as_bytes())
         ))
     };
-    let scheduler = match &cli.sampling.scheduler_config {
-        Some(path) => format!("config sha256 {}", sha256_file(path)?),
-        None => cli.sampling.scheduler.clone(),
-    };
+    // The resolved configuration, so flags and the model's own defaults that mean the same
+    // scheduler give the same manifest.
+    let scheduler = format!("{:?}", pipeline.scheduler_config());
     let s = &cli.sampling;
     Ok(Manifest::default()
         .with("model_sha256", model)
@@ -202,7 +201,7 @@ fn manifest(cli: &Cli, pipeline: &Pipeline, prompts: &[String], shards: usize) -
         .with("num", cli.num)
         .with("shards", shards)
         .with("scheduler", scheduler)
-        .with("steps", s.steps)
+        .with("steps", pipeline.scheduler().num_steps())
         .with("policy", pipeline.describe_policy())
         .with("guidance", s.cfg_scale.map_or(s.guidance, |c| 1.0 + c))
         .with("shared_exit", s.shared_exit))
