@@ -24,10 +24,12 @@ pub enum FidError {
 }
 
 impl FidError {
+    /// Decoder messages (the `image` crate's among them) may end in or contain newlines; an
+    /// error names its file on one line.
     pub(crate) fn file(path: impl AsRef<Path>, msg: impl std::fmt::Display) -> Self {
         FidError::File {
             path: path.as_ref().to_path_buf(),
-            msg: msg.to_string(),
+            msg: msg.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
         }
     }
 }
