@@ -12,7 +12,7 @@ use deediff_sampler::{
     DEFAULT_THRESHOLD,
 };
 use deediff_schedules::{BetaConfig, BetaSchedule, SchedulerConfig, SCHEDULER_NAMES};
-use deediff_uem::{EarlyExitUVit, ExitPolicy};
+use deediff_uem::{EarlyExitUVit, ExitPolicy, ReuseSchedule};
 use deediff_unet::pretrained::{resolve, CLIP_VIT_L14, SD_VAE};
 use deediff_unet::{ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant};
 
@@ -106,13 +106,17 @@ pub struct SamplingArgs {
     /// Target mean depth as a fraction of the full network (0, 1]: calibrates the threshold.
     #[arg(long, conflicts_with = "threshold")]
     pub budget: Option<f64>,
-    /// per-sample (default), official, full, or static:K.
+    /// per-sample (default), official, full, static:K, cached[:T[:R]] (cache-filled exits, a
+    /// full pass at least every R evaluations) or deepcache:N[:M] (see ExitPolicy).
     #[arg(long, default_value = "per-sample")]
     pub policy: String,
     /// Timesteps LO ≤ t ≤ HI (0 = clean … 999 = noise) that follow their own policy,
     /// `LO-HI:POLICY`, e.g. `640-1000:static:2`; comma-separated or repeated, not overlapping.
     #[arg(long, value_delimiter = ',')]
     pub timestep_band: Vec<TimestepBand>,
+    /// The reuse schedule `--policy l2c` follows (JSON written by `calibrate l2c`).
+    #[arg(long)]
+    pub reuse_schedule: Option<PathBuf>,
 }
 
 impl SamplingArgs {
@@ -121,7 +125,7 @@ impl SamplingArgs {
     pub fn policy(&self, default_threshold: f32) -> Result<ExitPolicy> {
         let t = self.threshold.unwrap_or(default_threshold);
         let spec = match self.policy.as_str() {
-            "per-sample" | "official" => format!("{}:{t}", self.policy),
+            "per-sample" | "official" | "cached" => format!("{}:{t}", self.policy),
             other => other.to_string(),
         };
         Ok(spec.parse()?)
@@ -212,6 +216,9 @@ pub fn build_pipeline(
     };
     let default_threshold = bundle.exit_threshold.unwrap_or(DEFAULT_THRESHOLD);
     let mut pipeline = Pipeline::from_bundle(bundle, scheduler, args.steps, device.clone())?;
+    if let Some(path) = &args.reuse_schedule {
+        pipeline.set_reuse_schedule(Some(ReuseSchedule::load(path)?))?;
+    }
     if args.budget.is_none() {
         pipeline.set_policy(args.policy(default_threshold)?)?;
     }
