@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use deediff_examples::cli::{build_pipeline, load_model, ModelArgs, SamplingArgs};
-use deediff_sampler::{Condition, TextEncoder};
+use deediff_sampler::Condition;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
