@@ -15,7 +15,7 @@ use image::DynamicImage;
 
 use crate::progress::EvalBar;
 use deediff_schedules::{SchedulerConfig, SCHEDULER_NAMES};
-use deediff_uem::{EarlyExitUVit, ExitPolicy};
+use deediff_uem::{EarlyExitUVit, ExitPolicy, ReuseSchedule};
 use deediff_unet::pretrained::{resolve, CLIP_VIT_L14, SD_VAE};
 use deediff_unet::{Checkpoint, ConfigHints, LatentDecoder, PretrainedText, UVitConfig, Variant};
 
@@ -79,13 +79,18 @@ pub struct SamplingArgs {
     /// of the per-sample (or official) policy.
     #[arg(long, conflicts_with = "threshold", value_parser = parse_unit_f64)]
     pub budget: Option<f64>,
-    /// per-sample, official, full, or static:K. Default: the model's, else per-sample.
+    /// per-sample, official, full, static:K, cached[:T[:R]] (cache-filled exits, a full pass at
+    /// least every R evaluations), deepcache:N[:M] or l2c (see ExitPolicy). Default: the
+    /// model's (metadata `sampling_defaults`), else per-sample.
     #[arg(long)]
     pub policy: Option<String>,
     /// Timesteps LO ≤ t ≤ HI (0 = clean … 999 = noise) that follow their own policy,
     /// `LO-HI:POLICY`, e.g. `640-1000:static:2`; comma-separated or repeated, not overlapping.
     #[arg(long, value_delimiter = ',')]
     pub timestep_band: Vec<TimestepBand>,
+    /// The reuse schedule `--policy l2c` follows (JSON written by `calibrate l2c`).
+    #[arg(long)]
+    pub reuse_schedule: Option<PathBuf>,
 }
 
 /// A value in (0, 1] that survives the conversion to f32 (`1e-300` would become 0).
@@ -116,7 +121,7 @@ impl SamplingArgs {
         let t = self.threshold.unwrap_or(default_threshold);
         let policy = self.policy.as_deref().unwrap_or("per-sample");
         let spec = match policy {
-            "per-sample" | "official" => format!("{policy}:{t}"),
+            "per-sample" | "official" | "cached" => format!("{policy}:{t}"),
             other => other.to_string(),
         };
         Ok(spec.parse()?)
@@ -127,8 +132,8 @@ impl SamplingArgs {
     /// past the model's blocks would silently run full depth.
     fn check(&self, num_blocks: usize) -> Result<()> {
         let policy = self.policy.as_deref().unwrap_or("per-sample");
-        let thresholded = matches!(policy, "per-sample" | "official");
-        if let (Some(b), false) = (self.budget, thresholded) {
+        let thresholded = matches!(policy, "per-sample" | "official" | "cached");
+        if let (Some(b), false) = (self.budget, policy != "cached" && thresholded) {
             bail!(
                 "--budget {b} calibrates the threshold of the per-sample or official policy; \
                  --policy {policy} has none (drop one of the two)"
@@ -136,7 +141,7 @@ impl SamplingArgs {
         }
         if let (Some(t), false) = (self.threshold, thresholded) {
             bail!(
-                "--threshold {t} applies to the per-sample or official policy, not --policy {policy}"
+                "--threshold {t} applies to the per-sample, official or cached policy, not --policy {policy}"
             );
         }
         if let Ok(ExitPolicy::Static { blocks }) = policy.parse::<ExitPolicy>() {
@@ -330,6 +335,9 @@ pub fn build_pipeline(
     let default_threshold = bundle.exit_threshold.unwrap_or(DEFAULT_THRESHOLD);
     let steps = args.steps.unwrap_or(25);
     let mut pipeline = Pipeline::from_bundle(bundle, scheduler, steps, device.clone())?;
+    if let Some(path) = &args.reuse_schedule {
+        pipeline.set_reuse_schedule(Some(ReuseSchedule::load(path)?))?;
+    }
     if args.budget.is_none() {
         pipeline.set_policy(args.policy(default_threshold)?)?;
     }

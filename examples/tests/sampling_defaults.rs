@@ -31,7 +31,12 @@ fn model_with_defaults(dir: &Path, json: &str) -> PathBuf {
 /// Runs `bin` and returns its report (`--report`) and the bytes of the image it wrote.
 fn run(bin: &str, model: &Path, dir: &Path, flags: &[&str]) -> (Value, Vec<u8>) {
     let name = Path::new(bin).file_name().unwrap().to_str().unwrap();
-    let (report, out) = (dir.join("report.json"), dir.join(format!("{name}-out")));
+    // txt2img's --out is an image file (it needs an image name), generate's a folder.
+    let out_name = match name == "txt2img" {
+        true => format!("{name}-out.png"),
+        false => format!("{name}-out"),
+    };
+    let (report, out) = (dir.join("report.json"), dir.join(out_name));
     let _ = std::fs::remove_dir_all(&out);
     let mut cmd = Command::new(bin);
     cmd.args(["--model", model.to_str().unwrap(), "--seed", "3"])

@@ -5,7 +5,7 @@
 //! trajectory can then be computed without running the network again. Depth is monotone in the
 //! threshold, so a binary search over the observed scores finds the closest one.
 
-use deediff_uem::{ExitPolicy, ExitRule};
+use deediff_uem::{ExitPolicy, ExitRule, ReuseSchedule, RunState};
 use deediff_unet::UVitConfig;
 
 use crate::conditioning::Condition;
@@ -22,12 +22,7 @@ pub struct Calibration {
 
 /// Blocks a pass runs at `threshold`, given the scores after each block but the last.
 fn blocks_at(cfg: &UVitConfig, scores: &[f32], threshold: f32) -> usize {
-    let mut rule = ExitRule::new(cfg.variant, cfg.num_in_blocks(), threshold);
-    scores
-        .iter()
-        .enumerate()
-        .position(|(i, &s)| rule.exits(i, s))
-        .map_or(cfg.num_blocks(), |i| i + 1)
+    ExitRule::new(cfg.variant, cfg.num_in_blocks(), threshold).depth(scores, cfg.num_blocks())
 }
 
 fn depth_fraction(cfg: &UVitConfig, passes: &[Vec<f32>], threshold: f32) -> f64 {
@@ -99,6 +94,7 @@ impl Pipeline {
         let never = ExitPolicy::per_sample(1.0)?;
         let mut passes = Vec::new();
         self.run(
+            &mut RunState::new(),
             conditions,
             seeds,
             Hooks::default(),
@@ -108,6 +104,44 @@ impl Pipeline {
         let cal = threshold_for_budget(self.model().model().config(), &passes, budget);
         self.set_policy(ExitPolicy::per_sample(cal.threshold)?)?;
         Ok(cal)
+    }
+}
+
+impl Pipeline {
+    /// Fits an `l2c` reuse schedule reusing `fraction` of the (evaluation, block) pairs, from a
+    /// full-depth run over the calibration images (see [`ReuseSchedule::fit`]), and switches the
+    /// pipeline to it. The schedule belongs to this scheduler and step count.
+    pub fn fit_reuse_schedule(
+        &mut self,
+        fraction: f64,
+        conditions: &[Condition],
+        seeds: &[u64],
+    ) -> Result<ReuseSchedule> {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(SamplerError::Request(format!(
+                "reuse fraction {fraction} must be in [0, 1]"
+            )));
+        }
+        let blocks = self.model().model().num_blocks();
+        let nothing = ReuseSchedule {
+            blocks,
+            reuse: vec![Vec::new(); self.scheduler().nfe()],
+        };
+        self.set_reuse_schedule(Some(nothing))?;
+        let mut state = RunState::recording();
+        let learned = ExitPolicy::Learned;
+        self.run(
+            &mut state,
+            conditions,
+            seeds,
+            Hooks::default(),
+            &|_| learned,
+            &mut |_, _| {},
+        )?;
+        let schedule = ReuseSchedule::fit(&state.changes(blocks), blocks, fraction);
+        self.set_reuse_schedule(Some(schedule.clone()))?;
+        self.set_policy(learned)?;
+        Ok(schedule)
     }
 }
 

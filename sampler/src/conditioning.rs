@@ -133,21 +133,3 @@ impl<'a> Conditioner<'a> {
         self.batch(&vec![Condition::Unconditional; n], device)
     }
 }
-
-/// `[a; b]` along the batch: conditional and unconditional passes in one network call.
-pub(crate) fn cat(a: &Conditioning, b: &Conditioning) -> Result<Conditioning> {
-    Ok(match (a, b) {
-        (Conditioning::None, Conditioning::None) => Conditioning::None,
-        (Conditioning::Class(x), Conditioning::Class(y)) => {
-            Conditioning::Class(Tensor::cat(&[x, y], 0)?)
-        }
-        (Conditioning::Context(x), Conditioning::Context(y)) => {
-            Conditioning::Context(Tensor::cat(&[x, y], 0)?)
-        }
-        _ => {
-            return Err(SamplerError::Request(
-                "conditional and unconditional batches differ in kind".into(),
-            ))
-        }
-    })
-}

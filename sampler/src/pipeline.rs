@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use deediff_schedules::{Scheduler, SchedulerConfig};
-use deediff_uem::{EarlyExitUVit, ExitPolicy, SampleExit};
+use deediff_uem::{EarlyExitUVit, ExitPolicy, Guided, Passes, ReuseSchedule, RunState, SampleExit};
 use deediff_unet::{Conditioning, LatentDecoder};
 
-use crate::conditioning::{cat, Condition, Conditioner, TextEncoder};
+use crate::conditioning::{Condition, Conditioner, TextEncoder};
 use crate::error::{Result, SamplerError};
 use crate::guidance::Guidance;
 use crate::noise::PerImageNoise;
@@ -147,6 +147,21 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The schedule the `l2c` policy follows; it must cover this scheduler's evaluations.
+    pub fn set_reuse_schedule(&mut self, schedule: Option<ReuseSchedule>) -> Result<()> {
+        if let Some(s) = &schedule {
+            if s.evaluations() != self.scheduler.nfe() {
+                return Err(SamplerError::Request(format!(
+                    "reuse schedule: fitted for {} evaluations, this scheduler runs {}",
+                    s.evaluations(),
+                    self.scheduler.nfe()
+                )));
+            }
+        }
+        self.model.set_reuse_schedule(schedule)?;
+        Ok(())
+    }
+
     pub fn set_policy(&mut self, policy: ExitPolicy) -> Result<()> {
         self.check_policy(policy)?;
         self.policy = policy;
@@ -166,15 +181,15 @@ impl Pipeline {
 
     fn check_policy(&self, policy: ExitPolicy) -> Result<()> {
         policy.validate()?;
-        if self.model.heads().is_none()
-            && matches!(
-                policy,
-                ExitPolicy::Official { .. } | ExitPolicy::PerSample { .. }
-            )
-        {
+        if policy == ExitPolicy::Learned && self.model.reuse_schedule().is_none() {
             return Err(SamplerError::Request(
-                "this model has no certainty heads: use the full or static:K policy".into(),
+                "policy l2c: no reuse schedule was set (fit one with `calibrate l2c`)".into(),
             ));
+        }
+        if self.model.heads().is_none() && policy.needs_heads() {
+            return Err(SamplerError::Request(format!(
+                "policy {policy}: this model has no certainty heads: use full, static:K or deepcache:N"
+            )));
         }
         Ok(())
     }
@@ -254,9 +269,18 @@ impl Pipeline {
         let mut report = RunReport::new(conditions.len(), self.model.model().num_blocks(), passes);
         let start = Instant::now();
         let policy = |t| policy_at(&self.bands, t, self.policy);
-        let latents = self.run(conditions, seeds, hooks, &policy, &mut |t, exits| {
-            report.record(t, exits)
-        })?;
+        let mut state = RunState::new();
+        let latents = self.run(
+            &mut state,
+            conditions,
+            seeds,
+            hooks,
+            &policy,
+            &mut |t, exits| report.record(t, exits),
+        )?;
+        report.cache_bytes_peak = state.peak_bytes();
+        state.release();
+        report.cache_bytes_after_run = state.bytes();
         let samples = match &self.decoder {
             Some(d) => d.decode(&latents)?,
             None => latents,
@@ -266,15 +290,75 @@ impl Pipeline {
     }
 
     /// The sampling loop, evaluation at timestep `t` under `policy(t)`; `observe` sees every
-    /// evaluation's per-pass exits.
+    /// evaluation's per-pass exits. `state` (fresh) carries the caches of the whole run.
     pub(crate) fn run(
         &self,
+        state: &mut RunState,
         conditions: &[Condition],
         seeds: &[u64],
         mut hooks: Hooks<'_>,
         policy: &dyn Fn(f64) -> ExitPolicy,
         observe: &mut dyn FnMut(f64, &[SampleExit]),
     ) -> Result<Tensor> {
+        let (shape, cond, uncond) = self.prepare(conditions, seeds)?;
+        let passes = Passes {
+            cond: &cond,
+            guidance: uncond.as_ref().map(|uncond| Guided {
+                uncond,
+                scale: self.guidance.scale,
+                shared_exit: self.guidance.shared_exit,
+            }),
+        };
+        let mut noise = PerImageNoise::new(seeds.iter().copied());
+        let mut z = vec![0.0; shape.0 * shape.1 * shape.2 * shape.3];
+        deediff_schedules::NoiseSource::fill(&mut noise, &mut z)?;
+        let mut run = self.scheduler.start(&z);
+        let mut progress = Progress {
+            eval: 0,
+            evals: self.scheduler.nfe(),
+            mean_blocks: 0.0,
+        };
+        let (mut blocks, mut passes_run) = (0usize, 0usize);
+        while let Some(ev) = run.next_eval() {
+            if hooks.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(SamplerError::Cancelled);
+            }
+            let x = Tensor::from_iter(ev.x.iter().map(|&v| v as f32), &self.device)?;
+            let label = self.time_label.label(&ev.time);
+            let t = Tensor::full(label as f32, shape.0, &self.device)?;
+            let out =
+                self.model
+                    .evaluate(state, &x.reshape(shape)?, &t, &passes, &policy(label))?;
+            observe(label, &out.samples);
+            blocks += out.samples.iter().map(|e| e.blocks_executed).sum::<usize>();
+            passes_run += out.samples.len();
+            let eps = out.eps.flatten_all()?.to_vec1::<f32>()?;
+            run.feed(
+                &eps.into_iter().map(f64::from).collect::<Vec<_>>(),
+                &mut noise,
+            )?;
+            progress.eval += 1;
+            progress.mean_blocks = blocks as f64 / passes_run as f64;
+            if let Some(p) = hooks.progress.as_mut() {
+                p(&progress);
+            }
+        }
+        let x: Vec<f32> = run.into_sample().into_iter().map(|v| v as f32).collect();
+        Ok(Tensor::from_vec(x, shape, &self.device)?)
+    }
+
+    /// Checks a request and conditions its batch: the sample shape, the conditional batch and
+    /// (with guidance) the unconditional one.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        conditions: &[Condition],
+        seeds: &[u64],
+    ) -> Result<(
+        (usize, usize, usize, usize),
+        Conditioning,
+        Option<Conditioning>,
+    )> {
         if conditions.is_empty() || conditions.len() != seeds.len() {
             return Err(SamplerError::Request(format!(
                 "{} conditions and {} seeds: need one seed per image, at least one image",
@@ -292,125 +376,6 @@ impl Pipeline {
             (Some(n), true) => Some(conditioner.batch(&vec![n.clone(); b], &self.device)?),
             (None, true) => Some(conditioner.unconditional(b, &self.device)?),
         };
-
-        let mut noise = PerImageNoise::new(seeds.iter().copied());
-        let mut z = vec![0.0; shape.0 * shape.1 * shape.2 * shape.3];
-        deediff_schedules::NoiseSource::fill(&mut noise, &mut z)?;
-        let mut run = self.scheduler.start(&z);
-        let evals = self.scheduler.nfe();
-        let (mut eval, mut blocks, mut passes) = (0, 0usize, 0usize);
-        while let Some(ev) = run.next_eval() {
-            if hooks.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(SamplerError::Cancelled);
-            }
-            let x =
-                Tensor::from_iter(ev.x.iter().map(|&v| v as f32), &self.device)?.reshape(shape)?;
-            let label = self.time_label.label(&ev.time);
-            let t = Tensor::full(label as f32, b, &self.device)?;
-            let (eps, exits) = self.predict(&x, &t, &cond, uncond.as_ref(), policy(label))?;
-            observe(label, &exits);
-            blocks += exits.iter().map(|e| e.blocks_executed).sum::<usize>();
-            passes += exits.len();
-            let out: Vec<f64> = eps
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f64::from)
-                .collect();
-            run.feed(&out, &mut noise)?;
-            eval += 1;
-            if let Some(p) = hooks.progress.as_mut() {
-                p(&Progress {
-                    eval,
-                    evals,
-                    mean_blocks: blocks as f64 / passes as f64,
-                });
-            }
-        }
-        let x: Vec<f32> = run.into_sample().into_iter().map(|v| v as f32).collect();
-        Ok(Tensor::from_vec(x, shape, &self.device)?)
-    }
-
-    /// One guided network evaluation: the prediction and the exits of every pass (conditional
-    /// passes first).
-    fn predict(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        cond: &Conditioning,
-        uncond: Option<&Conditioning>,
-        policy: ExitPolicy,
-    ) -> Result<(Tensor, Vec<SampleExit>)> {
-        let Some(uncond) = uncond else {
-            let out = self.model.forward(x, t, cond, &policy)?;
-            return Ok((out.eps, out.samples));
-        };
-        let b = x.dim(0)?;
-        let (eps_c, eps_u, exits) = match policy {
-            // Per-sample decisions are independent, so both passes share one batch.
-            ExitPolicy::PerSample { .. } if !self.guidance.shared_exit => {
-                let out = self.model.forward(
-                    &Tensor::cat(&[x, x], 0)?,
-                    &Tensor::cat(&[t, t], 0)?,
-                    &cat(cond, uncond)?,
-                    &policy,
-                )?;
-                (
-                    out.eps.narrow(0, 0, b)?,
-                    out.eps.narrow(0, b, b)?,
-                    out.samples,
-                )
-            }
-            _ => {
-                let c = self.model.forward(x, t, cond, &policy)?;
-                let u = if self.guidance.shared_exit {
-                    self.forward_at_depths(x, t, uncond, &c.samples)?
-                } else {
-                    self.model.forward(x, t, uncond, &policy)?
-                };
-                let mut exits = c.samples;
-                exits.extend(u.samples);
-                (c.eps, u.eps, exits)
-            }
-        };
-        let g = self.guidance.scale;
-        let eps = ((&eps_u * (1.0 - g))? + (&eps_c * g)?)?;
-        Ok((eps, exits))
-    }
-
-    /// Runs each sample to the depth `like` gives it (grouped by depth, static exits).
-    fn forward_at_depths(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        cond: &Conditioning,
-        like: &[SampleExit],
-    ) -> Result<deediff_uem::ExitOutput> {
-        let mut depths: Vec<usize> = like.iter().map(|e| e.blocks_executed).collect();
-        depths.sort_unstable();
-        depths.dedup();
-        let mut eps_rows: Vec<Option<Tensor>> = vec![None; like.len()];
-        let mut samples: Vec<Option<SampleExit>> = vec![None; like.len()];
-        for depth in depths {
-            let idx: Vec<u32> = (0..like.len() as u32)
-                .filter(|&i| like[i as usize].blocks_executed == depth)
-                .collect();
-            let sel = Tensor::new(idx.as_slice(), &self.device)?;
-            let out = self.model.forward(
-                &x.index_select(&sel, 0)?,
-                &t.index_select(&sel, 0)?,
-                &cond.index_select(&sel)?,
-                &ExitPolicy::fixed_depth(depth)?,
-            )?;
-            for (k, &i) in idx.iter().enumerate() {
-                eps_rows[i as usize] = Some(out.eps.narrow(0, k, 1)?);
-                samples[i as usize] = Some(out.samples[k].clone());
-            }
-        }
-        let rows: Vec<Tensor> = eps_rows.into_iter().flatten().collect();
-        Ok(deediff_uem::ExitOutput {
-            eps: Tensor::cat(&rows, 0)?,
-            samples: samples.into_iter().flatten().collect(),
-        })
+        Ok((shape, cond, uncond))
     }
 }

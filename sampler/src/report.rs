@@ -27,6 +27,10 @@ pub struct RunReport {
     pub macs_executed: u64,
     pub macs_full_depth: u64,
     pub seconds: f64,
+    /// The most bytes of cached block contributions held at once (`cached`, `deepcache`).
+    pub cache_bytes_peak: usize,
+    /// Bytes still cached once the run ended (0: the run's caches were freed).
+    pub cache_bytes_after_run: usize,
 }
 
 impl RunReport {
@@ -39,6 +43,8 @@ impl RunReport {
             macs_executed: 0,
             macs_full_depth: 0,
             seconds: 0.0,
+            cache_bytes_peak: 0,
+            cache_bytes_after_run: 0,
         }
     }
 
@@ -79,6 +85,8 @@ impl RunReport {
         self.macs_executed += other.macs_executed;
         self.macs_full_depth += other.macs_full_depth;
         self.seconds += other.seconds;
+        self.cache_bytes_peak = self.cache_bytes_peak.max(other.cache_bytes_peak);
+        self.cache_bytes_after_run += other.cache_bytes_after_run;
     }
 
     /// Mean blocks executed per network pass over the whole run.
@@ -127,6 +135,7 @@ mod tests {
             exit_block: blocks - 1,
             blocks_executed: blocks,
             scores: Vec::new(),
+            reused_blocks: 0,
             macs: 10 * blocks as u64,
             full_depth_macs: 50,
         }

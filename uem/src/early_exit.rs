@@ -1,25 +1,32 @@
 //! The early-exit forward: blocks run one by one, certainty heads decide after each block, and the
-//! shared output head runs only for samples that leave (or at the end).
+//! shared output head runs once per pass, on the rows that left plus those that ran to the end.
+//! Guided evaluations (conditional and unconditional passes) and reuse policies live here too, so
+//! the sampler only loops over scheduler evaluations.
 
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
 use deediff_unet::{Checkpoint, CheckpointError, Conditioning, ConfigHints, UVit};
 
+use crate::backbone::Backbone;
 use crate::head::CertaintyHeads;
 use crate::policy::{ExitPolicy, ExitRule};
+use crate::reuse_schedule::ReuseSchedule;
+use crate::run_state::RunState;
 
 /// What one sample of a forward pass cost and where it stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleExit {
-    /// Block whose output was decoded (0-based, execution order).
+    /// The last block run (0-based, execution order).
     pub exit_block: usize,
-    /// Blocks executed for this sample (`exit_block + 1`).
+    /// Blocks executed for this sample (`exit_block + 1` except under `deepcache`).
     pub blocks_executed: usize,
     /// Certainty score the rule saw after each block where a head ran: the batch mean under
     /// `Official`, the sample's own mean under `PerSample`, empty for `Full`/`Static`. No head
     /// runs after the last block (nothing left to decide).
     pub scores: Vec<f32>,
+    /// Blocks whose cached contribution stood in for running them (`cached`, `deepcache`).
+    pub reused_blocks: usize,
     /// MACs spent on this sample: embed + executed blocks + certainty heads run + output head.
     pub macs: u64,
     /// MACs of a plain full-depth forward of one sample.
@@ -34,19 +41,55 @@ pub struct ExitOutput {
     pub samples: Vec<SampleExit>,
 }
 
-/// A U-ViT with (optionally) its certainty heads.
-#[derive(Debug, Clone)]
-pub struct EarlyExitUVit {
-    model: UVit,
-    heads: Option<CertaintyHeads>,
+/// The conditions of one evaluation: the conditional pass and, with classifier-free guidance,
+/// the unconditional one.
+#[derive(Debug, Clone, Copy)]
+pub struct Passes<'a> {
+    pub cond: &'a Conditioning,
+    pub guidance: Option<Guided<'a>>,
 }
 
-impl EarlyExitUVit {
-    /// `heads` is `None` for a plain U-ViT, which then supports only `Full` and `Static`.
-    pub fn new(model: UVit, heads: Option<CertaintyHeads>) -> Self {
-        Self { model, heads }
-    }
+/// The unconditional pass of a guided evaluation: `ε = ε_u + scale·(ε_c − ε_u)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Guided<'a> {
+    pub uncond: &'a Conditioning,
+    pub scale: f64,
+    /// The unconditional pass stops where the conditional pass of the same image stopped
+    /// (threshold policies only; other policies decide both passes alike anyway).
+    pub shared_exit: bool,
+}
 
+/// Where one row of a pass stops.
+#[derive(Debug, Clone)]
+enum Stop {
+    /// After exactly this many blocks.
+    At(usize),
+    /// Where its own exit rule says (or at the last block).
+    Rule(ExitRule),
+}
+
+/// How the rows of one pass run.
+struct Plan {
+    stops: Vec<Stop>,
+    /// The official rule on the batch-mean certainty (all rows `Stop::Rule`).
+    batch_mean: bool,
+    /// Skipped blocks contribute their cached contributions (and computed ones refresh them).
+    fill: bool,
+}
+
+/// A backbone with (optionally) its certainty heads.
+#[derive(Debug, Clone)]
+pub struct EarlyExit<B: Backbone = UVit> {
+    model: B,
+    heads: Option<CertaintyHeads>,
+    /// What the `l2c` policy reuses.
+    schedule: Option<ReuseSchedule>,
+}
+
+/// The U-ViT early-exit model every tool uses.
+pub type EarlyExitUVit = EarlyExit<UVit>;
+
+impl EarlyExit<UVit> {
     /// Loads a checkpoint (`.pth` or safetensors, see [`Checkpoint::load`]) with its
     /// `lte_classifer` heads when the file has them.
     pub fn load(
@@ -68,8 +111,39 @@ impl EarlyExitUVit {
         };
         Ok(Self::new(loaded.model, heads))
     }
+}
 
-    pub fn model(&self) -> &UVit {
+impl<B: Backbone> EarlyExit<B> {
+    /// `heads` is `None` for a plain backbone, which then runs only policies that need no heads.
+    pub fn new(model: B, heads: Option<CertaintyHeads>) -> Self {
+        Self {
+            model,
+            heads,
+            schedule: None,
+        }
+    }
+
+    /// The schedule the `l2c` policy follows (`None`: that policy is refused).
+    pub fn set_reuse_schedule(&mut self, schedule: Option<ReuseSchedule>) -> Result<()> {
+        if let Some(s) = &schedule {
+            s.validate().map_err(candle_core::Error::msg)?;
+            if s.blocks != self.model.num_blocks() {
+                candle_core::bail!(
+                    "reuse schedule: fitted for {} blocks, the model has {}",
+                    s.blocks,
+                    self.model.num_blocks()
+                )
+            }
+        }
+        self.schedule = schedule;
+        Ok(())
+    }
+
+    pub fn reuse_schedule(&self) -> Option<&ReuseSchedule> {
+        self.schedule.as_ref()
+    }
+
+    pub fn model(&self) -> &B {
         &self.model
     }
 
@@ -77,10 +151,8 @@ impl EarlyExitUVit {
         self.heads.as_ref()
     }
 
-    /// Runs `x [B,C,H,W]`, `t [B]`, `cond` under `policy`.
-    ///
-    /// `PerSample` compacts the running batch with `index_select` as samples exit, so an exited
-    /// sample costs nothing more; `Official` keeps the batch together on its mean certainty.
+    /// One stateless pass of `x [B,C,H,W]`, `t [B]`, `cond` under `policy` (a fresh
+    /// [`RunState`]: cache policies run full depth, as at the first step of a run).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -89,131 +161,432 @@ impl EarlyExitUVit {
         policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
         policy.validate().map_err(candle_core::Error::msg)?;
-        let n = self.model.num_blocks();
-        match *policy {
-            ExitPolicy::Full => self.truncated(x, t, cond, n),
-            ExitPolicy::Static { blocks } => self.truncated(x, t, cond, blocks.min(n)),
-            ExitPolicy::Official { threshold } => self.adaptive(x, t, cond, threshold, false),
-            ExitPolicy::PerSample { threshold } => self.adaptive(x, t, cond, threshold, true),
-        }
+        let mut state = RunState::new();
+        state.begin_evaluation();
+        let slots: Vec<usize> = (0..x.dim(0)?).collect();
+        self.pass(&mut state, &slots, x, t, cond, policy)
     }
 
-    fn sample_exit(&self, blocks: usize, scores: Vec<f32>) -> SampleExit {
-        let macs = self.model.macs();
-        SampleExit {
-            exit_block: blocks - 1,
-            blocks_executed: blocks,
-            macs: macs.truncated(blocks) + scores.len() as u64 * macs.certainty_head,
-            full_depth_macs: macs.full_depth(),
-            scores,
-        }
-    }
-
-    /// The first `blocks` blocks for the whole batch, then the output head.
-    fn truncated(
+    /// One network evaluation of a run: every pass of `passes` under `policy`, the guided
+    /// prediction and the exits of every pass (conditional first). Image `k`'s conditional pass
+    /// keeps its cache in slot `k` of `state`, its unconditional pass in slot `B + k`.
+    pub fn evaluate(
         &self,
+        state: &mut RunState,
         x: &Tensor,
         t: &Tensor,
-        cond: &Conditioning,
-        blocks: usize,
+        passes: &Passes,
+        policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
-        let mut h = self.model.embed(x, t, cond)?;
-        let mut skips = Vec::new();
-        for i in 0..blocks {
-            h = self.model.block(i, &h, &mut skips)?;
-        }
-        Ok(ExitOutput {
-            eps: self.model.decode(&h)?,
-            samples: (0..x.dim(0)?)
-                .map(|_| self.sample_exit(blocks, Vec::new()))
-                .collect(),
-        })
-    }
-
-    /// Threshold exits; `per_sample` selects own-mean decisions with batch compaction.
-    fn adaptive(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        cond: &Conditioning,
-        threshold: f32,
-        per_sample: bool,
-    ) -> Result<ExitOutput> {
-        let heads = self.heads.as_ref().ok_or_else(|| {
-            candle_core::Error::msg(
-                "this checkpoint has no certainty heads (lte_classifer.*): use the full or static:K exit policy",
-            )
-        })?;
-        let cfg = self.model.config();
-        let n = self.model.num_blocks();
+        policy.validate().map_err(candle_core::Error::msg)?;
+        state.begin_evaluation();
         let b = x.dim(0)?;
-        let rule = ExitRule::new(cfg.variant, cfg.num_in_blocks(), threshold);
-        // One rule per sample under PerSample; under Official only rules[0] is used.
-        let mut rules = vec![rule; b];
-        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); b];
-        let mut outputs: Vec<Option<Tensor>> = vec![None; b];
-        let mut blocks_run = vec![n; b];
-        // `active[row]` is the original index of the sample in row `row` of `h`.
-        let mut active: Vec<usize> = (0..b).collect();
-        let mut h = self.model.embed(x, t, cond)?;
-        let mut skips = Vec::new();
-        for i in 0..n {
-            h = self.model.block(i, &h, &mut skips)?;
-            let exiting: Vec<bool> = if i + 1 == n {
-                vec![true; active.len()]
+        let cond_slots: Vec<usize> = (0..b).collect();
+        let out = match passes.guidance {
+            None => self.pass(state, &cond_slots, x, t, passes.cond, policy)?,
+            Some(g) => self.guided(state, x, t, passes.cond, &g, policy)?,
+        };
+        state.note_peak();
+        Ok(out)
+    }
+
+    /// Both passes of a guided evaluation, combined.
+    fn guided(
+        &self,
+        state: &mut RunState,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        g: &Guided,
+        policy: &ExitPolicy,
+    ) -> Result<ExitOutput> {
+        let b = x.dim(0)?;
+        let cond_slots: Vec<usize> = (0..b).collect();
+        let uncond_slots: Vec<usize> = (b..2 * b).collect();
+        let shared = g.shared_exit
+            && matches!(
+                policy,
+                ExitPolicy::Official { .. } | ExitPolicy::PerSample { .. }
+            );
+        let (eps_c, eps_u, samples) = if shared || matches!(policy, ExitPolicy::Official { .. }) {
+            // Decisions that depend on another pass's rows: two passes.
+            let c = self.pass(state, &cond_slots, x, t, cond, policy)?;
+            let u = if shared {
+                let depths: Vec<usize> = c.samples.iter().map(|e| e.blocks_executed).collect();
+                self.at_depths(x, t, g.uncond, &depths)?
             } else {
-                let means = heads.sample_means(i, &h)?.to_vec1::<f32>()?;
-                if per_sample {
-                    active
-                        .iter()
-                        .zip(&means)
-                        .map(|(&s, &m)| {
-                            scores[s].push(m);
-                            rules[s].exits(i, m)
-                        })
-                        .collect()
-                } else {
-                    let m = means.iter().sum::<f32>() / means.len() as f32;
-                    active.iter().for_each(|&s| scores[s].push(m));
-                    vec![rules[0].exits(i, m); active.len()]
-                }
+                self.pass(state, &uncond_slots, x, t, g.uncond, policy)?
             };
-            let (out_rows, keep_rows): (Vec<usize>, Vec<usize>) =
-                (0..active.len()).partition(|&r| exiting[r]);
-            if out_rows.is_empty() {
-                continue;
+            let mut samples = c.samples;
+            samples.extend(u.samples);
+            (c.eps, u.eps, samples)
+        } else {
+            // Every row decides on its own, so both passes share one batch.
+            let slots: Vec<usize> = (0..2 * b).collect();
+            let both = cat_conditioning(cond, g.uncond)?;
+            let x2 = Tensor::cat(&[x, x], 0)?;
+            let t2 = Tensor::cat(&[t, t], 0)?;
+            let out = self.pass(state, &slots, &x2, &t2, &both, policy)?;
+            (
+                out.eps.narrow(0, 0, b)?,
+                out.eps.narrow(0, b, b)?,
+                out.samples,
+            )
+        };
+        let eps = ((&eps_u * (1.0 - g.scale))? + (&eps_c * g.scale)?)?;
+        Ok(ExitOutput { eps, samples })
+    }
+
+    /// Each row run to its own depth `depths[row]` (a shared exit's second pass).
+    pub fn at_depths(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        depths: &[usize],
+    ) -> Result<ExitOutput> {
+        let plan = Plan {
+            stops: depths.iter().map(|&k| Stop::At(k)).collect(),
+            batch_mean: false,
+            fill: false,
+        };
+        let slots: Vec<usize> = (0..depths.len()).collect();
+        self.run_rows(&mut RunState::new(), &slots, x, t, cond, plan)
+    }
+
+    /// One pass of the rows whose caches are `slots` under `policy`.
+    fn pass(
+        &self,
+        state: &mut RunState,
+        slots: &[usize],
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        policy: &ExitPolicy,
+    ) -> Result<ExitOutput> {
+        if policy.needs_heads() && self.heads.is_none() {
+            candle_core::bail!(
+                "this checkpoint has no certainty heads (lte_classifer.*): use the full, static:K or deepcache:N policy"
+            )
+        }
+        let n = self.model.num_blocks();
+        let rows = slots.len();
+        let (stops, batch_mean, fill) = match *policy {
+            ExitPolicy::Full => (vec![Stop::At(n); rows], false, false),
+            ExitPolicy::Static { blocks } => (vec![Stop::At(blocks.min(n)); rows], false, false),
+            ExitPolicy::Official { threshold } | ExitPolicy::PerSample { threshold } => {
+                let rule = Stop::Rule(self.model.exit_rule(threshold));
+                let official = matches!(policy, ExitPolicy::Official { .. });
+                (vec![rule; rows], official, false)
             }
-            let eps = self.model.decode(&select_rows(&h, &out_rows)?)?;
-            for (k, &row) in out_rows.iter().enumerate() {
-                outputs[active[row]] = Some(eps.narrow(0, k, 1)?);
-                blocks_run[active[row]] = i + 1;
+            ExitPolicy::Cached { threshold, refresh } => {
+                let stops = slots
+                    .iter()
+                    .map(|&s| match state.since_full(s) {
+                        Some(since) if since < refresh => {
+                            Stop::Rule(self.model.exit_rule(threshold))
+                        }
+                        _ => Stop::At(n),
+                    })
+                    .collect();
+                (stops, false, true)
             }
-            if keep_rows.is_empty() {
+            ExitPolicy::DeepCache { interval, depth } => {
+                return self.deep_cache(state, slots, x, t, cond, interval, depth)
+            }
+            ExitPolicy::Learned => return self.scheduled(state, slots, x, t, cond),
+        };
+        let plan = Plan {
+            stops,
+            batch_mean,
+            fill,
+        };
+        self.run_rows(state, slots, x, t, cond, plan)
+    }
+
+    /// The per-row exit loop. Rows that stop leave the running batch (the backbone's per-pass
+    /// state is shrunk lazily, see [`Backbone::retain_rows`]); their hidden states wait and the
+    /// output head runs once at the end for every row.
+    fn run_rows(
+        &self,
+        state: &mut RunState,
+        slots: &[usize],
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        mut plan: Plan,
+    ) -> Result<ExitOutput> {
+        let n = self.model.num_blocks();
+        let b = slots.len();
+        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); b];
+        // Per row: blocks run and the hidden state to decode.
+        let mut exited: Vec<Option<(usize, Tensor)>> = vec![None; b];
+        // `live[p]`: the row at position `p` of `h`.
+        let mut live: Vec<usize> = (0..b).collect();
+        let mut h = self.model.embed(x, t, cond)?;
+        let mut pass = self.model.start_pass(b);
+        for i in 0..n {
+            let h_in = h;
+            h = self.model.block(i, &h_in, &mut pass)?;
+            // Block 0 always runs, so its contribution is never needed.
+            if plan.fill && i > 0 {
+                let rows: Vec<usize> = live.iter().map(|&r| slots[r]).collect();
+                store_deltas(state, &rows, i, &h_in, &h)?;
+            }
+            let exiting = self.decide(i, &h, &live, &mut plan, &mut scores)?;
+            let (out, keep): (Vec<usize>, Vec<usize>) = (0..live.len()).partition(|&p| exiting[p]);
+            if out.len() == b && !plan.fill {
+                // Every row stops here together: decode the batch as it is.
+                let samples = (0..b).map(|r| self.exit_stats(0..i + 1, 0, &scores[r]));
+                return Ok(ExitOutput {
+                    eps: self.model.decode(&h)?,
+                    samples: samples.collect(),
+                });
+            }
+            for &p in &out {
+                exited[live[p]] = Some((i + 1, h.narrow(0, p, 1)?));
+            }
+            if keep.is_empty() {
                 break;
             }
-            h = select_rows(&h, &keep_rows)?;
-            for s in skips.iter_mut() {
-                *s = select_rows(s, &keep_rows)?;
+            if !out.is_empty() {
+                h = select_rows(&h, &keep)?;
+                self.model.retain_rows(&mut pass, &keep);
+                live = keep.iter().map(|&p| live[p]).collect();
             }
-            active = keep_rows.iter().map(|&r| active[r]).collect();
         }
-        let outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
+        self.finish(state, slots, exited, scores, plan.fill)
+    }
+
+    /// The exit decisions after block `i` for the rows `live` of `h`.
+    fn decide(
+        &self,
+        i: usize,
+        h: &Tensor,
+        live: &[usize],
+        plan: &mut Plan,
+        scores: &mut [Vec<f32>],
+    ) -> Result<Vec<bool>> {
+        let last = i + 1 == self.model.num_blocks();
+        let reads_heads = !last && live.iter().any(|&r| matches!(plan.stops[r], Stop::Rule(_)));
+        let mut means = match (&self.heads, reads_heads) {
+            (Some(heads), true) => heads.sample_means(i, h)?.to_vec1::<f32>()?,
+            _ => Vec::new(),
+        };
+        if plan.batch_mean && !means.is_empty() {
+            let m = means.iter().sum::<f32>() / means.len() as f32;
+            means.iter_mut().for_each(|v| *v = m);
+        }
+        Ok(live
+            .iter()
+            .enumerate()
+            .map(|(p, &r)| match &mut plan.stops[r] {
+                Stop::At(k) => last || i + 1 == *k,
+                Stop::Rule(_) if last => true,
+                Stop::Rule(rule) => {
+                    scores[r].push(means[p]);
+                    rule.exits(i, means[p])
+                }
+            })
+            .collect())
+    }
+
+    /// Fills the rows that stopped early (under a cache policy), then one output head call.
+    fn finish(
+        &self,
+        state: &mut RunState,
+        slots: &[usize],
+        exited: Vec<Option<(usize, Tensor)>>,
+        scores: Vec<Vec<f32>>,
+        fill: bool,
+    ) -> Result<ExitOutput> {
+        let n = self.model.num_blocks();
+        let mut hidden = Vec::with_capacity(exited.len());
+        let mut samples = Vec::with_capacity(exited.len());
+        for (r, (e, sc)) in exited.into_iter().zip(scores).enumerate() {
+            let (blocks, h) = e.ok_or_else(|| candle_core::Error::msg("a row never stopped"))?;
+            let slot = slots[r];
+            let mut reused = 0;
+            let h = match (fill, blocks == n) {
+                (true, true) => {
+                    state.mark_full(slot);
+                    h
+                }
+                (true, false) => {
+                    let f = state.fill(slot, blocks, n)?.ok_or_else(|| {
+                        candle_core::Error::msg("a cached exit found no cached contribution")
+                    })?;
+                    reused = n - blocks;
+                    (h + f)?
+                }
+                (false, _) => h,
+            };
+            if let (true, Some(&c)) = (fill, sc.last()) {
+                state.push_certainty(slot, c);
+            }
+            hidden.push(h);
+            samples.push(self.exit_stats(0..blocks, reused, &sc));
+        }
         Ok(ExitOutput {
-            eps: Tensor::cat(&outputs, 0)?,
-            samples: blocks_run
-                .into_iter()
-                .zip(scores)
-                .map(|(k, s)| self.sample_exit(k, s))
-                .collect(),
+            eps: self.model.decode(&Tensor::cat(&hidden, 0)?)?,
+            samples,
         })
+    }
+
+    /// DeepCache: full passes every `interval` evaluations; in between the first `depth` blocks,
+    /// the cached input of block `N − depth`, and the last `depth` blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn deep_cache(
+        &self,
+        state: &mut RunState,
+        slots: &[usize],
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        interval: usize,
+        depth: usize,
+    ) -> Result<ExitOutput> {
+        let n = self.model.num_blocks();
+        let resume = n.saturating_sub(depth);
+        let partial = depth < resume
+            && state.evaluation() % interval != 0
+            && slots.iter().all(|&s| state.deep(s).is_some());
+        let mut h = self.model.embed(x, t, cond)?;
+        let mut pass = self.model.start_pass(slots.len());
+        let mut run = |i: usize, h: &Tensor| self.model.block(i, h, &mut pass);
+        if partial {
+            for i in 0..depth {
+                h = run(i, &h)?;
+            }
+            let deep: Vec<Tensor> = slots
+                .iter()
+                .filter_map(|&s| state.deep(s).cloned())
+                .collect();
+            h = Tensor::cat(&deep, 0)?;
+        } else {
+            for i in 0..resume {
+                h = run(i, &h)?;
+            }
+            for (p, &s) in slots.iter().enumerate() {
+                state.set_deep(s, h.narrow(0, p, 1)?.force_contiguous()?);
+            }
+        }
+        for i in resume..n {
+            h = run(i, &h)?;
+        }
+        let stats = if partial {
+            self.exit_stats((0..depth).chain(resume..n), resume - depth, &[])
+        } else {
+            self.exit_stats(0..n, 0, &[])
+        };
+        Ok(ExitOutput {
+            eps: self.model.decode(&h)?,
+            samples: vec![stats; slots.len()],
+        })
+    }
+
+    /// `l2c`: every block runs or, where the schedule says, adds its cached contribution
+    /// (the same choice for every row).
+    fn scheduled(
+        &self,
+        state: &mut RunState,
+        slots: &[usize],
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+    ) -> Result<ExitOutput> {
+        let schedule = self.schedule.as_ref().ok_or_else(|| {
+            candle_core::Error::msg("the l2c policy needs a reuse schedule (none was set)")
+        })?;
+        let e = state.evaluation();
+        let mut h = self.model.embed(x, t, cond)?;
+        let mut pass = self.model.start_pass(slots.len());
+        let mut ran = Vec::new();
+        for j in 0..self.model.num_blocks() {
+            let cached: Option<Vec<Tensor>> = schedule
+                .reuses(e, j)
+                .then(|| slots.iter().map(|&s| state.delta(s, j).cloned()).collect())
+                .flatten();
+            match cached {
+                Some(d) => {
+                    h = (h + Tensor::cat(&d, 0)?)?;
+                    self.model.reuse_block(j, &h, &mut pass);
+                }
+                None => {
+                    let h_in = h;
+                    h = self.model.block(j, &h_in, &mut pass)?;
+                    store_deltas(state, slots, j, &h_in, &h)?;
+                    ran.push(j);
+                }
+            }
+        }
+        let stats = self.exit_stats(
+            ran.iter().copied(),
+            self.model.num_blocks() - ran.len(),
+            &[],
+        );
+        Ok(ExitOutput {
+            eps: self.model.decode(&h)?,
+            samples: vec![stats; slots.len()],
+        })
+    }
+
+    /// A pass's statistics: the blocks `ran`, `reused` stood in for by caches, one certainty
+    /// head per score.
+    fn exit_stats(
+        &self,
+        ran: impl Iterator<Item = usize>,
+        reused: usize,
+        scores: &[f32],
+    ) -> SampleExit {
+        let macs = self.model.macs();
+        let (mut blocks, mut last, mut run) = (0, 0, 0);
+        for j in ran {
+            blocks += 1;
+            last = j;
+            run += macs.blocks[j];
+        }
+        SampleExit {
+            exit_block: last,
+            blocks_executed: blocks,
+            scores: scores.to_vec(),
+            reused_blocks: reused,
+            macs: macs.embed + run + macs.decode + scores.len() as u64 * macs.certainty_head,
+            full_depth_macs: macs.full_depth(),
+        }
     }
 }
 
-/// Rows `rows` of a batch-major tensor (no copy when all rows are kept in order).
-fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
-    if rows.len() == t.dim(0)? && rows.iter().enumerate().all(|(i, &r)| i == r) {
-        return Ok(t.clone());
+/// Stores block `j`'s contribution `h − h_in` of every row (row `p` belongs to `slots[p]`).
+fn store_deltas(
+    state: &mut RunState,
+    slots: &[usize],
+    j: usize,
+    h_in: &Tensor,
+    h: &Tensor,
+) -> Result<()> {
+    for (p, &s) in slots.iter().enumerate() {
+        state.set_delta(s, j, (h.narrow(0, p, 1)? - h_in.narrow(0, p, 1)?)?)?;
     }
+    Ok(())
+}
+
+/// Rows `rows` of a batch-major tensor.
+fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
     let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
     t.index_select(&Tensor::new(idx, t.device())?, 0)
+}
+
+/// `[a; b]` along the batch: conditional and unconditional passes in one network call.
+fn cat_conditioning(a: &Conditioning, b: &Conditioning) -> Result<Conditioning> {
+    Ok(match (a, b) {
+        (Conditioning::None, Conditioning::None) => Conditioning::None,
+        (Conditioning::Class(x), Conditioning::Class(y)) => {
+            Conditioning::Class(Tensor::cat(&[x, y], 0)?)
+        }
+        (Conditioning::Context(x), Conditioning::Context(y)) => {
+            Conditioning::Context(Tensor::cat(&[x, y], 0)?)
+        }
+        _ => candle_core::bail!("conditional and unconditional batches differ in kind"),
+    })
 }

@@ -13,11 +13,30 @@ pub enum PolicyError {
     Threshold(f32),
     #[error("static exit depth {0} must be at least 1")]
     StaticDepth(usize),
-    #[error("unknown exit policy {0:?}: expected official:T, per-sample:T, T, full or static:K")]
+    #[error("{what} {value} must be at least 1")]
+    Count { what: &'static str, value: usize },
+    #[error(
+        "unknown exit policy {0:?}: expected official:T, per-sample:T, T, full, static:K, \
+         cached:T[:R], deepcache:N[:M] or l2c"
+    )]
     Syntax(String),
 }
 
-/// How a forward pass decides where to stop.
+/// How a forward pass decides where to stop, and what stands in for the blocks it skips.
+///
+/// The string syntax (`FromStr`/`Display`, what `--policy` takes) is:
+///
+/// | syntax | variant |
+/// |---|---|
+/// | `per-sample:T`, or a bare `T` | [`PerSample`](Self::PerSample) |
+/// | `official:T` | [`Official`](Self::Official) |
+/// | `full` | [`Full`](Self::Full) |
+/// | `static:K` | [`Static`](Self::Static) |
+/// | `cached:T:R`, `cached:T` (R = [`DEFAULT_REFRESH`]) | [`Cached`](Self::Cached) |
+/// | `deepcache:N:M`, `deepcache:N` (M = 1) | [`DeepCache`](Self::DeepCache) |
+/// | `l2c` | [`Learned`](Self::Learned) |
+///
+/// `T` is a certainty threshold in (0, 1]; `K`, `R`, `N`, `M` are counts ≥ 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ExitPolicy {
     /// The official rule on the **batch-mean** certainty: the whole batch exits together.
@@ -29,7 +48,25 @@ pub enum ExitPolicy {
     Full,
     /// Always stop after `blocks` blocks (the static truncation baseline; clamped to the model).
     Static { blocks: usize },
+    /// Cache-filled exits: a sample stops where the per-sample rule says, and every block it
+    /// skips adds its most recent cached contribution (`output − input`, from an earlier
+    /// evaluation of the same sample and guidance pass), so the exit decodes an estimate of the
+    /// full-depth state instead of a truncated one. A pass runs to full depth (refreshing every
+    /// cache) at least once every `refresh` evaluations; `refresh = 1` is full depth.
+    Cached { threshold: f32, refresh: usize },
+    /// DeepCache on a U-ViT: every `interval`-th evaluation runs the full network; in between only
+    /// the first `depth` in-blocks and the last `depth` out-blocks run, and the feature that
+    /// entered those out-blocks at the last full pass is reused through the long skips.
+    /// `interval = 1` is full depth.
+    DeepCache { interval: usize, depth: usize },
+    /// A static per-evaluation, per-block reuse schedule in the style of Learning-to-Cache,
+    /// fitted on calibration trajectories (see [`ReuseSchedule`](crate::ReuseSchedule)); the
+    /// schedule itself is set on the model.
+    Learned,
 }
+
+/// The refresh interval of `cached:T` when none is given: a full pass every 2nd evaluation.
+pub const DEFAULT_REFRESH: usize = 2;
 
 fn check_threshold(t: f32) -> Result<f32, PolicyError> {
     if t > 0.0 && t <= 1.0 {
@@ -59,33 +96,84 @@ impl ExitPolicy {
         Ok(Self::Static { blocks })
     }
 
-    /// Re-checks a policy built as a literal (thresholds in (0, 1], static depth ≥ 1).
+    pub fn cached(threshold: f32, refresh: usize) -> Result<Self, PolicyError> {
+        Ok(Self::Cached {
+            threshold: check_threshold(threshold)?,
+            refresh: check_count("cache refresh interval", refresh)?,
+        })
+    }
+
+    pub fn deep_cache(interval: usize, depth: usize) -> Result<Self, PolicyError> {
+        Ok(Self::DeepCache {
+            interval: check_count("DeepCache interval", interval)?,
+            depth: check_count("DeepCache depth", depth)?,
+        })
+    }
+
+    /// Re-checks a policy built as a literal (thresholds in (0, 1], counts ≥ 1).
     pub fn validate(&self) -> Result<(), PolicyError> {
         match *self {
             Self::Official { threshold } | Self::PerSample { threshold } => {
                 check_threshold(threshold).map(|_| ())
             }
             Self::Static { blocks } => Self::fixed_depth(blocks).map(|_| ()),
-            Self::Full => Ok(()),
+            Self::Full | Self::Learned => Ok(()),
+            Self::Cached { threshold, refresh } => Self::cached(threshold, refresh).map(|_| ()),
+            Self::DeepCache { interval, depth } => Self::deep_cache(interval, depth).map(|_| ()),
         }
+    }
+
+    /// Whether the policy reads the certainty heads (a model without them cannot run it).
+    pub fn needs_heads(&self) -> bool {
+        matches!(
+            self,
+            Self::Official { .. } | Self::PerSample { .. } | Self::Cached { .. }
+        )
+    }
+}
+
+fn check_count(what: &'static str, value: usize) -> Result<usize, PolicyError> {
+    if value >= 1 {
+        Ok(value)
+    } else {
+        Err(PolicyError::Count { what, value })
     }
 }
 
 impl FromStr for ExitPolicy {
     type Err = PolicyError;
 
-    /// `official:0.9`, `per-sample:0.9`, a bare `0.9` (per-sample), `full`, `static:8`.
+    /// `official:0.9`, `per-sample:0.9`, a bare `0.9` (per-sample), `full`, `static:8`,
+    /// `cached:0.95:3`, `cached:0.95`, `deepcache:3:1`, `deepcache:3`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let syntax = || PolicyError::Syntax(s.to_string());
         let num = |v: &str| v.trim().parse::<f32>().map_err(|_| syntax());
+        let count = |v: &str| v.trim().parse::<usize>().map_err(|_| syntax());
         match s.trim().split_once(':') {
             Some(("official", v)) => Self::official(num(v)?),
             Some(("per-sample", v)) => Self::per_sample(num(v)?),
-            Some(("static", v)) => Self::fixed_depth(v.trim().parse().map_err(|_| syntax())?),
+            Some(("static", v)) => Self::fixed_depth(count(v)?),
+            Some(("cached", v)) => {
+                let (t, r) = with_count(v, DEFAULT_REFRESH).ok_or_else(syntax)?;
+                Self::cached(num(t)?, r)
+            }
+            Some(("deepcache", v)) => {
+                let (n, m) = with_count(v, 1).ok_or_else(syntax)?;
+                Self::deep_cache(count(n)?, m)
+            }
             None if s.trim() == "full" => Ok(Self::Full),
+            None if s.trim() == "l2c" => Ok(Self::Learned),
             None => Self::per_sample(num(s)?),
             Some(_) => Err(syntax()),
         }
+    }
+}
+
+/// `A:B` → `(A, B)`, or `A` → `(A, default)`; `None` when `B` is not a count.
+fn with_count(v: &str, default: usize) -> Option<(&str, usize)> {
+    match v.split_once(':') {
+        Some((a, b)) => Some((a, b.trim().parse().ok()?)),
+        None => Some((v, default)),
     }
 }
 
@@ -96,6 +184,9 @@ impl fmt::Display for ExitPolicy {
             Self::PerSample { threshold } => write!(f, "per-sample:{threshold}"),
             Self::Full => write!(f, "full"),
             Self::Static { blocks } => write!(f, "static:{blocks}"),
+            Self::Cached { threshold, refresh } => write!(f, "cached:{threshold}:{refresh}"),
+            Self::DeepCache { interval, depth } => write!(f, "deepcache:{interval}:{depth}"),
+            Self::Learned => write!(f, "l2c"),
         }
     }
 }
@@ -130,12 +221,19 @@ impl ExitRule {
         }
     }
 
-    /// Blocks run (exit block + 1) for a whole sequence of per-block scores.
-    pub fn blocks_run(mut self, scores: &[f32]) -> usize {
+    /// Blocks run (exit block + 1) for a whole sequence of per-block scores, as the official
+    /// code scores every block: no exit runs them all.
+    pub fn blocks_run(self, scores: &[f32]) -> usize {
+        self.depth(scores, scores.len())
+    }
+
+    /// Blocks a pass of a `num_blocks`-block network runs given the scores its heads gave
+    /// (deediff scores every block but the last; budget calibration replays recorded passes).
+    pub fn depth(mut self, scores: &[f32], num_blocks: usize) -> usize {
         scores
             .iter()
             .enumerate()
             .position(|(i, &s)| self.exits(i, s))
-            .map_or(scores.len(), |i| i + 1)
+            .map_or(num_blocks, |i| i + 1)
     }
 }

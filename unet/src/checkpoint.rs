@@ -82,7 +82,11 @@ impl Checkpoint {
             Some("pth" | "pt" | "bin" | "ckpt")
         );
         let (source, shapes): (Source, BTreeMap<_, _>) = if is_pth {
-            let pth = PthTensors::new(&path, None).map_err(|e| read_err(one_line(&e)))?;
+            // candle's pickle reader can overflow (a panic in debug builds) on crafted opcodes
+            // (e.g. a LONG1 of more than 8 bytes): a damaged file is an error, not a crash.
+            let pth = std::panic::catch_unwind(|| PthTensors::new(&path, None))
+                .map_err(|_| read_err("malformed PyTorch pickle".into()))?
+                .map_err(|e| read_err(one_line(&e)))?;
             let shapes = pth
                 .tensor_infos()
                 .iter()
@@ -161,7 +165,7 @@ impl Checkpoint {
                     .parse::<usize>()
                     .ok()
             })
-            .map(|i| i + 1)
+            .filter_map(|i| i.checked_add(1))
             .max()
             .unwrap_or(0);
         let variant = if has("context_embed.weight") {
