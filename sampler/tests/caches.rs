@@ -73,7 +73,7 @@ fn always_fresh_caches_and_deepcache_every_step_are_full_depth() {
 #[test]
 fn cached_exits_fill_and_reuse_and_differ_from_truncation() {
     let full = run("full", 1.0);
-    let cached = run("cached:0.6:3", 1.0);
+    let cached = run("cached:0.55:3", 1.0);
     let truncated = run("per-sample:0.6", 1.0);
     let depth = cached.report.mean_blocks();
     assert!(depth > 1.0 && depth < 5.0, "mean depth {depth}");
@@ -92,8 +92,8 @@ fn cached_exits_fill_and_reuse_and_differ_from_truncation() {
 #[test]
 fn a_cached_exit_image_is_the_same_alone_or_in_a_batch() {
     for (policy, scale) in [
-        ("cached:0.6:3", 1.0),
-        ("cached:0.6:3", 2.5),
+        ("cached:0.55:3", 1.0),
+        ("cached:0.55:3", 2.5),
         ("per-sample:0.6", 2.5),
     ] {
         let p = pipeline(policy, scale);
@@ -120,7 +120,7 @@ fn a_cached_exit_image_is_the_same_alone_or_in_a_batch() {
 
 #[test]
 fn caches_are_counted_and_freed_at_the_end_of_a_run() {
-    let p = pipeline("cached:0.6:3", 2.5);
+    let p = pipeline("cached:0.55:3", 2.5);
     let out = p.generate(&CONDS, &SEEDS, Hooks::default()).unwrap();
     let cfg = p.model().model().config();
     // One [S, D] f32 contribution per block but the first (no exit skips it), per image and
