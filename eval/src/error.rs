@@ -29,7 +29,11 @@ impl FidError {
     pub(crate) fn file(path: impl AsRef<Path>, msg: impl std::fmt::Display) -> Self {
         FidError::File {
             path: path.as_ref().to_path_buf(),
-            msg: msg.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            msg: msg
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 }

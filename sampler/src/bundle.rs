@@ -137,14 +137,16 @@ impl ModelBundle {
             .transpose()
             .map_err(|e| bad(format!("{SAMPLING_DEFAULTS_KEY}: {e}")))?;
 
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
-            .map_err(|e| bad(e.to_string()))?;
-        let model = UVit::new(&cfg, vb.clone()).map_err(|e| bad(e.to_string()))?;
-        let heads = CertaintyHeads::new(&cfg, vb.clone()).map_err(|e| bad(e.to_string()))?;
+        // candle errors can carry a backtrace (RUST_BACKTRACE): the message is its first line.
+        let candle_bad = |e: candle_core::Error| bad(deediff_unet::one_line(&e));
+        let vb =
+            VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(candle_bad)?;
+        let model = UVit::new(&cfg, vb.clone()).map_err(candle_bad)?;
+        let heads = CertaintyHeads::new(&cfg, vb.clone()).map_err(candle_bad)?;
         let text = text_cfg
             .map(|tc| WordEncoder::new(&tc, vb.pp("text_encoder")))
             .transpose()
-            .map_err(|e| bad(e.to_string()))?
+            .map_err(candle_bad)?
             .map(|t| Box::new(t) as Box<dyn TextEncoder>);
         Ok(Self {
             model: EarlyExitUVit::new(model, Some(heads)),

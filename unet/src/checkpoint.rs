@@ -502,7 +502,7 @@ pub fn expected_tensors(cfg: &UVitConfig, certainty_heads: bool) -> Vec<(String,
 
 /// candle errors may carry backtraces, multi-line context or their own copy of the path (which
 /// our messages already lead with); keep the first line of the innermost error.
-pub(crate) fn one_line(e: &candle_core::Error) -> String {
+pub fn one_line(e: &candle_core::Error) -> String {
     let mut e = e;
     while let candle_core::Error::WithPath { inner, .. }
     | candle_core::Error::WithBacktrace { inner, .. } = e

@@ -21,7 +21,7 @@ pub mod text_encoder;
 pub mod uvit;
 
 pub use autoencoder::LatentDecoder;
-pub use checkpoint::{Checkpoint, CheckpointError, ConfigHints, LoadedUVit};
+pub use checkpoint::{one_line, Checkpoint, CheckpointError, ConfigHints, LoadedUVit};
 pub use config::{UVitConfig, Variant};
 pub use macs::MacCounts;
 pub use pretrained::PretrainedError;
