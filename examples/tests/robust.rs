@@ -133,7 +133,7 @@ fn model_with_zero_heads(path: &Path) {
     te["num_heads"] = 0.into();
     meta["text_encoder_config"] = te.to_string().into();
     let mut json = serde_json::to_vec(&header).unwrap();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

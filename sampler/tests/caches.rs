@@ -99,7 +99,11 @@ fn a_cached_exit_image_is_the_same_alone_or_in_a_batch() {
         let p = pipeline(policy, scale);
         let batch = p.generate(&CONDS, &SEEDS, Hooks::default()).unwrap();
         let alone = p
-            .generate(&[CONDS[1].clone()], &[SEEDS[1]], Hooks::default())
+            .generate(
+                std::slice::from_ref(&CONDS[1]),
+                &[SEEDS[1]],
+                Hooks::default(),
+            )
             .unwrap();
         let d = max_abs_diff(&batch.samples.narrow(0, 1, 1).unwrap(), &alone.samples);
         assert!(

@@ -449,7 +449,7 @@ impl<B: Backbone> EarlyExit<B> {
         let n = self.model.num_blocks();
         let resume = n.saturating_sub(depth);
         let partial = depth < resume
-            && state.evaluation() % interval != 0
+            && !state.evaluation().is_multiple_of(interval)
             && slots.iter().all(|&s| state.deep(s).is_some());
         let mut h = self.model.embed(x, t, cond)?;
         let mut pass = self.model.start_pass(slots.len());
