@@ -18,7 +18,7 @@ const BN_EPS: f64 = 1e-3;
 /// `dst += lhs · w` for row-major `lhs` (`m × k`), `w` (`k × n`) and `dst` (`m × n`, row stride
 /// `ld`), on the faster kernel for this CPU: faer's matmul where the CPU has AVX-512 (faer then
 /// runs 512-bit kernels, twice `gemm`'s AVX2 width; `gemm` cannot use AVX-512), otherwise
-/// `gemm`, which measured faster at the Inception shapes on an AVX2-only Zen 3 (BENCHMARKS.md).
+/// `gemm`, the kernel used before (faer vs `gemm` at these shapes on AVX2 not yet measured).
 ///
 /// # Safety
 /// `dst` must address `m` rows of `n` floats with row stride `ld`, not overlapping `lhs` or `w`.

@@ -5,8 +5,9 @@
 //! x86 kernels behind faer's `matmul` (`private-gemm-x86`, with 256- and 512-bit variants). faer
 //! itself picks the 512-bit kernels whenever `avx512f` is detected and offers no override, so we
 //! call that kernel crate directly with the instruction set [`crate::isa::isa`] chose: the
-//! `DEEDIFF_ISA` cap then applies to the matmuls too. The per-shape choice below comes from
-//! `cargo bench -p deediff-unet --bench matmul_shapes` (see BENCHMARKS.md).
+//! `DEEDIFF_ISA` cap then applies to the matmuls too. `cargo bench -p deediff-unet --bench
+//! matmul_shapes` measures every kernel at every U-ViT shape class, the evidence for
+//! [`kernel_for`].
 
 use crate::isa::{isa, Isa};
 
@@ -77,7 +78,8 @@ const SMALL_MNK: usize = 32 * 32 * 32;
 ///
 /// - AVX-512: faer's 512-bit kernels (twice the FMA width of `gemm`'s; faer's AVX-512 matmul was
 ///   measured at 194–267 GFLOP/s vs `gemm`'s 160–167 on a 2-core Sapphire Rapids, issue 11).
-/// - AVX2: TODO measured rule.
+/// - AVX2: `gemm` for now, the kernel every layer used before; faer's 256-bit kernels are linked
+///   and `matmul_shapes` compares them per shape, but that comparison has not been run yet.
 /// - generic: `gemm`, which dispatches on its own (it cannot be capped below AVX2 from outside).
 pub fn kernel_for(m: usize, n: usize, k: usize) -> Kernel {
     let small = m.saturating_mul(n).saturating_mul(k) < SMALL_MNK;
