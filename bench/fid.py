@@ -6,14 +6,19 @@ Both run the same network with the same imported weights (the safetensors that
 Measures 2048-d feature throughput on 28x28 and 32x32 inputs (upsampled to 299, so a full
 299x299 Inception forward each) and the Fréchet distance at D=2048 against scipy's sqrtm.
 
-    python3 bench/fid.py [--images 50] [--reps 3] [--skip-frechet]
+    python3 bench/fid.py [--images 50] [--reps 5] [--threads N] [--skip-frechet] [--force]
+
+Refuses to run when the 1-minute load average exceeds 0.5 (bench/benchenv.py); the two sides
+alternate rep by rep with the same thread count; medians of ≥ 5 reps.
 """
-import argparse, json, os, pathlib, platform, statistics, subprocess, time
+import argparse, json, os, pathlib, platform, statistics, subprocess, sys, time
 
 import numpy as np
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import benchenv
 
 
 def cache_dir():
@@ -47,12 +52,13 @@ def pytorch_fid_model(weights):
     return pi.InceptionV3([pi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
 
 
-def rust_bench(images, reps, frechet):
+def rust_bench(images, reps, frechet, threads):
     cmd = ["cargo", "bench", "-q", "-p", "deediff-eval", "--bench", "fid", "--",
            "--images", str(images), "--reps", str(reps)]
     if not frechet:
         cmd.append("--skip-frechet")
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True,
+                         env=benchenv.rust_env(threads)).stdout
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
@@ -66,10 +72,15 @@ def torch_seconds(model, x):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=50)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-frechet", action="store_true")
+    ap.add_argument("--force", action="store_true", help="run on a loaded machine (result not for recording)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.reps < 5:
+        sys.exit("--reps: at least 5 (medians of ≥ 5)")
+    head = benchenv.header(args.force)
+    torch.set_num_threads(args.threads)
     weights = cache_dir() / "pt_inception-2015-12-05.safetensors"
     if not weights.exists():
         raise SystemExit(f"{weights}: missing; run scripts/fetch_fid_weights.sh")
@@ -82,7 +93,7 @@ def main():
     # Alternate the two sides rep by rep so both see the same background load on a shared machine.
     ours, theirs = {28: [], 32: []}, {28: [], 32: []}
     for _ in range(args.reps):
-        for r in rust_bench(args.images, 1, False):
+        for r in rust_bench(args.images, 1, False, args.threads):
             ours[r["side"]].append(r["images_per_s"])
         for side, x in inputs.items():
             theirs[side].append(args.images / torch_seconds(model, x))
@@ -102,14 +113,11 @@ def main():
         t = time.perf_counter()
         calculate_frechet_distance(m1, s1, m2, s2)
         fid_s = time.perf_counter() - t
-        ours = next(r for r in rust_bench(2, 1, True) if r["bench"] == "frechet")["seconds"]
+        ours = next(r for r in rust_bench(2, 1, True, args.threads) if r["bench"] == "frechet")["seconds"]
         rows.append(("Fréchet distance D=2048, s (vs scipy sqrtm)", ours, sqrtm_s, ours / sqrtm_s))
         rows.append(("Fréchet distance D=2048, s (vs pytorch-fid total)", ours, fid_s, ours / fid_s))
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_name = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
-    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, cpu {model_name} ({os.cpu_count()} cores), "
-          f"torch {torch.__version__} {torch.get_num_threads()} threads, python {platform.python_version()}, "
-          f"{args.images} images, median of {args.reps}")
+    print(f"{head}\ntorch {torch.__version__} {torch.get_num_threads()} threads each side, python "
+          f"{platform.python_version()}, {args.images} images, median of {args.reps}")
     print("| measurement | deediff-eval | pytorch-fid / scipy | ratio |")
     print("|---|---|---|---|")
     for name, ours, theirs, ratio in rows:

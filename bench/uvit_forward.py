@@ -1,24 +1,37 @@
 #!/usr/bin/env python3
-"""bench/uvit_forward, PyTorch side: the official U-ViT forward on the weights the Rust bench wrote.
+"""bench/uvit_forward: deediff's U-ViT forward vs the official U-ViT forward in PyTorch, interleaved.
 
-Run the Rust side first (it writes weights, inputs and its own timings):
-    RAYON_NUM_THREADS=2 cargo bench -p deediff-unet --bench uvit_forward
-    python3 bench/uvit_forward.py            # [--dir target/bench-uvit]
-The model below is U-ViT's libs/uvit.py (unconditional, conv, skips, scaled_dot_product_attention
-as the official code selects on torch 2) built from scripts/train_torch.py's blocks, which that
-script's `check` compares with the official outputs. Prints ms/forward medians, deediff/PyTorch ratios and
-GFLOP/s against each side's measured matmul peak.
+    python3 bench/uvit_forward.py [--rounds 7] [--threads N] [--force]      (or bench/vs_pytorch.sh)
+
+Models: U-ViT-S/2 in its CIFAR-10 configuration (img 32, patch 2, D 512, depth 12, 8 heads,
+qkv_bias False), the small config (patch 4, D 256) — random weights written by the Rust side — and
+the embedded default model (`uvit_t2i`, random text context); batch 1 and 16, full depth.
+The PyTorch side is U-ViT's libs/uvit.py (unconditional, conv, skips) and libs/uvit_t2i.py built
+from scripts/train_torch.py's blocks (that script's `check` compares them with the official
+outputs); each model is cross-checked here against deediff's output (max |Δ| printed).
+
+Protocol: refuses to run when the 1-minute load average exceeds 0.5 (bench/benchenv.py); prints the
+CPU; both sides use the same thread count; the Rust side is one long-lived process (model loaded
+once) and the two sides alternate round by round, one warm-up forward before each round; the
+table gives medians over rounds (≥ 5) of each round's median, and each side's own matmul GFLOP/s
+at the model's shapes (deediff: the kernel its dispatcher picks).
 """
-import argparse, json, math, os, statistics, struct, sys, time
+import argparse, json, math, os, statistics, struct, subprocess, sys, time
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from train_torch import Block, timestep_embedding  # the official block, checked against U-ViT
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, HERE)
+from train_torch import Block, UViTT2I, timestep_embedding  # the official blocks, checked against U-ViT
+import benchenv
 
-torch.set_num_threads(2)
+CONFIGS = ["uvit_s2_cifar", "uvit_small_p4", "default"]
+BATCHES = [1, 16]
 
 
 def load_safetensors(path):
@@ -38,14 +51,18 @@ def load_safetensors(path):
 
 
 class UViT(nn.Module):
-    def __init__(self, img, patch, C, dim, depth, heads):
+    """U-ViT's libs/uvit.py, unconditional, with conv and skips."""
+
+    def __init__(self, c):
         super().__init__()
+        img, patch, C, dim, depth, heads = (c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"],
+                                            c["depth"], c["num_heads"])
         self.patch, self.C, self.dim = patch, C, dim
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(C, dim, patch, patch)
         L = (img // patch) ** 2
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + L, dim))
-        blk = lambda skip: Block(dim, heads, 4.0, False, skip)
+        blk = lambda skip: Block(dim, heads, c["mlp_ratio"], c["qkv_bias"], skip)
         self.in_blocks = nn.ModuleList([blk(False) for _ in range(depth // 2)])
         self.mid_block = blk(False)
         self.out_blocks = nn.ModuleList([blk(True) for _ in range(depth // 2)])
@@ -53,21 +70,17 @@ class UViT(nn.Module):
         self.decoder_pred = nn.Linear(dim, patch * patch * C)
         self.final_layer = nn.Conv2d(C, C, 3, padding=1)
 
-    def forward(self, x, t, blocks=None):
-        n = 2 * len(self.in_blocks) + 1 if blocks is None else blocks
+    def forward(self, x, t):
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         time_token = timestep_embedding(t, self.dim).unsqueeze(1)
         x = torch.cat([time_token, x], 1) + self.pos_embed
-        order = list(self.in_blocks) + [self.mid_block] + list(self.out_blocks)
         skips = []
-        for i, blk in enumerate(order[:n]):
-            if i < len(self.in_blocks):
-                x = blk(x)
-                skips.append(x)
-            elif i == len(self.in_blocks):
-                x = blk(x)
-            else:
-                x = blk(x, skips.pop())
+        for blk in self.in_blocks:
+            x = blk(x)
+            skips.append(x)
+        x = self.mid_block(x)
+        for blk in self.out_blocks:
+            x = blk(x, skips.pop())
         x = self.decoder_pred(self.norm(x))[:, 1:]
         B, L, _ = x.shape
         g, p = int(math.isqrt(L)), self.patch
@@ -75,56 +88,124 @@ class UViT(nn.Module):
         return self.final_layer(x)
 
 
-def median_time(f, reps):
-    """(median, min) seconds after one warm-up; the min because the machine may be shared."""
-    f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), min(ts)
+def torch_model(bench_dir, name):
+    """(forward(x, t, context), config) for a benchmark config, weights as the Rust side uses."""
+    c = json.load(open(os.path.join(bench_dir, f"{name}.config.json")))
+    if c["module"] == "uvit_t2i":
+        m = UViTT2I(c)
+        path = os.path.join(ROOT, "models", "uvit_t2i_fashion_digits.safetensors")
+    else:
+        m = UViT(c)
+        path = os.path.join(bench_dir, f"{name}.safetensors")
+    sd = load_safetensors(path)
+    m.load_state_dict({k: v for k, v in sd.items() if k in m.state_dict()}, strict=True)
+    m.eval()
+    fwd = (lambda x, t, ctx: m(x, t, ctx)) if c["module"] == "uvit_t2i" else (lambda x, t, ctx: m(x, t))
+    return fwd, c
+
+
+def inputs(c, batch):
+    x = torch.randn(batch, c["in_chans"], c["img_size"], c["img_size"])
+    t = torch.tensor([(i * 997) % 1000 for i in range(batch)], dtype=torch.float32)
+    ctx = torch.randn(batch, c["num_clip_token"], c["clip_dim"]) if c["module"] == "uvit_t2i" else None
+    return x, t, ctx
+
+
+def torch_round(fwd, args, reps):
+    with torch.no_grad():
+        fwd(*args)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fwd(*args)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def cargo_bench(name, *args, stdin=None, threads=2):
+    cmd = ["cargo", "bench", "-q", "-p", "deediff-unet", "--bench", name, "--", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdin=stdin, stdout=subprocess.PIPE, text=True,
+                            env=benchenv.rust_env(threads))
+
+
+def matmul_table(threads, rounds):
+    """Each side's GFLOP/s at the models' matmul shapes: deediff's dispatcher (matmul_shapes bench)
+    and torch (F.linear, same thread count; attention tiles on one thread, as both run them)."""
+    p = cargo_bench("matmul_shapes", "--json", "--rounds", str(rounds), threads=threads)
+    rows = [json.loads(l) for l in p.stdout if l.startswith("{")]
+    if p.wait() != 0:
+        sys.exit("matmul_shapes bench failed")
+    print("\n| model | layer | m×n×k | deediff kernel | deediff GFLOP/s | PyTorch GFLOP/s | deediff/PyTorch |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        m, n, k = r["m"], r["n"], r["k"]
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        torch.set_num_threads(threads if r["parallel"] else 1)
+        reps = max(1, int(2e-3 * 20e9 / (2 * m * n * k)))
+        ts = []
+        for _ in range(rounds + 1):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                F.linear(x, w)
+            ts.append((time.perf_counter() - t0) / reps)
+        gf = 2 * m * n * k / statistics.median(ts[1:]) / 1e9
+        print(f"| {r['model']} | {r['layer']} | {m}×{n}×{k} | {r['kernel']} | {r['gflops']:.1f} | {gf:.1f} | "
+              f"{r['gflops'] / gf:.2f} |")
+    torch.set_num_threads(threads)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", default=os.path.join(os.path.dirname(__file__), "..", "target", "bench-uvit"))
+    ap.add_argument("--dir", default=os.path.join(ROOT, "target", "bench-uvit"))
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--force", action="store_true", help="run on a loaded machine (result not for recording)")
     args = ap.parse_args()
-    rust = json.load(open(os.path.join(args.dir, "rust.json")))
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    peak = 2 * 1024**3 / median_time(lambda: a @ b, 10)[1] / 1e9
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, matmul peak (best of 10, 1024³) {peak:.1f} GFLOP/s "
-          f"(deediff/candle {rust['matmul_peak_gflops']:.1f})")
-    models = {}
-    print(f"{'config':14} {'deediff impl':12} {'batch':>5} {'blocks':>7} {'deediff ms':>11} {'torch ms':>9} "
-          f"{'ratio':>6} {'(min ratio)':>11} {'deediff GF/s':>12} {'%peak':>6} {'torch GF/s':>10} {'%peak':>6}")
-    torch_times = {}
-    for row in rust["rows"]:
-        name = row["config"]
-        if name not in models:
-            cfg = json.load(open(os.path.join(args.dir, f"{name}.config.json")))
-            m = UViT(cfg["img_size"], cfg["patch_size"], cfg["in_chans"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"])
-            m.load_state_dict(load_safetensors(os.path.join(args.dir, f"{name}.safetensors")), strict=True)
-            m.eval()
-            chk = load_safetensors(os.path.join(args.dir, f"{name}.check.safetensors"))
-            with torch.no_grad():
-                diff = (m(chk["x"], chk["t"]) - chk["eps"]).abs().max().item()
-            print(f"{name}: max |eps_torch - eps_deediff| = {diff:.2e} (batch 1, same weights and input)")
-            models[name] = (m, cfg)
-        m, cfg = models[name]
-        B = row["batch"]
-        x = torch.randn(B, cfg["in_chans"], cfg["img_size"], cfg["img_size"])
-        t = torch.tensor([(i * 997) % 1000 for i in range(B)], dtype=torch.float32)
-        key = (name, B, row["blocks"])
-        if key not in torch_times:
-            with torch.no_grad():
-                torch_times[key] = median_time(lambda: m(x, t, row["blocks"]), 9 if B == 1 else 5)
-        s, s_min = torch_times[key]
-        ms = s * 1e3
-        gf_t, gf_r = row["gflop"] / s, row["gflop"] / (row["ms"] / 1e3)
-        print(f"{name:14} {row['impl']:12} {B:5} {row['blocks']:>3}/{row['num_blocks']:<3} {row['ms']:11.2f} "
-              f"{ms:9.2f} {row['ms'] / ms:6.2f} {row['min_ms'] / (s_min * 1e3):11.2f} {gf_r:12.1f} "
-              f"{100 * gf_r / rust['matmul_peak_gflops']:5.1f}% {gf_t:10.1f} {100 * gf_t / peak:5.1f}%")
+    if args.rounds < 5:
+        sys.exit("--rounds: at least 5 (medians of ≥ 5)")
+    head = benchenv.header(args.force)
+    torch.set_num_threads(args.threads)
+    if cargo_bench("uvit_forward", "prepare", "--dir", args.dir, threads=args.threads).wait() != 0:
+        sys.exit("uvit_forward prepare failed")
+    print(f"torch {torch.__version__}, {args.threads} threads each side")
+    matmul_table(args.threads, args.rounds)
+    rust = cargo_bench("uvit_forward", "serve", "--dir", args.dir, stdin=subprocess.PIPE, threads=args.threads)
+
+    def rust_round(name, batch, reps):
+        rust.stdin.write(f"{name} {batch} {reps}\n")
+        rust.stdin.flush()
+        line = rust.stdout.readline()
+        if not line:
+            sys.exit("uvit_forward serve ended early")
+        return statistics.median(json.loads(line)["seconds"])
+
+    print()
+    results = []
+    for name in CONFIGS:
+        fwd, c = torch_model(args.dir, name)
+        chk = load_safetensors(os.path.join(args.dir, f"{name}.check.safetensors"))
+        with torch.no_grad():
+            diff = (fwd(chk["x"], chk["t"], chk.get("context")) - chk["eps"]).abs().max().item()
+        print(f"{name}: max |eps_torch − eps_deediff| = {diff:.2e} (batch 1, same weights and input)")
+        if diff > 1e-3:
+            sys.exit(f"{name}: the two sides disagree; not timing")
+        for batch in BATCHES:
+            x = inputs(c, batch)
+            reps = 5 if batch == 1 else 2
+            ours, theirs = [], []
+            for _ in range(args.rounds):
+                ours.append(rust_round(name, batch, reps))
+                time.sleep(0.2)  # let the other side's worker threads go to sleep
+                theirs.append(torch_round(fwd, x, reps))
+                time.sleep(0.2)
+            results.append((name, batch, statistics.median(ours), statistics.median(theirs)))
+    rust.stdin.close()
+    rust.wait()
+    print(f"\n{head}\n")
+    print("| model | batch | deediff ms | PyTorch ms | deediff/PyTorch |")
+    print("|---|---|---|---|---|")
+    for name, batch, o, t in results:
+        print(f"| {name} | {batch} | {o * 1e3:.1f} | {t * 1e3:.1f} | **{o / t:.2f}×** |")
 
 
 if __name__ == "__main__":

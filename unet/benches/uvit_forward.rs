@@ -1,20 +1,34 @@
-//! `bench/uvit_forward`, Rust side: U-ViT forward time at full depth and static exits.
+//! `bench/uvit_forward`, Rust side. Driven by `bench/uvit_forward.py`, which alternates it with
+//! PyTorch; run alone it only prepares files.
 //!
-//! Writes random weights (`<cfg>.safetensors` + `<cfg>.config.json`), a batch-1 input/output pair
-//! for the cross-check and `rust.json` with the medians into `target/bench-uvit/` (or
-//! `$UVIT_BENCH_DIR`); `bench/uvit_forward.py` then times PyTorch on the same weights and prints the
-//! comparison. Run with `RAYON_NUM_THREADS=2 cargo bench -p deediff-unet --bench uvit_forward`.
+//! `prepare`: writes random weights for U-ViT-S/2 (CIFAR-10 config) and the small config
+//! (`<cfg>.safetensors` + `<cfg>.config.json`), and for those and the default model a batch-1
+//! input/output pair (`<cfg>.check.safetensors`) for the PyTorch cross-check, into `--dir`.
+//! `serve`: reads `CONFIG BATCH REPS` lines on stdin and answers each with one JSON line of
+//! per-forward seconds (after one warm-up forward), so the driver can interleave the two sides
+//! without counting process start-up or model loading.
+//!
+//! `cargo bench -p deediff-unet --bench uvit_forward -- prepare|serve [--dir DIR]`
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use deediff_unet::{Conditioning, UVit, UVitConfig, Variant};
+use deediff_unet::{Checkpoint, Conditioning, UVit, UVitConfig, Variant};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The embedded default model (a `uvit_t2i` with certainty heads and a text encoder).
+const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/uvit_t2i_fashion_digits.safetensors"
+);
+
+/// The pixel-space unconditional U-ViT of the benchmark, as the official `libs/uvit.py` builds it.
 fn config(img: usize, patch: usize, dim: usize) -> UVitConfig {
     UVitConfig {
         variant: Variant::Uvit,
@@ -35,126 +49,117 @@ fn config(img: usize, patch: usize, dim: usize) -> UVitConfig {
     }
 }
 
-/// (median, min) seconds of `reps` runs after one warm-up. The min is printed too because the
-/// shared benchmark machine is often loaded by other jobs.
-fn time(
-    reps: usize,
-    mut f: impl FnMut() -> candle_core::Result<Tensor>,
-) -> candle_core::Result<(f64, f64)> {
-    f()?;
-    let mut v = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        f()?;
-        v.push(t0.elapsed().as_secs_f64());
+/// Weights file of a benchmark config.
+fn weights(dir: &Path, name: &str) -> PathBuf {
+    if name == "default" {
+        PathBuf::from(DEFAULT_MODEL)
+    } else {
+        dir.join(format!("{name}.safetensors"))
     }
-    v.sort_by(f64::total_cmp);
-    Ok((v[v.len() / 2], v[0]))
 }
 
-/// Matmul peak: best GFLOP/s of a 1024×1024×1024 f32 matmul through candle (gemm).
-fn matmul_peak() -> candle_core::Result<f64> {
-    let n = 1024;
-    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let (_, best) = time(10, || a.matmul(&b))?;
-    Ok(2.0 * (n * n * n) as f64 / best / 1e9)
-}
-
-fn main() -> anyhow::Result<()> {
-    let dir = std::env::var_os("UVIT_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-uvit"));
-    std::fs::create_dir_all(&dir)?;
-    let quick = std::env::args().any(|a| a == "--quick");
+/// A deterministic input batch: noise, timesteps and (for `uvit_t2i`) a context.
+fn inputs(cfg: &UVitConfig, batch: usize) -> candle_core::Result<(Tensor, Tensor, Conditioning)> {
     let dev = Device::Cpu;
-    let peak = matmul_peak()?;
-    println!(
-        "threads {} | matmul peak {peak:.1} GFLOP/s (1024³ f32)",
-        candle_core::utils::get_num_threads()
-    );
-    let mut rows = Vec::new();
+    let x = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, cfg.in_chans, cfg.img_size, cfg.img_size),
+        &dev,
+    )?;
+    let t: Vec<f32> = (0..batch).map(|i| (i * 997 % 1000) as f32).collect();
+    let t = Tensor::from_vec(t, batch, &dev)?;
+    let cond = if cfg.clip_dim > 0 {
+        Conditioning::Context(Tensor::randn(
+            0f32,
+            1.0,
+            (batch, cfg.num_clip_token, cfg.clip_dim),
+            &dev,
+        )?)
+    } else {
+        Conditioning::None
+    };
+    Ok((x, t, cond))
+}
+
+fn prepare(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
     for (name, cfg) in [
         ("uvit_s2_cifar", config(32, 2, 512)),
         ("uvit_small_p4", config(32, 4, 256)),
     ] {
         let varmap = VarMap::new();
-        // VarMap-backed: every op records gradients, so this model runs the differentiable candle
-        // compositions instead of the fused kernels (the "before" of the kernel work).
-        let candle_ops = UVit::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-        varmap.save(dir.join(format!("{name}.safetensors")))?;
+        UVit::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        varmap.save(weights(dir, name))?;
         std::fs::write(
             dir.join(format!("{name}.config.json")),
             serde_json::to_string_pretty(&cfg)?,
         )?;
-        // Reload through the checkpoint path so the benchmark runs exactly the inference model.
-        let model = deediff_unet::Checkpoint::load(
-            dir.join(format!("{name}.safetensors")),
-            &Default::default(),
-            &dev,
-        )?
-        .model;
-        let n = model.num_blocks();
-        let macs = model.macs().clone();
-        for batch in [1usize, 16] {
-            let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), &dev)?;
-            let t = Tensor::from_vec(
-                (0..batch)
-                    .map(|i| (i * 997 % 1000) as f32)
-                    .collect::<Vec<_>>(),
-                batch,
-                &dev,
-            )?;
-            if batch == 1 {
-                let eps = model.forward(&x, &t, &Conditioning::None)?;
-                candle_core::safetensors::save(
-                    &[
-                        ("x".to_string(), x.clone()),
-                        ("t".into(), t.clone()),
-                        ("eps".into(), eps),
-                    ]
-                    .into_iter()
-                    .collect(),
-                    dir.join(format!("{name}.check.safetensors")),
-                )?;
-            }
-            let depths: Vec<usize> = if quick { vec![n] } else { vec![n, 10, 7, 4, 1] };
-            let runs = std::iter::once(("candle-ops", &candle_ops, n))
-                .filter(|_| !quick)
-                .chain(depths.into_iter().map(|k| ("fused", &model, k)));
-            for (imp, model, k) in runs {
-                let reps = if batch == 1 { 9 } else { 5 };
-                let (s, min) = time(reps, || run(model, &x, &t, k))?;
-                let flops = 2.0 * (macs.truncated(k) * batch as u64) as f64;
-                let gflops = flops / s / 1e9;
-                println!(
-                    "{name:14} {imp:10} batch {batch:2} blocks {k:2}/{n}: median {:9.2} ms (min {:9.2})  {gflops:6.1} GFLOP/s ({:4.1}% of peak)",
-                    s * 1e3,
-                    min * 1e3,
-                    100.0 * gflops / peak
-                );
-                rows.push(serde_json::json!({
-                    "config": name, "impl": imp, "batch": batch, "blocks": k, "num_blocks": n,
-                    "ms": s * 1e3, "min_ms": min * 1e3, "gflop": flops / 1e9,
-                }));
-            }
-        }
     }
-    let report = serde_json::json!({ "matmul_peak_gflops": peak, "rows": rows });
-    std::fs::write(
-        dir.join("rust.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    println!("wrote {}", dir.join("rust.json").display());
+    for name in ["uvit_s2_cifar", "uvit_small_p4", "default"] {
+        let loaded = Checkpoint::load(weights(dir, name), &Default::default(), &Device::Cpu)?;
+        let (x, t, cond) = inputs(&loaded.config, 1)?;
+        let eps = loaded.model.forward(&x, &t, &cond)?;
+        let mut io = vec![("x".to_string(), x), ("t".into(), t), ("eps".into(), eps)];
+        if let Conditioning::Context(c) = cond {
+            io.push(("context".into(), c));
+        }
+        candle_core::safetensors::save(
+            &io.into_iter().collect(),
+            dir.join(format!("{name}.check.safetensors")),
+        )?;
+        std::fs::write(
+            dir.join(format!("{name}.config.json")),
+            serde_json::to_string_pretty(&loaded.config)?,
+        )?;
+    }
+    println!("prepared {}", dir.display());
     Ok(())
 }
 
-/// The first `k` blocks, then the shared output head (a static exit; `k = depth+1` is full depth).
-fn run(model: &UVit, x: &Tensor, t: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-    let mut h = model.embed(x, t, &Conditioning::None)?;
-    let mut skips = Vec::new();
-    for i in 0..k {
-        h = model.block(i, &h, &mut skips)?;
+fn serve(dir: &Path) -> anyhow::Result<()> {
+    let mut models: HashMap<String, (UVit, UVitConfig)> = HashMap::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let [name, batch, reps] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            anyhow::bail!("serve: expected `CONFIG BATCH REPS`, got {line:?}");
+        };
+        let (batch, reps): (usize, usize) = (batch.parse()?, reps.parse()?);
+        if !models.contains_key(name) {
+            let loaded = Checkpoint::load(weights(dir, name), &Default::default(), &Device::Cpu)?;
+            models.insert(name.to_string(), (loaded.model, loaded.config));
+        }
+        let (model, cfg) = &models[name];
+        let (x, t, cond) = inputs(cfg, batch)?;
+        model.forward(&x, &t, &cond)?;
+        let mut secs = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            model.forward(&x, &t, &cond)?;
+            secs.push(t0.elapsed().as_secs_f64());
+        }
+        println!("{}", serde_json::json!({ "seconds": secs }));
     }
-    model.decode(&h)
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-uvit"));
+    if args.iter().any(|a| a == "prepare") {
+        prepare(&dir)
+    } else if args.iter().any(|a| a == "serve") {
+        serve(&dir)
+    } else {
+        // `cargo bench` without arguments (e.g. the whole workspace's benches): prepare only.
+        prepare(&dir)
+    }
 }

@@ -12,11 +12,15 @@ pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod embedding;
+mod flash;
+pub mod isa;
 pub mod kernels;
 pub mod layers;
 pub mod macs;
+pub mod matmul;
 pub mod pretrained;
 pub mod pretrained_text;
+mod rowops;
 pub mod text_encoder;
 pub mod uvit;
 

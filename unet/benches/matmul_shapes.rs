@@ -1,0 +1,124 @@
+//! GFLOP/s of every linked matmul kernel at the U-ViT's shapes (the evidence behind
+//! `deediff_unet::matmul::kernel_for`), kernels interleaved round by round so a shared machine's
+//! load hits all of them alike; medians of the rounds.
+//!
+//! `RAYON_NUM_THREADS=2 cargo bench -p deediff-unet --bench matmul_shapes [-- --rounds 7] [--json]`
+//! `--json` prints one JSON line per shape (read by `bench/uvit_forward.py`).
+
+use std::time::Instant;
+
+use deediff_unet::isa::isa;
+use deediff_unet::matmul::{kernel_for, matmul_with, Kernel, Operand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `(model, layer, m, n, k, parallel)`: `x [m, k] · Wᵀ` for the linears (parallel over the
+/// threads), one attention tile product per task for attention (single-threaded, as it runs).
+fn shapes() -> Vec<(&'static str, String, usize, usize, usize, bool)> {
+    let mut v = Vec::new();
+    // (model, tokens, D, attention tile rows, head dim)
+    for (model, s, d, tile, dh) in [
+        ("uvit_s2", 257, 512, 86, 64),
+        ("small_p4", 65, 256, 65, 32),
+        ("default", 59, 128, 59, 32),
+    ] {
+        for batch in [1, 16] {
+            let m = s * batch;
+            let b = if batch == 1 { "b1" } else { "b16" };
+            let name = |l: &str| format!("{l} {b}");
+            v.push((model, name("qkv"), m, 3 * d, d, true));
+            v.push((model, name("proj"), m, d, d, true));
+            v.push((model, name("fc1"), m, 4 * d, d, true));
+            v.push((model, name("fc2"), m, d, 4 * d, true));
+            v.push((model, name("skip_linear"), m, d, 2 * d, true));
+            v.push((model, name("decoder/head"), m, 16, d, true));
+        }
+        v.push((model, "attn q·kᵀ tile".into(), tile, tile, dh, false));
+        v.push((model, "attn p·v tile".into(), tile, dh, tile, false));
+    }
+    v
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(7usize);
+    let json = args.iter().any(|a| a == "--json");
+    let kernels = Kernel::available();
+    if !json {
+        println!(
+            "isa {} | threads {} | medians of {rounds} interleaved rounds, GFLOP/s",
+            isa().name(),
+            rayon::current_num_threads()
+        );
+        let head: Vec<&str> = kernels.iter().map(|k| k.name()).collect();
+        println!(
+            "| model | layer | m×n×k | {} | chosen |\n|---|---|---|{}---|",
+            head.join(" | "),
+            "---|".repeat(kernels.len())
+        );
+    }
+    for (model, layer, m, n, k, parallel) in shapes() {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let mut out = vec![0f32; m * n];
+        let flop = 2.0 * (m * n * k) as f64;
+        // Enough repetitions per timing for ~2 ms, so timer and scheduler noise stay small.
+        let reps = ((2e-3 * 20e9 / flop) as usize).max(1);
+        let mut times = vec![Vec::new(); kernels.len()];
+        for round in 0..=rounds {
+            for (ki, &kernel) in kernels.iter().enumerate() {
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    // SAFETY: a is m×k, w is n×k (read transposed), out is m×n.
+                    unsafe {
+                        matmul_with(
+                            kernel,
+                            m,
+                            n,
+                            k,
+                            out.as_mut_ptr(),
+                            n,
+                            false,
+                            Operand::rows(a.as_ptr(), k),
+                            Operand::transposed(w.as_ptr(), k),
+                            1.0,
+                            parallel,
+                        );
+                    }
+                }
+                // Round 0 is the warm-up.
+                if round > 0 {
+                    times[ki].push(t0.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+        }
+        let gflops: Vec<f64> = times
+            .iter_mut()
+            .map(|t| {
+                t.sort_by(f64::total_cmp);
+                flop / t[t.len() / 2] / 1e9
+            })
+            .collect();
+        let chosen = kernel_for(m, n, k);
+        if json {
+            let best = gflops[kernels.iter().position(|&k| k == chosen).unwrap_or(0)];
+            println!(
+                "{}",
+                serde_json::json!({"model": model, "layer": layer, "m": m, "n": n, "k": k,
+                    "parallel": parallel, "kernel": chosen.name(), "gflops": best})
+            );
+        } else {
+            let cells: Vec<String> = gflops.iter().map(|g| format!("{g:.1}")).collect();
+            println!(
+                "| {model} | {layer} | {m}×{n}×{k} | {} | {} |",
+                cells.join(" | "),
+                chosen.name()
+            );
+        }
+    }
+}
