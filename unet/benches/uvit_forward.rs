@@ -58,6 +58,27 @@ fn weights(dir: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// A benchmark model and its config. The default model is a deediff model file (config in its
+/// `uvit_config` metadata, text encoder and heads beside the U-ViT), read by hand here since the
+/// model-file reader lives in `deediff-sampler`, above this crate; the others are checkpoints with
+/// a `config.json` beside them.
+fn load(dir: &Path, name: &str) -> anyhow::Result<(UVit, UVitConfig)> {
+    if name != "default" {
+        let loaded = Checkpoint::load(weights(dir, name), &Default::default(), &Device::Cpu)?;
+        return Ok((loaded.model, loaded.config));
+    }
+    let bytes = std::fs::read(DEFAULT_MODEL)?;
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let cfg: UVitConfig = serde_json::from_str(
+        header["__metadata__"]["uvit_config"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("{DEFAULT_MODEL}: no uvit_config metadata"))?,
+    )?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)?;
+    Ok((UVit::new(&cfg, vb)?, cfg))
+}
+
 /// A deterministic input batch: noise, timesteps and (for `uvit_t2i`) a context.
 fn inputs(cfg: &UVitConfig, batch: usize) -> candle_core::Result<(Tensor, Tensor, Conditioning)> {
     let dev = Device::Cpu;
@@ -100,9 +121,9 @@ fn prepare(dir: &Path) -> anyhow::Result<()> {
         )?;
     }
     for name in ["uvit_s2_cifar", "uvit_small_p4", "default"] {
-        let loaded = Checkpoint::load(weights(dir, name), &Default::default(), &Device::Cpu)?;
-        let (x, t, cond) = inputs(&loaded.config, 1)?;
-        let eps = loaded.model.forward(&x, &t, &cond)?;
+        let (model, config) = load(dir, name)?;
+        let (x, t, cond) = inputs(&config, 1)?;
+        let eps = model.forward(&x, &t, &cond)?;
         let mut io = vec![("x".to_string(), x), ("t".into(), t), ("eps".into(), eps)];
         if let Conditioning::Context(c) = cond {
             io.push(("context".into(), c));
@@ -113,7 +134,7 @@ fn prepare(dir: &Path) -> anyhow::Result<()> {
         )?;
         std::fs::write(
             dir.join(format!("{name}.config.json")),
-            serde_json::to_string_pretty(&loaded.config)?,
+            serde_json::to_string_pretty(&config)?,
         )?;
     }
     println!("prepared {}", dir.display());
@@ -129,8 +150,7 @@ fn serve(dir: &Path) -> anyhow::Result<()> {
         };
         let (batch, reps): (usize, usize) = (batch.parse()?, reps.parse()?);
         if !models.contains_key(name) {
-            let loaded = Checkpoint::load(weights(dir, name), &Default::default(), &Device::Cpu)?;
-            models.insert(name.to_string(), (loaded.model, loaded.config));
+            models.insert(name.to_string(), load(dir, name)?);
         }
         let (model, cfg) = &models[name];
         let (x, t, cond) = inputs(cfg, batch)?;

@@ -121,7 +121,8 @@ impl CustomOp1 for AttentionOp {
             candle_core::bail!("attention: qkv width {d3} does not split into 3×{h} heads");
         }
         let dh = d / h;
-        let mut out = vec![0f32; b * s * d];
+        // SAFETY: the tasks cover every (sample, head, query row), each writing its `dh` floats.
+        let mut out = unsafe { crate::kernels::output_buffer(b * s * d) };
         let out_ptr = OutPtr(out.as_mut_ptr());
         let blocks: Vec<(usize, usize)> = even_parts(s, QUERY_BLOCK).collect();
         (0..b * h * blocks.len()).into_par_iter().for_each(|i| {

@@ -74,15 +74,21 @@ impl Kernel {
 /// `gemm`'s small-matrix path has the least overhead.
 const SMALL_MNK: usize = 32 * 32 * 32;
 
+/// Products narrower than this (the output head's `n = p²·C`) run on `gemm` at every ISA.
+const NARROW_N: usize = 32;
+
 /// The kernel [`matmul`] uses for an `m × k` by `k × n` product.
 ///
-/// - AVX-512: faer's 512-bit kernels (twice the FMA width of `gemm`'s; faer's AVX-512 matmul was
-///   measured at 194–267 GFLOP/s vs `gemm`'s 160–167 on a 2-core Sapphire Rapids, issue 11).
+/// - AVX-512: faer's 512-bit kernels (twice the FMA width of `gemm`'s): on a 2-core Sapphire
+///   Rapids (2026-11-30, `matmul_shapes`) 1.5–1.9× `gemm` at every U-ViT shape with `n ≥ 128`,
+///   e.g. 292–309 vs 156–174 GFLOP/s at U-ViT-S/2 batch 16, and 1.8–2× on attention tiles; but
+///   on the output head's narrow products (`n` = 16 patch values) `gemm` is 1.0–4× faster
+///   (its register tile fits `n`; faer pads to 48), so those stay on `gemm`.
 /// - AVX2: `gemm` for now, the kernel every layer used before; faer's 256-bit kernels are linked
 ///   and `matmul_shapes` compares them per shape, but that comparison has not been run yet.
 /// - generic: `gemm`, which dispatches on its own (it cannot be capped below AVX2 from outside).
 pub fn kernel_for(m: usize, n: usize, k: usize) -> Kernel {
-    let small = m.saturating_mul(n).saturating_mul(k) < SMALL_MNK;
+    let small = m.saturating_mul(n).saturating_mul(k) < SMALL_MNK || n < NARROW_N;
     match isa() {
         Isa::Avx512 if !small => Kernel::Faer512,
         _ => Kernel::Gemm,
