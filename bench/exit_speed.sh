@@ -12,6 +12,15 @@ export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
 REPEATS=${REPEATS:-15}
 POINTS=${POINTS:-"ddim:25 ddim:25@per-sample:0.97 ddim:25@per-sample:0.95 ddim:25@static:6 ddim:25@full+640-1000:static:2"}
 cargo build --release -q -p deediff-examples --bin txt2img
+# Only an idle machine counts: wait (at most 10 minutes) for the 1-minute load average to fall to
+# 0.5 after the build, and refuse otherwise (FORCE=1 for a look, never to be recorded).
+for _ in $(seq 60); do awk '{ exit !($1 <= 0.5) }' /proc/loadavg && break; sleep 10; done
+load=$(cut -d' ' -f1 /proc/loadavg)
+echo "$(date -u '+%F %R UTC') | CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1) | load before the run: $load"
+if ! awk '{ exit !($1 <= 0.5) }' /proc/loadavg && [[ -z ${FORCE:-} ]]; then
+    echo "exit_speed: load average $load > 0.5, refusing (FORCE=1 to run anyway, not to record)" >&2
+    exit 1
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for r in $(seq "$REPEATS"); do

@@ -459,7 +459,12 @@ fn print_table(rows: &[&Row], floor: Option<f64>, num: usize) {
         let knee = frontier
             .iter()
             .filter(|r| r.fid <= best.fid * 1.03)
-            .min_by(|a, b| a.compute.total_cmp(&b.compute))
+            // At equal compute (same step count, another solver) the lower FID.
+            .min_by(|a, b| {
+                a.compute
+                    .total_cmp(&b.compute)
+                    .then(a.fid.total_cmp(&b.fid))
+            })
             .expect("the best point qualifies");
         println!();
         println!(
