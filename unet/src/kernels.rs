@@ -24,6 +24,8 @@ use crate::rowops::{bias_gelu_rows, bias_residual_rows, layer_norm_rows};
 ///
 /// # Safety
 /// The caller writes every element before the buffer is read or returned.
+// `clippy::uninit_vec` guards against reading such a buffer; no caller does (see each SAFETY).
+#[allow(clippy::uninit_vec)]
 pub(crate) unsafe fn output_buffer(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: capacity is `len`; f32 has no invalid bit patterns and the caller fills it.

@@ -166,108 +166,47 @@ pub unsafe fn matmul_with(
     } else {
         1
     };
-    if kernel == Kernel::Faer512Cols {
-        return unsafe { by_columns(threads, m, n, k, dst, dst_ld, accumulate, lhs, rhs, alpha) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let instr = match kernel {
-            Kernel::Faer512 | Kernel::Faer512Cols if isa() == Isa::Avx512 => {
-                Some(private_gemm_x86::InstrSet::Avx512)
-            }
-            Kernel::Faer256 | Kernel::Faer512 if isa() >= Isa::Avx2 => {
-                Some(private_gemm_x86::InstrSet::Avx256)
-            }
-            _ => None,
-        };
-        if let (Some(instr), true) = (instr, k > 0) {
-            use private_gemm_x86 as pg;
-            // SAFETY: the caller guarantees the operands; strides are in elements, as here.
-            unsafe {
-                pg::gemm(
-                    pg::DType::F32,
-                    pg::IType::U64,
-                    instr,
-                    m,
-                    n,
-                    k,
-                    dst as *mut (),
-                    dst_ld as isize,
-                    1,
-                    std::ptr::null(),
-                    std::ptr::null(),
-                    pg::DstKind::Full,
-                    if accumulate {
-                        pg::Accum::Add
-                    } else {
-                        pg::Accum::Replace
-                    },
-                    lhs.ptr as *const (),
-                    lhs.rs,
-                    lhs.cs,
-                    false,
-                    std::ptr::null(),
-                    0,
-                    rhs.ptr as *const (),
-                    rhs.rs,
-                    rhs.cs,
-                    false,
-                    &raw const alpha as *const (),
-                    threads,
-                );
-            }
-            return;
-        }
-    }
-    let _ = kernel;
-    // SAFETY: as above; `gemm` takes column stride before row stride and computes
-    // `dst = (read_dst ? 1·dst : 0) + alpha·lhs·rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_ld as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
+    let p = Product {
+        m,
+        n,
+        k,
+        dst,
+        dst_ld,
+        accumulate,
+        lhs,
+        rhs,
+        alpha,
+    };
+    // SAFETY (all three): the caller guarantees the operands of `p`.
+    match (kernel, faer_instr(kernel)) {
+        (Kernel::Faer512Cols, _) => unsafe { p.by_columns(threads) },
+        (_, Some(instr)) if k > 0 => unsafe { p.faer(instr, threads) },
+        _ => unsafe { p.gemm(threads) },
     }
 }
 
-/// Pointers handed to rayon tasks that write disjoint column ranges.
+/// The instruction set of faer's kernels for `kernel` at the current [`isa`] (`None`: `gemm`).
+#[cfg(target_arch = "x86_64")]
+fn faer_instr(kernel: Kernel) -> Option<private_gemm_x86::InstrSet> {
+    use private_gemm_x86::InstrSet;
+    match kernel {
+        Kernel::Faer512 | Kernel::Faer512Cols if isa() == Isa::Avx512 => Some(InstrSet::Avx512),
+        Kernel::Faer256 | Kernel::Faer512 | Kernel::Faer512Cols if isa() >= Isa::Avx2 => {
+            Some(InstrSet::Avx256)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn faer_instr(_: Kernel) -> Option<()> {
+    None
+}
+
+/// One product `dst = (accumulate ? dst : 0) + alpha · lhs · rhs` (`lhs m × k`, `rhs k × n`,
+/// row-major `dst` with row stride `dst_ld`), as the kernels take it.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32, Operand, Operand);
-// SAFETY: every task reads the shared operands and writes only its own columns of `dst`.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-/// Columns per part are a multiple of this (faer's 512-bit f32 register tile width).
-const COLUMN_ALIGN: usize = 16;
-
-/// [`Kernel::Faer512Cols`]: `threads` single-threaded 512-bit products over column ranges.
-///
-/// # Safety
-/// As [`matmul`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn by_columns(
-    threads: usize,
+struct Product {
     m: usize,
     n: usize,
     k: usize,
@@ -277,35 +216,140 @@ unsafe fn by_columns(
     lhs: Operand,
     rhs: Operand,
     alpha: f32,
-) {
-    use rayon::prelude::*;
-    let part = n.div_ceil(threads.max(1)).next_multiple_of(COLUMN_ALIGN);
-    let shared = Shared(dst, lhs, rhs);
-    (0..n.div_ceil(part)).into_par_iter().for_each(|p| {
-        let s = shared;
-        let (j0, cols) = (p * part, part.min(n - p * part));
-        let rhs = Operand {
-            ptr: s.2.ptr.wrapping_offset(j0 as isize * s.2.cs),
-            ..s.2
+}
+
+// SAFETY: a `Product` is only shared between rayon tasks by [`Product::by_columns`], whose tasks
+// read the operands and write disjoint column ranges of `dst`.
+unsafe impl Send for Product {}
+unsafe impl Sync for Product {}
+
+/// Columns per part of [`Product::by_columns`] are a multiple of this (faer's 512-bit f32
+/// register tile width).
+const COLUMN_ALIGN: usize = 16;
+
+impl Product {
+    /// On faer's x86 kernels with `instr`.
+    ///
+    /// # Safety
+    /// The operands are valid as [`matmul`] requires.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn faer(&self, instr: private_gemm_x86::InstrSet, threads: usize) {
+        use private_gemm_x86 as pg;
+        let accum = if self.accumulate {
+            pg::Accum::Add
+        } else {
+            pg::Accum::Replace
         };
-        // SAFETY: columns j0..j0 + cols of `dst` and `rhs` lie inside the caller's operands and
-        // no other task touches these columns of `dst`.
+        // SAFETY: the caller guarantees the operands; strides are in elements, as here.
         unsafe {
-            matmul_with(
-                Kernel::Faer512,
-                m,
-                cols,
-                k,
-                s.0.add(j0),
-                dst_ld,
-                accumulate,
-                s.1,
-                rhs,
-                alpha,
+            pg::gemm(
+                pg::DType::F32,
+                pg::IType::U64,
+                instr,
+                self.m,
+                self.n,
+                self.k,
+                self.dst as *mut (),
+                self.dst_ld as isize,
+                1,
+                std::ptr::null(),
+                std::ptr::null(),
+                pg::DstKind::Full,
+                accum,
+                self.lhs.ptr as *const (),
+                self.lhs.rs,
+                self.lhs.cs,
                 false,
-            )
+                std::ptr::null(),
+                0,
+                self.rhs.ptr as *const (),
+                self.rhs.rs,
+                self.rhs.cs,
+                false,
+                &raw const self.alpha as *const (),
+                threads,
+            );
         }
-    });
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn faer(&self, _: (), threads: usize) {
+        unsafe { self.gemm(threads) }
+    }
+
+    /// On the `gemm` crate (its own AVX2/FMA dispatch).
+    ///
+    /// # Safety
+    /// As [`Product::faer`].
+    unsafe fn gemm(&self, threads: usize) {
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: as above; `gemm` takes column stride before row stride and computes
+        // `dst = (read_dst ? 1·dst : 0) + alpha·lhs·rhs`.
+        unsafe {
+            gemm::gemm(
+                self.m,
+                self.n,
+                self.k,
+                self.dst,
+                1,
+                self.dst_ld as isize,
+                self.accumulate,
+                self.lhs.ptr,
+                self.lhs.cs,
+                self.lhs.rs,
+                self.rhs.ptr,
+                self.rhs.cs,
+                self.rhs.rs,
+                1.0,
+                self.alpha,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+
+    /// [`Kernel::Faer512Cols`]: `threads` single-threaded [`Kernel::Faer512`] products over
+    /// column ranges.
+    ///
+    /// # Safety
+    /// As [`Product::faer`].
+    unsafe fn by_columns(&self, threads: usize) {
+        use rayon::prelude::*;
+        let part = self
+            .n
+            .div_ceil(threads.max(1))
+            .next_multiple_of(COLUMN_ALIGN);
+        (0..self.n.div_ceil(part)).into_par_iter().for_each(|i| {
+            let j0 = i * part;
+            let rhs = Operand {
+                ptr: self.rhs.ptr.wrapping_offset(j0 as isize * self.rhs.cs),
+                ..self.rhs
+            };
+            // SAFETY: columns j0..j0 + cols of `dst` and `rhs` lie inside the caller's operands
+            // and no other task touches these columns of `dst`.
+            unsafe {
+                matmul_with(
+                    Kernel::Faer512,
+                    self.m,
+                    part.min(self.n - j0),
+                    self.k,
+                    self.dst.add(j0),
+                    self.dst_ld,
+                    self.accumulate,
+                    self.lhs,
+                    rhs,
+                    self.alpha,
+                    false,
+                )
+            }
+        });
+    }
 }
 
 #[cfg(test)]
