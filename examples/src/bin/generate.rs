@@ -8,10 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
 use deediff_eval::npz::write_images_npz;
-use deediff_eval::{frechet_distance, FidInception, Moments, Stats};
+use deediff_eval::{frechet_distance, DeviceArg, FidInception, Moments, Stats};
 use deediff_examples::cli::{
     build_pipeline, load_model, parse_class, warn_about_prompts, ModelArgs, SamplingArgs,
 };
@@ -71,6 +70,8 @@ struct Cli {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// `k/n` → the half-open index range of shard k.
@@ -138,7 +139,7 @@ fn run() -> Result<()> {
         .with_context(|| format!("{}: output folder is not writable", cli.out.display()))?;
     std::fs::remove_file(&probe)?;
 
-    let device = Device::Cpu;
+    let device = cli.device.open()?;
     let bundle = load_model(&cli.model, &device)?;
     let cfg = bundle.model.model().config().clone();
     let class = cli
@@ -200,7 +201,7 @@ fn run() -> Result<()> {
     // FID scoring: the network and reference load before any work, so a bad path fails early.
     let mut scoring = match &cli.fid_stats {
         Some(path) => {
-            let net = FidInception::load(None)?;
+            let net = FidInception::load(None)?.on_device(&device)?;
             let reference = Stats::load(path)?;
             let mut moments = Moments::new(2048);
             let resumed: Vec<PathBuf> = done.iter().map(|&i| image_path(&cli.out, i)).collect();

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
+use deediff_eval::DeviceArg;
 use deediff_examples::cli::{
     build_pipeline, load_model, warn_about_prompts, ModelArgs, SamplingArgs,
 };
@@ -31,6 +31,8 @@ struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn main() {
@@ -39,7 +41,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let bundle = load_model(&args.model, &device)?;
     let prompts = match &args.prompt[..] {
         [] => bundle

@@ -8,9 +8,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use clap::Parser;
-use deediff_eval::{frechet_distance, FidInception, Stats};
+use deediff_eval::{frechet_distance, DeviceArg, FidInception, Stats};
 use deediff_examples::cli::{load_model, ModelArgs};
 use deediff_sampler::{to_images, Condition, Guidance, Hooks, Pipeline, RunReport, TimestepBand};
 use deediff_schedules::SchedulerConfig;
@@ -53,6 +52,8 @@ struct Cli {
     plot: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// One measured configuration.
@@ -203,8 +204,8 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    let device = Device::Cpu;
-    let net = FidInception::load(None)?;
+    let device = cli.device.open()?;
+    let net = FidInception::load(None)?.on_device(&device)?;
     let real = stats_of(&net, &fashion(&cli, "t10k")?).context("reference statistics")?;
     let floor = frechet_distance(&stats_of(&net, &fashion(&cli, "train")?)?, &real)?;
     eprintln!("real-data floor (train vs test images): FID {floor:.2}");

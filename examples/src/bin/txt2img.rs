@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
+use deediff_eval::DeviceArg;
 use deediff_examples::cli::{
     build_pipeline, load_model, parse_class, warn_about_prompts, ModelArgs, SamplingArgs,
 };
@@ -46,6 +46,8 @@ struct Cli {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn main() {
@@ -57,7 +59,7 @@ fn run() -> Result<()> {
     if cli.num == 0 {
         bail!("--num must be at least 1");
     }
-    let device = Device::Cpu;
+    let device = cli.device.open()?;
     let bundle = load_model(&cli.model, &device)?;
     let condition = match (&cli.prompt, &cli.class) {
         (Some(p), _) => Condition::Text(p.clone()),
