@@ -18,7 +18,6 @@ import torch.nn as nn
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from train_torch import Block, timestep_embedding  # the official block, checked against U-ViT
 
-torch.set_num_threads(2)
 
 
 def load_safetensors(path):
@@ -75,13 +74,20 @@ class UViT(nn.Module):
         return self.final_layer(x)
 
 
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_time(f, reps):
     """(median, min) seconds after one warm-up; the min because the machine may be shared."""
     f()
+    sync()
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
         f()
+        sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts), min(ts)
 
@@ -89,9 +95,16 @@ def median_time(f, reps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default=os.path.join(os.path.dirname(__file__), "..", "target", "bench-uvit"))
+    ap.add_argument("--device", default="cpu", help="cpu (2 threads, like the Rust side) or cuda (fp32, TF32 off)")
     args = ap.parse_args()
+    dev = torch.device(args.device)
+    if dev.type == "cpu":
+        torch.set_num_threads(2)
+    else:  # deediff's cuBLAS GEMMs are full fp32: compare like with like
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     rust = json.load(open(os.path.join(args.dir, "rust.json")))
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a, b = torch.randn(1024, 1024, device=dev), torch.randn(1024, 1024, device=dev)
     peak = 2 * 1024**3 / median_time(lambda: a @ b, 10)[1] / 1e9
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, matmul peak (best of 10, 1024³) {peak:.1f} GFLOP/s "
           f"(deediff/candle {rust['matmul_peak_gflops']:.1f})")
@@ -105,16 +118,16 @@ def main():
             cfg = json.load(open(os.path.join(args.dir, f"{name}.config.json")))
             m = UViT(cfg["img_size"], cfg["patch_size"], cfg["in_chans"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"])
             m.load_state_dict(load_safetensors(os.path.join(args.dir, f"{name}.safetensors")), strict=True)
-            m.eval()
-            chk = load_safetensors(os.path.join(args.dir, f"{name}.check.safetensors"))
+            m.eval().to(dev)
+            chk = {k: v.to(dev) for k, v in load_safetensors(os.path.join(args.dir, f"{name}.check.safetensors")).items()}
             with torch.no_grad():
                 diff = (m(chk["x"], chk["t"]) - chk["eps"]).abs().max().item()
             print(f"{name}: max |eps_torch - eps_deediff| = {diff:.2e} (batch 1, same weights and input)")
             models[name] = (m, cfg)
         m, cfg = models[name]
         B = row["batch"]
-        x = torch.randn(B, cfg["in_chans"], cfg["img_size"], cfg["img_size"])
-        t = torch.tensor([(i * 997) % 1000 for i in range(B)], dtype=torch.float32)
+        x = torch.randn(B, cfg["in_chans"], cfg["img_size"], cfg["img_size"], device=dev)
+        t = torch.tensor([(i * 997) % 1000 for i in range(B)], dtype=torch.float32, device=dev)
         key = (name, B, row["blocks"])
         if key not in torch_times:
             with torch.no_grad():

@@ -4,6 +4,8 @@
 //! for the cross-check and `rust.json` with the medians into `target/bench-uvit/` (or
 //! `$UVIT_BENCH_DIR`); `bench/uvit_forward.py` then times PyTorch on the same weights and prints the
 //! comparison. Run with `RAYON_NUM_THREADS=2 cargo bench -p deediff-unet --bench uvit_forward`.
+//! `UVIT_BENCH_DEVICE=cuda` (a build with `--features cuda`) times the GPU at batch 1, 16 and 128
+//! instead (scripts/gpu_check.sh).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -37,27 +39,31 @@ fn config(img: usize, patch: usize, dim: usize) -> UVitConfig {
 
 /// (median, min) seconds of `reps` runs after one warm-up. The min is printed too because the
 /// shared benchmark machine is often loaded by other jobs.
+/// GPU work is queued: each run waits for the device to finish before its clock stops.
 fn time(
+    dev: &Device,
     reps: usize,
     mut f: impl FnMut() -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<(f64, f64)> {
     f()?;
+    dev.synchronize()?;
     let mut v = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t0 = Instant::now();
         f()?;
+        dev.synchronize()?;
         v.push(t0.elapsed().as_secs_f64());
     }
     v.sort_by(f64::total_cmp);
     Ok((v[v.len() / 2], v[0]))
 }
 
-/// Matmul peak: best GFLOP/s of a 1024×1024×1024 f32 matmul through candle (gemm).
-fn matmul_peak() -> candle_core::Result<f64> {
+/// Matmul peak: best GFLOP/s of a 1024×1024×1024 f32 matmul through candle (gemm / cuBLAS).
+fn matmul_peak(dev: &Device) -> candle_core::Result<f64> {
     let n = 1024;
-    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let (_, best) = time(10, || a.matmul(&b))?;
+    let a = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let (_, best) = time(dev, 10, || a.matmul(&b))?;
     Ok(2.0 * (n * n * n) as f64 / best / 1e9)
 }
 
@@ -67,8 +73,11 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-uvit"));
     std::fs::create_dir_all(&dir)?;
     let quick = std::env::args().any(|a| a == "--quick");
-    let dev = Device::Cpu;
-    let peak = matmul_peak()?;
+    let dev = match std::env::var("UVIT_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0)?,
+        _ => Device::Cpu,
+    };
+    let peak = matmul_peak(&dev)?;
     println!(
         "threads {} | matmul peak {peak:.1} GFLOP/s (1024³ f32)",
         candle_core::utils::get_num_threads()
@@ -96,7 +105,8 @@ fn main() -> anyhow::Result<()> {
         .model;
         let n = model.num_blocks();
         let macs = model.macs().clone();
-        for batch in [1usize, 16] {
+        let batches: &[usize] = if dev.is_cpu() { &[1, 16] } else { &[1, 16, 128] };
+        for &batch in batches {
             let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), &dev)?;
             let t = Tensor::from_vec(
                 (0..batch)
@@ -119,12 +129,13 @@ fn main() -> anyhow::Result<()> {
                 )?;
             }
             let depths: Vec<usize> = if quick { vec![n] } else { vec![n, 10, 7, 4, 1] };
+            // Off the CPU both models run candle's ops: the fused kernels are CPU-only.
             let runs = std::iter::once(("candle-ops", &candle_ops, n))
-                .filter(|_| !quick)
+                .filter(|_| !quick && dev.is_cpu())
                 .chain(depths.into_iter().map(|k| ("fused", &model, k)));
             for (imp, model, k) in runs {
                 let reps = if batch == 1 { 9 } else { 5 };
-                let (s, min) = time(reps, || run(model, &x, &t, k))?;
+                let (s, min) = time(&dev, reps, || run(model, &x, &t, k))?;
                 let flops = 2.0 * (macs.truncated(k) * batch as u64) as f64;
                 let gflops = flops / s / 1e9;
                 println!(
