@@ -87,9 +87,14 @@ mod tests {
         assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
         assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
-        for bad in ["", "gpu", "CUDA", "cuda:", "cuda:x", "cuda:-1", "cuda0", "cpu:0"] {
+        for bad in [
+            "", "gpu", "CUDA", "cuda:", "cuda:x", "cuda:-1", "cuda0", "cpu:0",
+        ] {
             let err = bad.parse::<DeviceSpec>().unwrap_err();
-            assert!(err.contains("expected cpu, cuda or cuda:N"), "{bad:?}: {err}");
+            assert!(
+                err.contains("expected cpu, cuda or cuda:N"),
+                "{bad:?}: {err}"
+            );
         }
         assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
     }

@@ -27,5 +27,8 @@ fn malformed_devices_are_refused_by_the_parser() {
     let o = fid("cuda:one");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("\"cuda:one\" is not a device: expected cpu, cuda or cuda:N"), "{err}");
+    assert!(
+        err.contains("\"cuda:one\" is not a device: expected cpu, cuda or cuda:N"),
+        "{err}"
+    );
 }

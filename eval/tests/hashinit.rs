@@ -61,14 +61,20 @@ fn hash_features_match_pytorch_fid() {
     };
     assert_eq!(c, 3);
     let data: Vec<f32> = input.data.iter().map(|&v| v as f32).collect();
-    for (path, net) in [("native", &native), (&*format!("candle on {device}"), &candle)] {
+    for (path, net) in [
+        ("native", &native),
+        (&*format!("candle on {device}"), &candle),
+    ] {
         let blocks = net.blocks_nchw(&data, n, h, w, 3).unwrap();
         for f in &blocks {
             let expected = &r[&format!("feat{}", f.dims)];
             assert_eq!(expected.shape, vec![n, f.dims]);
             let ours: Vec<f64> = f.data.iter().map(|&v| v as f64).collect();
             let d = max_abs_diff(&ours, &expected.data);
-            println!("{path}: feat{}: max abs diff {d:.3e} over {n} images", f.dims);
+            println!(
+                "{path}: feat{}: max abs diff {d:.3e} over {n} images",
+                f.dims
+            );
             assert!(d <= 1e-4, "{path}: feat{} max abs diff {d}", f.dims);
         }
     }

@@ -60,7 +60,8 @@ fn malformed_devices_are_refused_by_the_parser() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{bin}: {err}");
         assert!(
-            err.contains("--device") && err.contains("\"gpu\" is not a device: expected cpu, cuda or cuda:N"),
+            err.contains("--device")
+                && err.contains("\"gpu\" is not a device: expected cpu, cuda or cuda:N"),
             "{bin}: {err}"
         );
     }
@@ -71,7 +72,14 @@ fn cpu_samples() {
     let out = tmp("cpu").join("out.png");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_txt2img"))
-        .args(["--device", "cpu", "--prompt", "an ankle boot", "--steps", "2"])
+        .args([
+            "--device",
+            "cpu",
+            "--prompt",
+            "an ankle boot",
+            "--steps",
+            "2",
+        ])
         .arg("--out")
         .arg(&out)
         .output()

@@ -105,7 +105,11 @@ fn main() -> anyhow::Result<()> {
         .model;
         let n = model.num_blocks();
         let macs = model.macs().clone();
-        let batches: &[usize] = if dev.is_cpu() { &[1, 16] } else { &[1, 16, 128] };
+        let batches: &[usize] = if dev.is_cpu() {
+            &[1, 16]
+        } else {
+            &[1, 16, 128]
+        };
         for &batch in batches {
             let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), &dev)?;
             let t = Tensor::from_vec(

@@ -5,8 +5,8 @@ use clap::Parser;
 use deediff_eval::images::list_images;
 use deediff_eval::weights::default_weights_path;
 use deediff_eval::{
-    frechet_distance, import_weights, kid, DeviceArg, Features, FidInception, KidOptions, Moments, Stats,
-    BLOCK_DIMS,
+    frechet_distance, import_weights, kid, DeviceArg, Features, FidInception, KidOptions, Moments,
+    Stats, BLOCK_DIMS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};

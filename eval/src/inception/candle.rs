@@ -170,7 +170,12 @@ impl DeviceNet {
     }
 
     /// Same contract as `FidInception::blocks_with`, [`CHUNK`] images per device batch.
-    pub(super) fn blocks_with<'a, F>(&self, n: usize, last: usize, image: F) -> Result<Vec<Features>>
+    pub(super) fn blocks_with<'a, F>(
+        &self,
+        n: usize,
+        last: usize,
+        image: F,
+    ) -> Result<Vec<Features>>
     where
         F: Fn(usize) -> Result<ChwImage<'a>> + Sync,
     {
