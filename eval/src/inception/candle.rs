@@ -30,7 +30,7 @@ impl TConv {
     fn new(conv: &Conv, device: &Device) -> Result<Self> {
         let f = conv.folded();
         Ok(TConv {
-            w: Tensor::from_vec(f.weight, f.shape, device)?,
+            w: Tensor::from_vec(f.weight, &f.shape, device)?,
             b: Tensor::from_vec(f.bias, (1, f.shape[0], 1, 1), device)?,
             stride: f.stride,
             pad: f.pad,
