@@ -261,3 +261,35 @@ impl Conv {
         }
     }
 }
+
+/// A layer's folded parameters in PyTorch's layout, for candle's `conv2d` (the GPU path in
+/// `inception::candle`). Kept beside [`Conv::w`]'s packing so the two change together.
+pub(crate) struct FoldedConv {
+    /// `[cout, cin, kh, kw]` row-major.
+    pub weight: Vec<f32>,
+    pub shape: [usize; 4],
+    pub bias: Vec<f32>,
+    pub stride: usize,
+    pub pad: (usize, usize),
+}
+
+impl Conv {
+    pub(crate) fn folded(&self) -> FoldedConv {
+        let (cin, cout, kh, kw) = (self.cin, self.cout, self.kh, self.kw);
+        let mut weight = vec![0.0f32; cout * cin * kh * kw];
+        for (r, row) in self.w.chunks_exact(cout).enumerate() {
+            // Row r = (ky·kw + kx)·cin + ci of the im2col layout.
+            let (kk, ci) = (r / cin, r % cin);
+            for (o, &v) in row.iter().enumerate() {
+                weight[(o * cin + ci) * kh * kw + kk] = v;
+            }
+        }
+        FoldedConv {
+            weight,
+            shape: [cout, cin, kh, kw],
+            bias: self.bias.clone(),
+            stride: self.stride,
+            pad: (self.ph, self.pw),
+        }
+    }
+}

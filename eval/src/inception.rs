@@ -11,6 +11,8 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+mod candle;
+
 /// Feature sizes of pytorch-fid's `--dims`, indexed by output block.
 pub const BLOCK_DIMS: [usize; 4] = [64, 192, 768, 2048];
 
@@ -300,6 +302,8 @@ fn block_e(sd: &StateDict, name: &str, cin: usize, pool: Pool3) -> Result<Stage>
 #[derive(Debug, Clone)]
 pub struct FidInception {
     blocks: [Vec<Stage>; 4],
+    /// The weights on a GPU when the network runs there (see [`FidInception::on_device`]).
+    device: Option<candle::DeviceNet>,
 }
 
 impl FidInception {
@@ -335,6 +339,7 @@ impl FidInception {
                     block_e(sd, "Mixed_7c", 2048, Pool3::Max)?,
                 ],
             ],
+            device: None,
         })
     }
 
@@ -343,6 +348,22 @@ impl FidInception {
     pub fn load(weights: Option<&Path>) -> Result<Self> {
         let path = weights.map_or_else(crate::weights::default_weights_path, Path::to_path_buf);
         Self::from_state_dict(&crate::weights::load_weights(&path)?)
+    }
+
+    /// Runs the network on `device`: the CPU keeps the native kernels, any other device (CUDA)
+    /// runs candle's ops there ([`FidInception::with_candle`]).
+    pub fn on_device(self, device: &candle_core::Device) -> Result<Self> {
+        match device {
+            candle_core::Device::Cpu => Ok(self),
+            _ => self.with_candle(device),
+        }
+    }
+
+    /// Runs the network through candle's ops on `device` (the GPU path; on the CPU it lets tests
+    /// check that path against pytorch-fid without a GPU).
+    pub fn with_candle(mut self, device: &candle_core::Device) -> Result<Self> {
+        self.device = Some(candle::DeviceNet::new(&self.blocks, device)?);
+        Ok(self)
     }
 
     /// Pooled features of blocks `0..=last` for one image.
@@ -366,6 +387,9 @@ impl FidInception {
     where
         F: Fn(usize) -> Result<ChwImage<'a>> + Sync,
     {
+        if let Some(net) = &self.device {
+            return net.blocks_with(n, last, image);
+        }
         let one =
             |i: usize, par: Parallelism| image(i).map(|img| self.forward_one(&img, last, par));
         let per_image: Vec<Vec<Vec<f32>>> = if n >= rayon::current_num_threads() {

@@ -27,6 +27,7 @@
 
 pub mod atomic;
 pub mod conv;
+pub mod device;
 pub mod error;
 pub mod fmap;
 pub mod frechet;
@@ -40,6 +41,7 @@ pub mod resize;
 pub mod stats;
 pub mod weights;
 
+pub use device::{DeviceArg, DeviceSpec};
 pub use error::{FidError, Result};
 pub use frechet::frechet_distance;
 pub use import::import_weights;

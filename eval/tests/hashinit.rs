@@ -3,7 +3,7 @@
 mod common;
 use common::{max_abs_diff, read_safetensors};
 use deediff_eval::hashinit::{fnv1a64, hash_state_dict, hash_uniforms, SplitMix64};
-use deediff_eval::FidInception;
+use deediff_eval::{DeviceSpec, FidInception};
 
 #[test]
 fn generator_check_values() {
@@ -44,24 +44,39 @@ fn hash_weights_and_input_are_bit_exact() {
     assert!(checked >= 2);
 }
 
+/// Both paths: the native CPU kernels and candle's ops (what GPUs run), the latter on the CPU
+/// or on `DEEDIFF_TEST_DEVICE` (`cuda`, in scripts/gpu_check.sh).
 #[test]
 fn hash_features_match_pytorch_fid() {
     let r = read_safetensors("hashinit_expected.safetensors");
-    let net = FidInception::from_state_dict(&hash_state_dict()).unwrap();
+    let native = FidInception::from_state_dict(&hash_state_dict()).unwrap();
+    let device: DeviceSpec = std::env::var("DEEDIFF_TEST_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .unwrap();
+    let candle = native.clone().with_candle(&device.open().unwrap()).unwrap();
     let input = &r["input_32"];
     let [n, c, h, w] = input.shape[..] else {
         panic!("input_32 shape")
     };
     assert_eq!(c, 3);
     let data: Vec<f32> = input.data.iter().map(|&v| v as f32).collect();
-    let blocks = net.blocks_nchw(&data, n, h, w, 3).unwrap();
-    for f in &blocks {
-        let expected = &r[&format!("feat{}", f.dims)];
-        assert_eq!(expected.shape, vec![n, f.dims]);
-        let ours: Vec<f64> = f.data.iter().map(|&v| v as f64).collect();
-        let d = max_abs_diff(&ours, &expected.data);
-        println!("feat{}: max abs diff {d:.3e} over {n} images", f.dims);
-        assert!(d <= 1e-4, "feat{} max abs diff {d}", f.dims);
+    for (path, net) in [
+        ("native", &native),
+        (&*format!("candle on {device}"), &candle),
+    ] {
+        let blocks = net.blocks_nchw(&data, n, h, w, 3).unwrap();
+        for f in &blocks {
+            let expected = &r[&format!("feat{}", f.dims)];
+            assert_eq!(expected.shape, vec![n, f.dims]);
+            let ours: Vec<f64> = f.data.iter().map(|&v| v as f64).collect();
+            let d = max_abs_diff(&ours, &expected.data);
+            println!(
+                "{path}: feat{}: max abs diff {d:.3e} over {n} images",
+                f.dims
+            );
+            assert!(d <= 1e-4, "{path}: feat{} max abs diff {d}", f.dims);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 #[path = "../../unet/tests/common/mod.rs"]
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::{Conditioning, ConfigHints};
 
@@ -12,7 +12,7 @@ const TOL_OUT: f32 = 1e-4;
 const TOL_MEAN: f32 = 1e-5;
 
 fn load(path: &std::path::Path) -> EarlyExitUVit {
-    EarlyExitUVit::load(path, &ConfigHints::default(), &Device::Cpu)
+    EarlyExitUVit::load(path, &ConfigHints::default(), &common::device())
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -134,7 +134,7 @@ fn per_sample_batch_equals_one_by_one_official() {
                 .unwrap();
             let mut depths = Vec::new();
             for j in 0..b {
-                let idx = Tensor::new(&[j as u32], &Device::Cpu).unwrap();
+                let idx = Tensor::new(&[j as u32], &common::device()).unwrap();
                 let single_cond: Conditioning = cond.index_select(&idx).unwrap();
                 let single = ee
                     .forward(

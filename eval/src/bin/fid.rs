@@ -5,8 +5,8 @@ use clap::Parser;
 use deediff_eval::images::list_images;
 use deediff_eval::weights::default_weights_path;
 use deediff_eval::{
-    frechet_distance, import_weights, kid, Features, FidInception, KidOptions, Moments, Stats,
-    BLOCK_DIMS,
+    frechet_distance, import_weights, kid, DeviceArg, Features, FidInception, KidOptions, Moments,
+    Stats, BLOCK_DIMS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -28,9 +28,8 @@ struct Args {
     /// Images per batch.
     #[arg(long, default_value_t = 50)]
     batch_size: usize,
-    /// Compute device (only the CPU is supported).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -174,7 +173,8 @@ fn run(args: &Args) -> Result<()> {
         );
         return Ok(());
     }
-    let net = || FidInception::load(args.weights.as_deref());
+    let device = args.device.open()?;
+    let net = || FidInception::load(args.weights.as_deref())?.on_device(&device);
     if let Some(out) = &args.save_stats {
         let [dir] = &args.paths[..] else {
             bail!("--save-stats needs exactly one input folder")

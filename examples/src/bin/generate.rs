@@ -9,10 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
 use deediff_eval::npz::write_images_npz;
-use deediff_eval::{frechet_distance, FidInception, Moments, Stats};
+use deediff_eval::{frechet_distance, DeviceArg, FidInception, Moments, Stats};
 use deediff_examples::cli::{
     build_pipeline, check_batch, load_model, parse_class, warn_about_prompts, write_report,
     ModelArgs, SamplingArgs, CALIBRATION_IMAGES,
@@ -87,6 +86,8 @@ struct Cli {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn image_path(dir: &Path, i: usize) -> PathBuf {
@@ -243,7 +244,7 @@ fn run() -> Result<()> {
     check_outputs(&outputs)?;
     prepare_folder(&cli.out)?;
 
-    let device = Device::Cpu;
+    let device = cli.device.open()?;
     let bundle = load_model(&cli.model, &device)?;
     let cfg = bundle.model.model().config().clone();
     let class = cli
@@ -315,7 +316,7 @@ fn generate_shard(
     // FID scoring: the network and reference load before any work, so a bad path fails early.
     let mut scoring = match &cli.fid_stats {
         Some(path) => {
-            let net = FidInception::load(None)?;
+            let net = FidInception::load(None)?.on_device(&device)?;
             let reference = Stats::load(path)?;
             let mut moments = Moments::new(2048);
             let resumed: Vec<PathBuf> = done.iter().map(|&i| image_path(&cli.out, i)).collect();

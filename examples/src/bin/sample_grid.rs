@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use candle_core::Device;
+use anyhow::{bail, Context, Result};
 use clap::Parser;
+use deediff_eval::DeviceArg;
 use deediff_examples::cli::{
     build_pipeline, check_batch, load_model, sample_grid, warn_about_prompts, ModelArgs,
     SamplingArgs,
@@ -36,6 +36,8 @@ struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn main() {
@@ -47,7 +49,7 @@ fn run() -> Result<()> {
     check_batch(args.batch)?;
     check_outputs(&[("--out", args.out.as_path())])?;
     image_format(&args.out)?;
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let bundle = load_model(&args.model, &device)?;
     let prompts = match &args.prompt[..] {
         [] => bundle

@@ -18,9 +18,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
-use deediff_eval::{frechet_distance, FidInception, Stats};
+use deediff_eval::{frechet_distance, DeviceArg, FidInception, Stats};
 use deediff_examples::cli::{load_model, ModelArgs};
 use deediff_sampler::{
     to_images, Condition, Guidance, Hooks, Pipeline, RunReport, SamplingDefaults, TimestepBand,
@@ -75,6 +74,8 @@ struct Cli {
     store_default: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// The file the embedded default model is compiled from.
@@ -499,8 +500,8 @@ fn measure_new(cli: &Cli, todo: Vec<Point>, done: &[Record]) -> Result<()> {
     if todo.is_empty() && has_floor {
         return Ok(());
     }
-    let device = Device::Cpu;
-    let net = FidInception::load(None)?;
+    let device = cli.device.open()?;
+    let net = FidInception::load(None)?.on_device(&device)?;
     let real = reference(cli, &net)?;
     if !has_floor {
         let fid = frechet_distance(&stats_of(&net, &fashion(cli, "train")?)?, &real)?;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
+use deediff_eval::DeviceArg;
 use deediff_schedules::{BetaConfig, SchedulerConfig};
 use deediff_uem::data::cifar::load_cifar10;
 use deediff_uem::data::folder::load_image_folder;
@@ -113,6 +113,8 @@ struct Args {
     /// tokenizer and caption distribution (`scripts/train_torch.py`).
     #[arg(long)]
     write_captions: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 const T: usize = 1000;
@@ -327,7 +329,7 @@ fn run() -> Result<()> {
     if let Some(p) = &args.write_captions {
         return write_captions(p);
     }
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let ac = alphas_cumprod()?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;

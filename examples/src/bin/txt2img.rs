@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use candle_core::Device;
+use anyhow::{bail, Context, Result};
 use clap::Parser;
+use deediff_eval::DeviceArg;
 use deediff_examples::cli::{
     build_pipeline, check_batch, load_model, parse_class, sample_grid, warn_about_prompts,
     write_report, ModelArgs, SamplingArgs, CALIBRATION_IMAGES,
@@ -50,6 +50,8 @@ struct Cli {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn main() {
@@ -67,7 +69,7 @@ fn run() -> Result<()> {
     outputs.extend(cli.report.as_deref().map(|r| ("--report", r)));
     check_outputs(&outputs)?;
     image_format(&cli.out)?;
-    let device = Device::Cpu;
+    let device = cli.device.open()?;
     let bundle = load_model(&cli.model, &device)?;
     let condition = match (&cli.prompt, &cli.class) {
         (Some(p), _) => Condition::Text(p.clone()),

@@ -11,6 +11,19 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use deediff_unet::{Checkpoint, Conditioning, ConfigHints, LoadedUVit};
 
+/// Where the reference cases run: the CPU, or `DEEDIFF_TEST_DEVICE=cuda` (a `--features cuda`
+/// build on a GPU, scripts/gpu_check.sh) for the same checks on the GPU. Opened once: each
+/// `Device::new_cuda` is a distinct device to candle, whose tensors cannot meet.
+pub fn device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| match std::env::var("DEEDIFF_TEST_DEVICE").as_deref() {
+            Ok("cuda") => Device::new_cuda(0).expect("DEEDIFF_TEST_DEVICE=cuda: no CUDA GPU"),
+            _ => Device::Cpu,
+        })
+        .clone()
+}
+
 pub fn reference_dir() -> PathBuf {
     let dir = match std::env::var_os("DEEDIFF_REFERENCE") {
         Some(root) => PathBuf::from(root).join("uvit"),
@@ -74,7 +87,7 @@ pub fn cases() -> Vec<Case> {
         .map(|name| {
             let io = candle_core::safetensors::load(
                 dir.join(format!("{name}.io.safetensors")),
-                &Device::Cpu,
+                &device(),
             )
             .unwrap();
             let weights = ["safetensors", "pth"]
@@ -88,7 +101,7 @@ pub fn cases() -> Vec<Case> {
 }
 
 pub fn load(path: &std::path::Path) -> LoadedUVit {
-    Checkpoint::load(path, &ConfigHints::default(), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
+    Checkpoint::load(path, &ConfigHints::default(), &device()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Max |a - b|, asserting equal shapes.
