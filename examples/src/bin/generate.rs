@@ -316,7 +316,7 @@ fn generate_shard(
     // FID scoring: the network and reference load before any work, so a bad path fails early.
     let mut scoring = match &cli.fid_stats {
         Some(path) => {
-            let net = FidInception::load(None)?.on_device(&device)?;
+            let net = FidInception::load(None)?.on_device(pipeline.device())?;
             let reference = Stats::load(path)?;
             let mut moments = Moments::new(2048);
             let resumed: Vec<PathBuf> = done.iter().map(|&i| image_path(&cli.out, i)).collect();
