@@ -232,6 +232,8 @@ fn run() -> Result<()> {
     }
     check_batch(cli.batch)?;
     check_seed_range(cli.seed, cli.num)?;
+    // A device this build or machine lacks is a bad flag: refused before any output.
+    let device = cli.device.open()?;
     let shard = Shard::resolve(cli.shard.as_deref(), cli.num_shards, |k| {
         std::env::var(k).ok()
     })?;
@@ -244,7 +246,6 @@ fn run() -> Result<()> {
     check_outputs(&outputs)?;
     prepare_folder(&cli.out)?;
 
-    let device = cli.device.open()?;
     let bundle = load_model(&cli.model, &device)?;
     let cfg = bundle.model.model().config().clone();
     let class = cli
