@@ -101,8 +101,9 @@ const NARROW_N: usize = 32;
 ///   e.g. 292–309 vs 156–174 GFLOP/s at U-ViT-S/2 batch 16, and 1.8–2× on attention tiles; but
 ///   on the output head's narrow products (`n` = 16 patch values) `gemm` is 1.0–4× faster
 ///   (its register tile fits `n`; faer pads to 48), so those stay on `gemm`.
-/// - AVX2: `gemm` for now, the kernel every layer used before; faer's 256-bit kernels are linked
-///   and `matmul_shapes` compares them per shape, but that comparison has not been run yet.
+/// - AVX2: `gemm`, the kernel every layer used before. faer's 256-bit kernels are linked and
+///   `matmul_shapes` compares them per shape; measured only under `DEEDIFF_ISA=avx2` on the
+///   Sapphire Rapids (within ±20 % of `gemm`, either way by shape), not yet on an AMD EPYC.
 /// - generic: `gemm`, which dispatches on its own (it cannot be capped below AVX2 from outside).
 pub fn kernel_for(m: usize, n: usize, k: usize) -> Kernel {
     let small = m.saturating_mul(n).saturating_mul(k) < SMALL_MNK || n < NARROW_N;
@@ -179,7 +180,8 @@ pub unsafe fn matmul_with(
     };
     // SAFETY (all three): the caller guarantees the operands of `p`.
     match (kernel, faer_instr(kernel)) {
-        (Kernel::Faer512Cols, _) => unsafe { p.by_columns(threads) },
+        // On one thread (e.g. attention tiles inside a rayon task) there is nothing to split.
+        (Kernel::Faer512Cols, _) if threads > 1 => unsafe { p.by_columns(threads) },
         (_, Some(instr)) if k > 0 => unsafe { p.faer(instr, threads) },
         _ => unsafe { p.gemm(threads) },
     }
