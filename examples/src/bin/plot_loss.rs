@@ -44,27 +44,38 @@ fn main() {
     deediff_examples::exit_on_error(run());
 }
 
-fn run() -> Result<()> {
-    let args = Args::parse();
-    let font = std::fs::read(&args.font)
-        .with_context(|| format!("{}: cannot read font", args.font.display()))?;
+/// Registers the TrueType font at `path` as plotters' "sans-serif".
+fn load_font(path: &std::path::Path) -> Result<()> {
+    let font =
+        std::fs::read(path).with_context(|| format!("{}: cannot read font", path.display()))?;
     register_font(
         "sans-serif",
         FontStyle::Normal,
         Box::leak(font.into_boxed_slice()),
     )
-    .map_err(|_| anyhow::anyhow!("{}: not a usable TrueType font", args.font.display()))?;
-    let text = std::fs::read_to_string(&args.log)
-        .with_context(|| format!("{}: cannot read", args.log.display()))?;
-    let mut by_step: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
+    .map_err(|_| anyhow::anyhow!("{}: not a usable TrueType font", path.display()))
+}
+
+/// The training log (one JSON object per line, each with a `step`), keyed by step.
+fn read_log(path: &std::path::Path) -> Result<BTreeMap<u64, serde_json::Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut by_step = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {}: not JSON", args.log.display(), n + 1))?;
+            .with_context(|| format!("{}: line {}: not JSON", path.display(), n + 1))?;
         let step = v["step"]
             .as_u64()
-            .with_context(|| format!("{}: line {}: no step", args.log.display(), n + 1))?;
+            .with_context(|| format!("{}: line {}: no step", path.display(), n + 1))?;
         by_step.insert(step, v);
     }
+    Ok(by_step)
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    load_font(&args.font)?;
+    let by_step = read_log(&args.log)?;
     let series = |key: &str| -> Vec<(f64, f64)> {
         by_step
             .iter()
