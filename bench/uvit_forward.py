@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """bench/uvit_forward: deediff's U-ViT forward vs the official U-ViT forward in PyTorch, interleaved.
 
-    python3 bench/uvit_forward.py [--rounds 7] [--threads N] [--force]      (or bench/vs_pytorch.sh)
+    python3 bench/uvit_forward.py [--rounds 7] [--threads N] [--force] [--bf16]   (or bench/vs_pytorch.sh)
+
+--bf16 adds deediff `--dtype bf16` (AMX tiles) against PyTorch f32 and PyTorch bf16 autocast.
 
 Models: U-ViT-S/2 in its CIFAR-10 configuration (img 32, patch 2, D 512, depth 12, 8 heads,
 qkv_bias False), the small config (patch 4, D 256) — random weights written by the Rust side — and
@@ -104,6 +106,10 @@ def torch_model(bench_dir, name):
     return fwd, c
 
 
+# The timed sides, interleaved in this order each round.
+SIDES = [("deediff", "f32"), ("torch", "f32"), ("deediff", "bf16"), ("torch", "bf16")]
+
+
 def inputs(c, batch):
     x = torch.randn(batch, c["in_chans"], c["img_size"], c["img_size"])
     t = torch.tensor([(i * 997) % 1000 for i in range(batch)], dtype=torch.float32)
@@ -111,8 +117,9 @@ def inputs(c, batch):
     return x, t, ctx
 
 
-def torch_round(fwd, args, reps):
-    with torch.no_grad():
+def torch_round(fwd, args, reps, bf16=False):
+    # bf16: PyTorch's own mixed precision (oneDNN, AMX where the CPU has it), the peer of --dtype bf16.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         fwd(*args)
         ts = []
         for _ in range(reps):
@@ -160,6 +167,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--force", action="store_true", help="run on a loaded machine (result not for recording)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time deediff --dtype bf16 (AMX) against PyTorch f32 and PyTorch bf16 autocast")
     args = ap.parse_args()
     if args.rounds < 5:
         sys.exit("--rounds: at least 5 (medians of ≥ 5)")
@@ -171,8 +180,8 @@ def main():
     matmul_table(args.threads, args.rounds)
     rust = cargo_bench("uvit_forward", "serve", "--dir", args.dir, stdin=subprocess.PIPE, threads=args.threads)
 
-    def rust_round(name, batch, reps):
-        rust.stdin.write(f"{name} {batch} {reps}\n")
+    def rust_round(name, batch, reps, dtype="f32"):
+        rust.stdin.write(f"{name} {batch} {reps} {dtype}\n")
         rust.stdin.flush()
         line = rust.stdout.readline()
         if not line:
@@ -192,20 +201,29 @@ def main():
         for batch in BATCHES:
             x = inputs(c, batch)
             reps = 5 if batch == 1 else 2
-            ours, theirs = [], []
+            times = {side: [] for side in SIDES[:4 if args.bf16 else 2]}
             for _ in range(args.rounds):
-                ours.append(rust_round(name, batch, reps))
-                time.sleep(0.2)  # let the other side's worker threads go to sleep
-                theirs.append(torch_round(fwd, x, reps))
-                time.sleep(0.2)
-            results.append((name, batch, statistics.median(ours), statistics.median(theirs)))
+                for side in times:
+                    times[side].append(rust_round(name, batch, reps, side[1]) if side[0] == "deediff"
+                                       else torch_round(fwd, x, reps, side[1] == "bf16"))
+                    time.sleep(0.2)  # let the other side's worker threads go to sleep
+            results.append((name, batch, {side: statistics.median(ts) for side, ts in times.items()}))
     rust.stdin.close()
     rust.wait()
     print(f"\n{head}\n")
     print("| model | batch | deediff ms | PyTorch ms | deediff/PyTorch |")
     print("|---|---|---|---|---|")
-    for name, batch, o, t in results:
+    for name, batch, med in results:
+        o, t = med[SIDES[0]], med[SIDES[1]]
         print(f"| {name} | {batch} | {o * 1e3:.1f} | {t * 1e3:.1f} | **{o / t:.2f}×** |")
+    if args.bf16:
+        print("\n| model | batch | deediff bf16 ms | PyTorch f32 ms | PyTorch bf16 ms | deediff bf16 / PyTorch f32 "
+              "| deediff bf16 / PyTorch bf16 |")
+        print("|---|---|---|---|---|---|---|")
+        for name, batch, med in results:
+            o, t, tb = med[SIDES[2]], med[SIDES[1]], med[SIDES[3]]
+            print(f"| {name} | {batch} | {o * 1e3:.1f} | {t * 1e3:.1f} | {tb * 1e3:.1f} | **{o / t:.2f}×** "
+                  f"| **{o / tb:.2f}×** |")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ impl DeviceSpec {
                 ))
             }
             DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| {
-                let cause = e.to_string().replace('\n', " ");
+                let cause = crate::error::without_backtrace(&e.to_string()).replace('\n', " ");
                 FidError::Invalid(format!("--device {self}: no usable CUDA GPU ({cause})"))
             }),
         }

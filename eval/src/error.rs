@@ -44,17 +44,31 @@ pub type Result<T> = std::result::Result<T, FidError>;
 /// text the line already holds is left out: errors that print their source inside their own
 /// message (`"{path}: {source}"`) would otherwise show it twice.
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = e.to_string();
+    let mut line = without_backtrace(&e.to_string()).to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
-        if !line.contains(&text) {
+        let text = without_backtrace(&text);
+        if !line.contains(text) {
             line.push_str(": ");
-            line.push_str(&text);
+            line.push_str(text);
         }
         cause = c.source();
     }
     line.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+}
+
+/// With `RUST_BACKTRACE` set, candle appends the backtrace it captured to an error's text: a
+/// newline, then frames numbered from `0:`. The one-line message keeps what comes before.
+pub(crate) fn without_backtrace(text: &str) -> &str {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if offset > 0 && line.trim_start().starts_with("0: ") {
+            return text[..offset].trim_end();
+        }
+        offset += line.len();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -71,6 +85,20 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("cannot load the model")]
     struct Outer(#[source] Io);
+
+    #[test]
+    fn captured_backtraces_are_left_out() {
+        let e = candle_core::Error::Msg("no usable CUDA GPU".into());
+        let with_bt = candle_core::Error::WithBacktrace {
+            inner: Box::new(e),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(
+            with_bt.to_string().contains("\n"),
+            "a backtrace was captured"
+        );
+        assert_eq!(error_line(&with_bt), "no usable CUDA GPU");
+    }
 
     #[test]
     fn causes_already_in_the_message_are_not_repeated() {

@@ -47,6 +47,26 @@ pub struct ModelArgs {
     /// config, else 0.18215. U-ViT's MS-COCO models: 0.2301.
     #[arg(long)]
     pub vae_scale_factor: Option<f64>,
+    /// Precision of the denoiser's linear layers: f32, or bf16 on Intel AMX (inputs rounded to
+    /// bfloat16, f32 accumulation; 2–3× faster on a Sapphire Rapids, see BENCHMARKS.md for its
+    /// FID cost). CPUs without AMX refuse bf16.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+}
+
+/// `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    /// For a run manifest: `None` for f32, so manifests written before `--dtype` existed (all
+    /// f32) still match.
+    pub fn manifest_value(self) -> Option<&'static str> {
+        (self == Dtype::Bf16).then_some("bf16")
+    }
 }
 
 /// How to sample: scheduler, steps, exit policy, guidance.
@@ -174,6 +194,12 @@ impl SamplingArgs {
 
 /// A model loaded from `ModelArgs`, with its text encoder and (latent models) its decoder.
 pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
+    if args.dtype == Dtype::Bf16 {
+        if !device.is_cpu() {
+            bail!("--dtype bf16: runs on the CPU's AMX tiles only; use --dtype f32 with --device cuda");
+        }
+        deediff_unet::amx::set_bf16(true)?;
+    }
     let mut bundle = load_denoiser(args, device)?;
     let cfg = bundle.model.model().config().clone();
     if args.text_encoder.is_some() || (cfg.variant == Variant::UvitT2i && bundle.text.is_none()) {

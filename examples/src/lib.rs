@@ -115,10 +115,14 @@ pub fn check_seed_range(seed: u64, count: usize) -> Result<()> {
     seeds(seed, count.saturating_sub(1)..count).map(drop)
 }
 
-/// Ends a command-line tool: on error, prints one line (the error and its causes, outermost
-/// first) and exits with status 1.
-pub fn exit_on_error(result: anyhow::Result<()>) {
-    if let Err(e) = result {
+/// A command-line tool's `main`: applies the allocator setting ([`keep_freed_pages`]), runs
+/// `run`, and on error prints one line (the error and its causes, outermost first) and exits
+/// with status 1.
+///
+/// [`keep_freed_pages`]: deediff_unet::alloc::keep_freed_pages
+pub fn main(run: impl FnOnce() -> anyhow::Result<()>) {
+    deediff_unet::alloc::keep_freed_pages();
+    if let Err(e) = run() {
         eprintln!("error: {}", deediff_eval::error::error_line(e.as_ref()));
         std::process::exit(1);
     }

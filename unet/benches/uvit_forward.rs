@@ -4,9 +4,10 @@
 //! `prepare`: writes random weights for U-ViT-S/2 (CIFAR-10 config) and the small config
 //! (`<cfg>.safetensors` + `<cfg>.config.json`), and for those and the default model a batch-1
 //! input/output pair (`<cfg>.check.safetensors`) for the PyTorch cross-check, into `--dir`.
-//! `serve`: reads `CONFIG BATCH REPS` lines on stdin and answers each with one JSON line of
-//! per-forward seconds (after one warm-up forward), so the driver can interleave the two sides
-//! without counting process start-up or model loading.
+//! `serve`: reads `CONFIG BATCH REPS [f32|bf16]` lines on stdin and answers each with one JSON
+//! line of per-forward seconds (after one warm-up forward), so the driver can interleave the two
+//! sides without counting process start-up or model loading. `bf16` runs the linear layers on
+//! AMX tiles ([`deediff_unet::amx`]).
 //!
 //! `cargo bench -p deediff-unet --bench uvit_forward -- prepare|serve [--dir DIR]`
 
@@ -145,10 +146,12 @@ fn serve(dir: &Path) -> anyhow::Result<()> {
     let mut models: HashMap<String, (UVit, UVitConfig)> = HashMap::new();
     for line in std::io::stdin().lock().lines() {
         let line = line?;
-        let [name, batch, reps] = line.split_whitespace().collect::<Vec<_>>()[..] else {
-            anyhow::bail!("serve: expected `CONFIG BATCH REPS`, got {line:?}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (&[name, batch, reps], dtype) = (&words[..words.len().min(3)], words.get(3)) else {
+            anyhow::bail!("serve: expected `CONFIG BATCH REPS [f32|bf16]`, got {line:?}");
         };
         let (batch, reps): (usize, usize) = (batch.parse()?, reps.parse()?);
+        deediff_unet::amx::set_bf16(dtype == Some(&"bf16"))?;
         if !models.contains_key(name) {
             models.insert(name.to_string(), load(dir, name)?);
         }
@@ -167,6 +170,8 @@ fn serve(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As every deediff tool does at start-up.
+    deediff_unet::alloc::keep_freed_pages();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = args
         .iter()

@@ -15,6 +15,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::amx::{self, PackedWeight};
 use crate::matmul::{matmul, Operand};
 use crate::rowops::{bias_gelu_rows, bias_residual_rows, layer_norm_rows};
 
@@ -86,12 +87,14 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// `x·Wᵀ + bias (+ residual)` over the last dimension of `x` (`w` is `[out, in]`, PyTorch
 /// layout). On the inference path bias and residual are written into the output before one gemm
-/// accumulates into it: no separate add passes, no extra buffers.
+/// accumulates into it: no separate add passes, no extra buffers. `bf16`: `w` packed for
+/// [`crate::amx`], used instead of the f32 product on the inference path.
 pub fn linear(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
+    bf16: Option<&PackedWeight>,
 ) -> Result<Tensor> {
     let all: Vec<&Tensor> = [Some(x), Some(w), bias, residual]
         .into_iter()
@@ -100,6 +103,7 @@ pub fn linear(
     if inference_path(&all) {
         let op = LinearOp {
             bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
+            bf16,
         };
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         return match residual {
@@ -198,11 +202,12 @@ impl CustomOp2 for BiasGeluOp {
     }
 }
 
-struct LinearOp {
+struct LinearOp<'a> {
     bias: Option<Vec<f32>>,
+    bf16: Option<&'a PackedWeight>,
 }
 
-impl LinearOp {
+impl LinearOp<'_> {
     const NAME: &'static str = "deediff-linear";
 
     fn run(
@@ -247,6 +252,10 @@ impl LinearOp {
                 bias_residual_rows(bias, r, o);
             });
         }
+        if let Some(packed) = self.bf16.filter(|p| p.n() == n) {
+            amx::linear(xs, packed, &mut out, accumulate);
+            return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
+        }
         // SAFETY: `out` is m×n row-major, `xs` m×k row-major, `ws` n×k row-major read as its
         // transpose; all lengths were checked above.
         unsafe {
@@ -267,7 +276,7 @@ impl LinearOp {
     }
 }
 
-impl CustomOp2 for LinearOp {
+impl CustomOp2 for LinearOp<'_> {
     fn name(&self) -> &'static str {
         Self::NAME
     }
@@ -283,7 +292,7 @@ impl CustomOp2 for LinearOp {
     }
 }
 
-impl CustomOp3 for LinearOp {
+impl CustomOp3 for LinearOp<'_> {
     fn name(&self) -> &'static str {
         Self::NAME
     }
@@ -338,8 +347,8 @@ mod tests {
             (Some(&bias), Some(&r)),
         ] {
             check(
-                linear(&x, &w, bias, r)?,
-                linear(var.as_tensor(), &w, bias, r)?,
+                linear(&x, &w, bias, r, None)?,
+                linear(var.as_tensor(), &w, bias, r, None)?,
                 1e-5,
             )?;
         }

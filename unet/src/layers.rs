@@ -3,9 +3,12 @@
 //! (Linear weight trunc-normal std 0.02, bias 0; LayerNorm weight 1, bias 0). With a checkpoint
 //! backend the hints are ignored and the stored tensors are used.
 
-use candle_core::{Module, Result, Tensor};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::amx::{self, PackedWeight};
 use crate::kernels;
 
 /// timm's `trunc_normal_(std=0.02)` truncates at ±2 in absolute value, i.e. at 100σ: a plain
@@ -23,7 +26,11 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     } else {
         None
     };
-    Ok(Linear { weight, bias })
+    Ok(Linear {
+        weight,
+        bias,
+        bf16: Arc::default(),
+    })
 }
 
 /// `y = x·Wᵀ + b` routed through [`kernels::linear`] (fused gemm on the inference path, candle's
@@ -32,6 +39,10 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The weight in bf16 tile layout, packed at the first product after `--dtype bf16`
+    /// switched it on (inference only: training never turns bf16 on, so the copy cannot go
+    /// stale behind an optimiser step).
+    bf16: Arc<OnceLock<PackedWeight>>,
 }
 
 impl Linear {
@@ -46,13 +57,31 @@ impl Linear {
 
     /// `residual + x·Wᵀ + b` in one pass (the residual connections of a block).
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        kernels::linear(x, &self.weight, self.bias.as_ref(), Some(residual))
+        let bf16 = self.bf16_weight()?;
+        kernels::linear(x, &self.weight, self.bias.as_ref(), Some(residual), bf16)
+    }
+
+    /// The bf16 tile copy of the weight when bf16 products are on and this layer is eligible.
+    fn bf16_weight(&self) -> Result<Option<&PackedWeight>> {
+        let w = &self.weight;
+        let (n, k) = w.dims2()?;
+        let inference = !w.track_op() && w.dtype() == DType::F32 && w.device().is_cpu();
+        if !inference || !amx::eligible(n, k) {
+            return Ok(None);
+        }
+        if self.bf16.get().is_none() {
+            let _ = self
+                .bf16
+                .set(PackedWeight::new(&w.flatten_all()?.to_vec1()?, n, k));
+        }
+        Ok(self.bf16.get())
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::linear(x, &self.weight, self.bias.as_ref(), None)
+        let bf16 = self.bf16_weight()?;
+        kernels::linear(x, &self.weight, self.bias.as_ref(), None, bf16)
     }
 }
 

@@ -6,6 +6,8 @@
 //! [`UVit`] exposes the forward pass block by block (`embed` → `block(i)` … → `decode`), which
 //! both the trainer and the early-exit driver in `deediff-uem` build on.
 
+pub mod alloc;
+pub mod amx;
 pub mod attention;
 pub mod autoencoder;
 pub mod block;

@@ -45,7 +45,7 @@ enum What {
 }
 
 fn main() {
-    deediff_examples::exit_on_error(run());
+    deediff_examples::main(run);
 }
 
 fn run() -> Result<()> {

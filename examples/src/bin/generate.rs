@@ -196,6 +196,7 @@ fn manifest(cli: &Cli, pipeline: &Pipeline, prompts: &[String], shards: usize) -
         .with("text_encoder", path_text(&m.text_encoder))
         .with("vae", path_text(&m.vae))
         .with("vae_scale_factor", m.vae_scale_factor)
+        .with("dtype", m.dtype.manifest_value())
         .with("prompts", prompts)
         .with("class", cli.class.clone())
         .with("seed", cli.seed)
@@ -209,7 +210,7 @@ fn manifest(cli: &Cli, pipeline: &Pipeline, prompts: &[String], shards: usize) -
 }
 
 fn main() {
-    deediff_examples::exit_on_error(run());
+    deediff_examples::main(run);
 }
 
 /// The output folder, created, with a write probe so a read-only volume fails before any work.

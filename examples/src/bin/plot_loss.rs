@@ -41,7 +41,7 @@ fn smooth(v: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
 }
 
 fn main() {
-    deediff_examples::exit_on_error(run());
+    deediff_examples::main(run);
 }
 
 /// Registers the TrueType font at `path` as plotters' "sans-serif".

@@ -41,7 +41,7 @@ struct Args {
 }
 
 fn main() {
-    deediff_examples::exit_on_error(run());
+    deediff_examples::main(run);
 }
 
 fn run() -> Result<()> {

@@ -210,12 +210,18 @@ impl Row {
     }
 }
 
-/// Which model rows belong to (rows of different models never share a table).
+/// Which model rows belong to (rows of different models never share a table); bf16 products
+/// count as another model.
 fn model_name(cli: &Cli) -> String {
-    cli.model
+    let name = cli
+        .model
         .model
         .as_ref()
-        .map_or("default".to_string(), |p| p.display().to_string())
+        .map_or("default".to_string(), |p| p.display().to_string());
+    match cli.model.dtype.manifest_value() {
+        Some(dtype) => format!("{name} ({dtype})"),
+        None => name,
+    }
 }
 
 /// What the results file holds: measured rows and, per N, the real-data floor.
@@ -481,7 +487,7 @@ fn print_table(rows: &[&Row], floor: Option<f64>, num: usize) {
 }
 
 fn main() {
-    deediff_examples::exit_on_error(run());
+    deediff_examples::main(run);
 }
 
 /// Measures the points not yet in the results file, appending each row as it finishes.

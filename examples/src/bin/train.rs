@@ -321,7 +321,7 @@ fn write_captions(path: &Path) -> Result<()> {
 }
 
 fn main() {
-    deediff_examples::exit_on_error(run());
+    deediff_examples::main(run);
 }
 
 fn run() -> Result<()> {

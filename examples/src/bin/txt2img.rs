@@ -55,7 +55,7 @@ struct Cli {
 }
 
 fn main() {
-    deediff_examples::exit_on_error(run());
+    deediff_examples::main(run);
 }
 
 fn run() -> Result<()> {
