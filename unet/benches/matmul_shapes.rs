@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use deediff_unet::isa::isa;
-use deediff_unet::matmul::{kernel_for, matmul_with, Kernel, Operand};
+use deediff_unet::matmul::{kernel_for, matmul_with, Kernel, Operand, Product};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -74,22 +74,19 @@ fn main() {
             for (ki, &kernel) in kernels.iter().enumerate() {
                 let t0 = Instant::now();
                 for _ in 0..reps {
+                    let p = Product {
+                        m,
+                        n,
+                        k,
+                        dst: out.as_mut_ptr(),
+                        dst_ld: n,
+                        accumulate: false,
+                        lhs: Operand::rows(a.as_ptr(), k),
+                        rhs: Operand::transposed(w.as_ptr(), k),
+                        alpha: 1.0,
+                    };
                     // SAFETY: a is m×k, w is n×k (read transposed), out is m×n.
-                    unsafe {
-                        matmul_with(
-                            kernel,
-                            m,
-                            n,
-                            k,
-                            out.as_mut_ptr(),
-                            n,
-                            false,
-                            Operand::rows(a.as_ptr(), k),
-                            Operand::transposed(w.as_ptr(), k),
-                            1.0,
-                            parallel,
-                        );
-                    }
+                    unsafe { matmul_with(kernel, &p, parallel) };
                 }
                 // Round 0 is the warm-up.
                 if round > 0 {

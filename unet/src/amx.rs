@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::isa::{isa, Isa};
+use crate::kernels::DisjointOut;
 
 /// Rows and columns of one output block: 2 × 2 tiles of 16 × 16 f32.
 const BLOCK: usize = 32;
@@ -179,7 +180,7 @@ fn products(a: &[u16], w: &PackedWeight, dst: &mut [f32], m: usize, accumulate: 
     let tasks: Vec<(usize, usize)> = (0..m.div_ceil(ROW_CHUNK))
         .flat_map(|i| (0..n.div_ceil(COLUMN_TASK)).map(move |j| (i, j)))
         .collect();
-    let out = SharedDst(dst.as_mut_ptr());
+    let out = DisjointOut(dst.as_mut_ptr());
     tasks.into_par_iter().for_each(|(i, j)| {
         let rows = i * ROW_CHUNK..(i * ROW_CHUNK + ROW_CHUNK).min(m);
         let cols = j * COLUMN_TASK..(j * COLUMN_TASK + COLUMN_TASK).min(n);
@@ -198,13 +199,6 @@ fn round_rows(x: &[f32], m: usize, k: usize, a: &mut Vec<u16>) {
         .zip(x.par_chunks(16 * k))
         .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = bf16_bits(v)));
 }
-
-/// `dst` shared by tasks that write disjoint rectangles of it.
-#[derive(Clone, Copy)]
-struct SharedDst(*mut f32);
-// SAFETY: see `linear`: every task writes its own rectangle.
-unsafe impl Send for SharedDst {}
-unsafe impl Sync for SharedDst {}
 
 /// The palette-1 tile configuration: tiles 0–7 all 16 rows × 64 bytes.
 #[repr(C, align(64))]
@@ -234,7 +228,7 @@ const FULL_TILES: TileConfig = TileConfig {
 unsafe fn tile_task(
     a: &[u16],
     w: &PackedWeight,
-    dst: SharedDst,
+    dst: DisjointOut,
     ld: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
@@ -249,7 +243,7 @@ unsafe fn tile_task(
             let full = i + BLOCK <= rows.end;
             let (c, c_ld) = if full {
                 // SAFETY: rows i..i+32, columns j..j+32 lie inside `dst` (m × ld).
-                (unsafe { dst.0.add(i * ld + j) }, ld)
+                (unsafe { dst.get().add(i * ld + j) }, ld)
             } else {
                 let valid = rows.end - i;
                 for r in 0..BLOCK {
@@ -257,7 +251,7 @@ unsafe fn tile_task(
                     if accumulate && r < valid {
                         // SAFETY: row i + r < m, columns j..j+32 inside `dst`.
                         let src = unsafe {
-                            std::slice::from_raw_parts(dst.0.add((i + r) * ld + j), BLOCK)
+                            std::slice::from_raw_parts(dst.get().add((i + r) * ld + j), BLOCK)
                         };
                         row.copy_from_slice(src);
                     } else {
@@ -273,7 +267,7 @@ unsafe fn tile_task(
                 for r in 0..rows.end - i {
                     // SAFETY: as above.
                     let out = unsafe {
-                        std::slice::from_raw_parts_mut(dst.0.add((i + r) * ld + j), BLOCK)
+                        std::slice::from_raw_parts_mut(dst.get().add((i + r) * ld + j), BLOCK)
                     };
                     out.copy_from_slice(&scratch[r * BLOCK..(r + 1) * BLOCK]);
                 }
@@ -345,7 +339,7 @@ unsafe fn block(
 unsafe fn tile_task(
     _: &[u16],
     _: &PackedWeight,
-    _: SharedDst,
+    _: DisjointOut,
     _: usize,
     _: std::ops::Range<usize>,
     _: std::ops::Range<usize>,

@@ -6,7 +6,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use crate::matmul::{matmul, Operand};
+use crate::kernels::DisjointOut;
+use crate::matmul::{matmul, Operand, Product};
 use crate::rowops::{online_softmax_rows, scale_into};
 
 /// Most query rows per task (blocks are split evenly, so 257 queries become 3 × 86, not 2 × 128
@@ -26,20 +27,6 @@ fn even_parts(n: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
 pub(crate) struct AttentionOp {
     pub num_heads: usize,
     pub scale: f32,
-}
-
-/// A raw output pointer shared by the tasks, which write disjoint elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its own rows and head columns).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Going through a method makes closures capture the whole (Send) wrapper, not the field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Geometry of one (sample, head, query block) task.
@@ -67,38 +54,34 @@ impl Task<'_> {
             let k = self.qkv[k0 * d3 + self.d..].as_ptr();
             let v = self.qkv[k0 * d3 + 2 * self.d..].as_ptr();
             let scores = &mut scores[..rows * kt];
+            let qk = Product {
+                m: rows,
+                n: kt,
+                k: dh,
+                dst: scores.as_mut_ptr(),
+                dst_ld: kt,
+                accumulate: false,
+                lhs: Operand::rows(q, d3),
+                rhs: Operand::transposed(k, d3),
+                alpha: self.scale,
+            };
             // SAFETY: q rows q0..q0+rows and k/v rows k0..k0+kt lie inside `qkv` (row stride 3D,
             // dh columns); `scores` is rows×kt and `acc` rows×dh, both contiguous.
-            unsafe {
-                matmul(
-                    rows,
-                    kt,
-                    dh,
-                    scores.as_mut_ptr(),
-                    kt,
-                    false,
-                    Operand::rows(q, d3),
-                    Operand::transposed(k, d3),
-                    self.scale,
-                    false,
-                );
-            }
+            unsafe { matmul(&qk, false) };
             online_softmax_rows(scores, &mut max, &mut sum, &mut acc);
+            let pv = Product {
+                m: rows,
+                n: dh,
+                k: kt,
+                dst: acc.as_mut_ptr(),
+                dst_ld: dh,
+                accumulate: t > 0,
+                lhs: Operand::rows(scores.as_ptr(), kt),
+                rhs: Operand::rows(v, d3),
+                alpha: 1.0,
+            };
             // SAFETY: as above.
-            unsafe {
-                matmul(
-                    rows,
-                    dh,
-                    kt,
-                    acc.as_mut_ptr(),
-                    dh,
-                    t > 0,
-                    Operand::rows(scores.as_ptr(), kt),
-                    Operand::rows(v, d3),
-                    1.0,
-                    false,
-                );
-            }
+            unsafe { matmul(&pv, false) };
         }
         for (r, (a, l)) in acc.chunks_exact(dh).zip(&sum).enumerate() {
             // SAFETY: `out(r)` points at dh floats of this task's own output row and head.
@@ -123,7 +106,7 @@ impl CustomOp1 for AttentionOp {
         let dh = d / h;
         // SAFETY: the tasks cover every (sample, head, query row), each writing its `dh` floats.
         let mut out = unsafe { crate::kernels::output_buffer(b * s * d) };
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let out_ptr = DisjointOut(out.as_mut_ptr());
         let blocks: Vec<(usize, usize)> = even_parts(s, QUERY_BLOCK).collect();
         (0..b * h * blocks.len()).into_par_iter().for_each(|i| {
             let (bi, hi, (q0, rows)) = (

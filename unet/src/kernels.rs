@@ -16,7 +16,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::amx::{self, PackedWeight};
-use crate::matmul::{matmul, Operand};
+use crate::matmul::{matmul, Operand, Product};
 use crate::rowops::{bias_gelu_rows, bias_residual_rows, layer_norm_rows};
 
 /// An output buffer of `len` floats left unfilled: every kernel here writes each element of its
@@ -32,6 +32,21 @@ pub(crate) unsafe fn output_buffer(len: usize) -> Vec<f32> {
     // SAFETY: capacity is `len`; f32 has no invalid bit patterns and the caller fills it.
     unsafe { v.set_len(len) };
     v
+}
+
+/// An output buffer's pointer handed to rayon tasks that each write their own disjoint part of
+/// it (attention's (sample, head, query block) tiles, AMX's output blocks).
+#[derive(Clone, Copy)]
+pub(crate) struct DisjointOut(pub(crate) *mut f32);
+// SAFETY: the tasks sharing one write disjoint elements; each user's SAFETY comment says how.
+unsafe impl Send for DisjointOut {}
+unsafe impl Sync for DisjointOut {}
+
+impl DisjointOut {
+    /// Going through a method makes closures capture the whole (Send) wrapper, not the field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// True when no tensor records an autograd graph and all are f32 on the CPU.
@@ -256,22 +271,20 @@ impl LinearOp<'_> {
             amx::linear(xs, packed, &mut out, accumulate);
             return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
         }
+        let product = Product {
+            m,
+            n,
+            k,
+            dst: out.as_mut_ptr(),
+            dst_ld: n,
+            accumulate,
+            lhs: Operand::rows(xs.as_ptr(), k),
+            rhs: Operand::transposed(ws.as_ptr(), k),
+            alpha: 1.0,
+        };
         // SAFETY: `out` is m×n row-major, `xs` m×k row-major, `ws` n×k row-major read as its
         // transpose; all lengths were checked above.
-        unsafe {
-            matmul(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                n,
-                accumulate,
-                Operand::rows(xs.as_ptr(), k),
-                Operand::transposed(ws.as_ptr(), k),
-                1.0,
-                true,
-            );
-        }
+        unsafe { matmul(&product, true) };
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 }

@@ -114,30 +114,15 @@ pub fn kernel_for(m: usize, n: usize, k: usize) -> Kernel {
     }
 }
 
-/// `dst = (accumulate ? dst : 0) + alpha · lhs · rhs` for `lhs m × k`, `rhs k × n` and a
-/// row-major `dst` with row stride `dst_ld`, on [`kernel_for`]'s kernel. `parallel` spreads one
-/// product over rayon's threads; pass `false` from inside a rayon task.
+/// `p.dst = (p.accumulate ? p.dst : 0) + p.alpha · p.lhs · p.rhs` on [`kernel_for`]'s kernel.
+/// `parallel` spreads one product over rayon's threads; pass `false` from inside a rayon task.
 ///
 /// # Safety
 /// Every element the operands address (`m × k`, `k × n`, `m × n` with their strides) must be
 /// valid, and `dst` must not alias the inputs.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_ld: usize,
-    accumulate: bool,
-    lhs: Operand,
-    rhs: Operand,
-    alpha: f32,
-    parallel: bool,
-) {
-    let kernel = kernel_for(m, n, k);
-    matmul_with(
-        kernel, m, n, k, dst, dst_ld, accumulate, lhs, rhs, alpha, parallel,
-    )
+pub unsafe fn matmul(p: &Product, parallel: bool) {
+    // SAFETY: passed on from the caller.
+    unsafe { matmul_with(kernel_for(p.m, p.n, p.k), p, parallel) }
 }
 
 /// [`matmul`] on a given kernel (benchmarks compare them). A kernel above the current [`isa`]
@@ -145,21 +130,8 @@ pub unsafe fn matmul(
 ///
 /// # Safety
 /// As [`matmul`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul_with(
-    kernel: Kernel,
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_ld: usize,
-    accumulate: bool,
-    lhs: Operand,
-    rhs: Operand,
-    alpha: f32,
-    parallel: bool,
-) {
-    if m == 0 || n == 0 {
+pub unsafe fn matmul_with(kernel: Kernel, p: &Product, parallel: bool) {
+    if p.m == 0 || p.n == 0 {
         return;
     }
     let threads = if parallel {
@@ -167,22 +139,11 @@ pub unsafe fn matmul_with(
     } else {
         1
     };
-    let p = Product {
-        m,
-        n,
-        k,
-        dst,
-        dst_ld,
-        accumulate,
-        lhs,
-        rhs,
-        alpha,
-    };
     // SAFETY (all three): the caller guarantees the operands of `p`.
     match (kernel, faer_instr(kernel)) {
         // On one thread (e.g. attention tiles inside a rayon task) there is nothing to split.
         (Kernel::Faer512Cols, _) if threads > 1 => unsafe { p.by_columns(threads) },
-        (_, Some(instr)) if k > 0 => unsafe { p.faer(instr, threads) },
+        (_, Some(instr)) if p.k > 0 => unsafe { p.faer(instr, threads) },
         _ => unsafe { p.gemm(threads) },
     }
 }
@@ -206,18 +167,18 @@ fn faer_instr(_: Kernel) -> Option<()> {
 }
 
 /// One product `dst = (accumulate ? dst : 0) + alpha · lhs · rhs` (`lhs m × k`, `rhs k × n`,
-/// row-major `dst` with row stride `dst_ld`), as the kernels take it.
-#[derive(Clone, Copy)]
-struct Product {
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_ld: usize,
-    accumulate: bool,
-    lhs: Operand,
-    rhs: Operand,
-    alpha: f32,
+/// row-major `dst` with row stride `dst_ld`): what [`matmul`] computes.
+#[derive(Clone, Copy, Debug)]
+pub struct Product {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dst: *mut f32,
+    pub dst_ld: usize,
+    pub accumulate: bool,
+    pub lhs: Operand,
+    pub rhs: Operand,
+    pub alpha: f32,
 }
 
 // SAFETY: a `Product` is only shared between rayon tasks by [`Product::by_columns`], whose tasks
@@ -333,23 +294,15 @@ impl Product {
                 ptr: self.rhs.ptr.wrapping_offset(j0 as isize * self.rhs.cs),
                 ..self.rhs
             };
-            // SAFETY: columns j0..j0 + cols of `dst` and `rhs` lie inside the caller's operands
-            // and no other task touches these columns of `dst`.
-            unsafe {
-                matmul_with(
-                    Kernel::Faer512,
-                    self.m,
-                    part.min(self.n - j0),
-                    self.k,
-                    self.dst.add(j0),
-                    self.dst_ld,
-                    self.accumulate,
-                    self.lhs,
-                    rhs,
-                    self.alpha,
-                    false,
-                )
-            }
+            let part = Product {
+                n: part.min(self.n - j0),
+                dst: self.dst.wrapping_add(j0),
+                rhs,
+                ..*self
+            };
+            // SAFETY: columns j0..j0 + part.n of `dst` and `rhs` lie inside the caller's
+            // operands and no other task touches these columns of `dst`.
+            unsafe { matmul_with(Kernel::Faer512, &part, false) }
         });
     }
 }
@@ -374,22 +327,19 @@ mod tests {
         for kernel in Kernel::available() {
             for accumulate in [false, true] {
                 let mut dst = vec![1f32; m * (n + 3)];
+                let p = Product {
+                    m,
+                    n,
+                    k,
+                    dst: dst.as_mut_ptr(),
+                    dst_ld: n + 3,
+                    accumulate,
+                    lhs: Operand::rows(a.as_ptr(), k),
+                    rhs: Operand::transposed(b.as_ptr(), k),
+                    alpha: 0.5,
+                };
                 // SAFETY: sizes as allocated; dst row stride n + 3.
-                unsafe {
-                    matmul_with(
-                        kernel,
-                        m,
-                        n,
-                        k,
-                        dst.as_mut_ptr(),
-                        n + 3,
-                        accumulate,
-                        Operand::rows(a.as_ptr(), k),
-                        Operand::transposed(b.as_ptr(), k),
-                        0.5,
-                        true,
-                    );
-                }
+                unsafe { matmul_with(kernel, &p, true) };
                 for i in 0..m {
                     for j in 0..n {
                         let w = 0.5 * want(i, j) + if accumulate { 1.0 } else { 0.0 };
