@@ -160,11 +160,11 @@ impl<B: Backbone> EarlyExit<B> {
         cond: &Conditioning,
         policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
-        policy.validate().map_err(candle_core::Error::msg)?;
-        let mut state = RunState::new();
-        state.begin_evaluation();
-        let slots: Vec<usize> = (0..x.dim(0)?).collect();
-        self.pass(&mut state, &slots, x, t, cond, policy)
+        let passes = Passes {
+            cond,
+            guidance: None,
+        };
+        self.evaluate(&mut RunState::new(), x, t, &passes, policy)
     }
 
     /// One network evaluation of a run: every pass of `passes` under `policy`, the guided
@@ -180,10 +180,9 @@ impl<B: Backbone> EarlyExit<B> {
     ) -> Result<ExitOutput> {
         policy.validate().map_err(candle_core::Error::msg)?;
         state.begin_evaluation();
-        let b = x.dim(0)?;
-        let cond_slots: Vec<usize> = (0..b).collect();
+        let slots: Vec<usize> = (0..x.dim(0)?).collect();
         let out = match passes.guidance {
-            None => self.pass(state, &cond_slots, x, t, passes.cond, policy)?,
+            None => self.pass(state, &slots, x, t, passes.cond, policy)?,
             Some(g) => self.guided(state, x, t, passes.cond, &g, policy)?,
         };
         state.note_peak();
