@@ -28,7 +28,7 @@ use deediff_sampler::{
 use deediff_schedules::SchedulerConfig;
 use deediff_uem::data::captions::CONCEPTS;
 use deediff_uem::data::idx::load_idx;
-use deediff_uem::ExitPolicy;
+use deediff_uem::{ExitPolicy, ReuseSchedule};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +50,8 @@ struct Cli {
     frontier: Vec<String>,
     /// One point, `SCHEDULER:STEPS[@POLICY[+LO-HI:POLICY,…]]`: the policy in `--policy`'s syntax
     /// (default full), optionally with timestep bands; e.g. `ddim:25@per-sample:0.95`,
-    /// `ddim:25@full+640-1000:static:2`. Repeat the flag for more points.
+    /// `ddim:25@full+640-1000:static:2`; `l2c=FILE` is `l2c` with the reuse schedule FILE
+    /// (from `calibrate l2c`). Repeat the flag for more points.
     #[arg(long)]
     point: Vec<String>,
     /// Where measured rows are appended (and read back for the table and plot).
@@ -88,6 +89,9 @@ struct Point {
     steps: usize,
     policy: ExitPolicy,
     bands: Vec<TimestepBand>,
+    /// The reuse schedule of an `l2c=FILE` point (part of the point: another file is another
+    /// point).
+    reuse_schedule: Option<PathBuf>,
 }
 
 impl Point {
@@ -102,6 +106,10 @@ impl Point {
             .filter(|&s| s > 0)
             .with_context(bad)?;
         let (policy, bands) = policy.split_once('+').unwrap_or((policy, ""));
+        let (policy, reuse_schedule) = match policy.split_once('=') {
+            Some(("l2c", file)) => ("l2c", Some(PathBuf::from(file))),
+            _ => (policy, None),
+        };
         let bands = bands
             .split(',')
             .filter(|b| !b.is_empty())
@@ -115,15 +123,20 @@ impl Point {
                 .parse()
                 .with_context(|| format!("--point {spec:?}"))?,
             bands,
+            reuse_schedule,
         })
     }
 
     /// The policy part of the spec, canonical (what the table and plot group by).
     fn method(&self) -> String {
         let bands: Vec<String> = self.bands.iter().map(ToString::to_string).collect();
+        let policy = match &self.reuse_schedule {
+            Some(file) => format!("{}={}", self.policy, file.display()),
+            None => self.policy.to_string(),
+        };
         match bands.is_empty() {
-            true => self.policy.to_string(),
-            false => format!("{}+{}", self.policy, bands.join(",")),
+            true => policy,
+            false => format!("{policy}+{}", bands.join(",")),
         }
     }
 
@@ -534,6 +547,8 @@ fn measure_new(cli: &Cli, todo: Vec<Point>, done: &[Record]) -> Result<()> {
             SchedulerConfig::by_name(&point.scheduler, betas.clone())?,
             point.steps,
         )?;
+        let schedule = point.reuse_schedule.as_deref().map(ReuseSchedule::load);
+        p.set_reuse_schedule(schedule.transpose()?)?;
         p.set_policy(point.policy)?;
         p.set_timestep_bands(point.bands.clone())?;
         let (report, fid) = measure(&p, cli, &net, &real)?;
