@@ -12,11 +12,7 @@ use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::ConfigHints;
 
 fn weights() -> PathBuf {
-    let dir = match std::env::var_os("DEEDIFF_REFERENCE") {
-        Some(root) => PathBuf::from(root).join("uvit"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures/uvit"),
-    };
-    dir.join("uvit_cond.weights.safetensors")
+    deediff_testkit::reference_dir("uvit").join("uvit_cond.weights.safetensors")
 }
 
 /// DDIM over 8 steps on DDPM linear betas, with the exit policy given.

@@ -289,12 +289,7 @@ fn text_to_image_model_trains_and_exports() {
 
 /// The official reference U-ViT (config A, with heads) from `DEEDIFF_REFERENCE` or the unet fixtures.
 fn reference_dir() -> PathBuf {
-    let dir = std::env::var_os("DEEDIFF_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures"))
-        .join("uvit");
-    println!("reference folder: {}", dir.display());
-    dir
+    deediff_testkit::reference_dir("uvit")
 }
 
 #[test]
