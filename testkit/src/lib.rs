@@ -138,3 +138,22 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) -> f32 {
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
     d
 }
+
+/// A fresh, empty folder under the temp dir for test `tag` of this process.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("deediff-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Asserts the project's error contract: `msg` is one line and names `what` (a file or folder).
+pub fn assert_one_line_naming(msg: &str, what: &Path) {
+    println!("error: {msg}");
+    assert!(
+        msg.contains(&what.display().to_string()),
+        "`{msg}` does not name {}",
+        what.display()
+    );
+    assert!(!msg.trim_end().contains('\n'), "`{msg}` is not one line");
+}

@@ -26,8 +26,8 @@ use deediff_sampler::{
     SAMPLING_DEFAULTS_KEY,
 };
 use deediff_schedules::SchedulerConfig;
-use deediff_uem::data::captions::CONCEPTS;
-use deediff_uem::data::idx::load_idx;
+use deediff_train::data::captions::CONCEPTS;
+use deediff_train::data::idx::load_idx;
 use deediff_uem::ExitPolicy;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -15,14 +15,14 @@ use candle_core::Device;
 use clap::Parser;
 use deediff_eval::DeviceArg;
 use deediff_schedules::{BetaConfig, SchedulerConfig};
-use deediff_uem::data::cifar::load_cifar10;
-use deediff_uem::data::folder::load_image_folder;
-use deediff_uem::data::idx::load_idx;
-use deediff_uem::data::mnist_json::load_mnist_json;
-use deediff_uem::data::{Captioner, ImageDataset};
-use deediff_uem::loss::{LayerWeighting, LossConfig};
-use deediff_uem::optim::AdamWConfig;
-use deediff_uem::trainer::{LrSchedule, StepStats, TrainConfig, Trainer};
+use deediff_train::data::cifar::load_cifar10;
+use deediff_train::data::folder::load_image_folder;
+use deediff_train::data::idx::load_idx;
+use deediff_train::data::mnist_json::load_mnist_json;
+use deediff_train::data::{Captioner, ImageDataset};
+use deediff_train::loss::{LayerWeighting, LossConfig};
+use deediff_train::optim::AdamWConfig;
+use deediff_train::trainer::{LrSchedule, StepStats, TrainConfig, Trainer};
 use deediff_uem::ExitPolicy;
 use deediff_unet::text_encoder::TextEncoderConfig;
 use deediff_unet::{UVitConfig, Variant};
@@ -305,7 +305,7 @@ fn save(trainer: &Trainer, out: &Path) -> Result<()> {
 fn write_captions(path: &Path) -> Result<()> {
     let cfg = default_text_encoder();
     let tok = deediff_unet::text_encoder::Tokenizer::new(&cfg);
-    let captions = deediff_uem::data::CONCEPTS
+    let captions = deediff_train::data::CONCEPTS
         .iter()
         .map(|c| {
             c.captions()

@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use deediff_uem::data::cifar::load_cifar10;
-use deediff_uem::data::folder::load_image_folder;
-use deediff_uem::data::idx::load_idx;
-use deediff_uem::data::mnist_json::load_mnist_json;
-use deediff_uem::data::{Captioner, CONCEPTS};
+use deediff_train::data::cifar::load_cifar10;
+use deediff_train::data::folder::load_image_folder;
+use deediff_train::data::idx::load_idx;
+use deediff_train::data::mnist_json::load_mnist_json;
+use deediff_train::data::{Captioner, CONCEPTS};
 use deediff_unet::text_encoder::{TextEncoderConfig, Tokenizer, PAD};
 use flate2::write::GzEncoder;
 use rand::SeedableRng;
@@ -296,7 +296,7 @@ fn prompt_without_known_words_is_an_error_with_examples() {
 
 #[test]
 fn prompts_must_name_a_concept() {
-    use deediff_uem::data::Captioner;
+    use deediff_train::data::Captioner;
     use deediff_unet::text_encoder::{PromptError, TextEncoderConfig, Tokenizer};
     let c = Captioner;
     let words = c.content_words();

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use deediff_uem::CertaintyHeads;
 use deediff_unet::text_encoder::{TextEncoder, PAD};
 use deediff_unet::{Checkpoint, Conditioning, UVit, Variant};
 use rand::seq::SliceRandom;
@@ -25,7 +26,6 @@ pub use init::seeded_init;
 
 use crate::data::{Captioner, ImageDataset};
 use crate::ema::Ema;
-use crate::head::CertaintyHeads;
 use crate::loss::{deediff_loss, LossTerms};
 use crate::optim::AdamW;
 
