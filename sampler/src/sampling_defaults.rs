@@ -7,9 +7,6 @@ use deediff_schedules::SCHEDULER_NAMES;
 use deediff_uem::ExitPolicy;
 use serde::{Deserialize, Serialize};
 
-/// Metadata key of [`SamplingDefaults`] (JSON).
-pub const SAMPLING_DEFAULTS_KEY: &str = "sampling_defaults";
-
 /// What a sampler uses for each setting the caller leaves open.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -109,7 +109,7 @@ fn with_exit_threshold(value: &str) -> Vec<u8> {
     let bytes = deediff_sampler::DEFAULT_MODEL;
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header["__metadata__"][deediff_sampler::EXIT_THRESHOLD_KEY] = value.into();
+    header["__metadata__"][deediff_unet::model_file::key::EXIT_THRESHOLD] = value.into();
     let mut text = serde_json::to_vec(&header).unwrap();
     text.resize(text.len().next_multiple_of(8), b' ');
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

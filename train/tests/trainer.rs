@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use deediff_train::data::ImageDataset;
+use deediff_train::data::{Captioner, ImageDataset};
 use deediff_train::loss::LossConfig;
 use deediff_train::optim::AdamWConfig;
 use deediff_train::trainer::{LrSchedule, TrainConfig, Trainer};
@@ -240,14 +240,16 @@ fn text_to_image_model_trains_and_exports() {
     let te = TextEncoderConfig::from_corpus(&captions, captions.clone(), 8, 1, 2);
     let mut model = tiny_model(Variant::UvitT2i);
     model.num_clip_token = te.max_tokens;
-    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu).unwrap();
+    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu)
+        .unwrap()
+        .with_captions(Captioner);
     // Labels 0/1 are the Fashion-MNIST concepts t-shirt and trouser.
     let s = tr.train_step(&stripes()).unwrap();
     assert!(s.loss.is_finite());
     let dir = tmp("export");
     let path = dir.join("model.safetensors");
     tr.export_model(&path).unwrap();
-    let meta = deediff_train::trainer::read_checkpoint_meta(&path).unwrap();
+    let meta = deediff_unet::model_file::read_metadata_file(&path).unwrap();
     for key in [
         "uvit_config",
         "text_encoder_config",
@@ -399,7 +401,9 @@ fn deediff_gradients_match_pytorch() {
     let captions = vec!["a t-shirt".to_string()];
     let mut te = TextEncoderConfig::from_corpus(&captions, captions.clone(), model.clip_dim, 1, 2);
     te.max_tokens = model.num_clip_token;
-    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu).unwrap();
+    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu)
+        .unwrap()
+        .with_captions(Captioner);
     tr.load_pretrained(&dir.join("uvit_t2i.weights.safetensors"))
         .unwrap();
 

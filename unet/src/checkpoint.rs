@@ -11,10 +11,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::config::{UVitConfig, Variant};
+use crate::model_file::CERTAINTY_HEAD_PREFIX;
 use crate::uvit::UVit;
-
-/// Prefix of the certainty-head tensors (the official spelling).
-pub const CERTAINTY_HEAD_PREFIX: &str = "lte_classifer";
 
 /// Everything that can go wrong when loading a checkpoint; each renders as one line naming the
 /// file.

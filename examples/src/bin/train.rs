@@ -24,6 +24,7 @@ use deediff_train::loss::{LayerWeighting, LossConfig};
 use deediff_train::optim::AdamWConfig;
 use deediff_train::trainer::{LrSchedule, StepStats, TrainConfig, Trainer};
 use deediff_uem::ExitPolicy;
+use deediff_unet::model_file::key;
 use deediff_unet::text_encoder::TextEncoderConfig;
 use deediff_unet::{UVitConfig, Variant};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -341,7 +342,8 @@ fn run() -> Result<()> {
             c.total_steps = args.steps;
         })?,
         None => start(&args, &ac, &device)?,
-    };
+    }
+    .with_captions(Captioner);
     let data = load_data(&args, &trainer.config().model)?;
     announce(&trainer, &data)?;
     train(&mut trainer, &data, &args)
@@ -352,7 +354,7 @@ fn export(checkpoint: &Path, args: &Args, ac: &[f64], device: &Device) -> Result
     let t = Trainer::resume(checkpoint, ac, device, |c| c.scheduler = scheduler_json())?;
     let extra: Vec<(&str, String)> = args
         .exit_threshold
-        .map(|v| (deediff_sampler::EXIT_THRESHOLD_KEY, v.to_string()))
+        .map(|v| (key::EXIT_THRESHOLD, v.to_string()))
         .into_iter()
         .collect();
     let out = args.out_dir.join("model.safetensors");

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -154,9 +155,24 @@ impl Concept {
     }
 }
 
+/// Captions for a data set's labels, which a text-to-image trainer reads instead of the labels
+/// themselves. Given to the trainer ([`crate::trainer::Trainer::with_captions`]) rather than
+/// built into it, so any labelled data set can be captioned; [`Captioner`] is the default
+/// model's.
+pub trait Captions {
+    /// A caption for `label`, drawn with `rng` (a seeded run draws the same captions).
+    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::DataError>;
+}
+
 /// Draws captions for concept ids.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Captioner;
+
+impl Captions for Captioner {
+    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::DataError> {
+        Captioner::caption(self, label, rng)
+    }
+}
 
 impl Captioner {
     /// A random caption for concept `concept` (panics never: ids ≥ 20 are an error).

@@ -9,6 +9,6 @@ pub mod folder;
 pub mod idx;
 pub mod mnist_json;
 
-pub use captions::{Captioner, Concept, CONCEPTS};
+pub use captions::{Captioner, Captions, Concept, CONCEPTS};
 pub use dataset::ImageDataset;
 pub use error::DataError;

@@ -1,24 +1,24 @@
-//! Training checkpoints and exported models, both safetensors written atomically (temp file +
-//! rename), so an interrupted write never leaves a broken file behind.
+//! Training checkpoints and exported models, both written atomically through the model-file
+//! module ([`deediff_unet::model_file`]), so an interrupted write never leaves a broken file
+//! behind.
 //!
 //! A checkpoint holds the parameters under their model names, `ema.<name>`, `adam.m.<name>`,
-//! `adam.v.<name>`, and metadata `format`, `step`, `train_config` (JSON). An exported model holds
-//! the EMA weights under the model names (official U-ViT keys, `lte_classifer.*`,
-//! `text_encoder.*`) and metadata `uvit_config`, `text_encoder_config`, `scheduler_config`,
-//! `train_config`, `step`.
+//! `adam.v.<name>`, and metadata `format`, `step`, `ema_updates`, `train_config` (JSON). An
+//! exported model is a model file: the EMA weights under the model names and the metadata
+//! [`model_file::metadata`] writes.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{Device, Tensor};
-
-use deediff_unet::text_encoder::TEXT_ENCODER_CONFIG_KEY;
+use candle_core::Device;
+use deediff_unet::model_file::{self, key};
 
 use super::{TrainConfig, TrainError, Trainer};
 
 pub const CHECKPOINT_FORMAT: &str = "deediff-train-checkpoint-v1";
-const MODEL_FORMAT: &str = "deediff-model-v1";
+
+/// Metadata key of the EMA's update count (for its bias correction).
+const EMA_UPDATES: &str = "ema_updates";
 
 fn load_err(path: &Path, msg: impl Into<String>) -> TrainError {
     TrainError::Load {
@@ -27,59 +27,8 @@ fn load_err(path: &Path, msg: impl Into<String>) -> TrainError {
     }
 }
 
-/// Writes `tensors` with `metadata` to `path` via `<path>.tmp` and a rename.
-fn write_atomic(
-    path: &Path,
-    tensors: Vec<(String, Tensor)>,
-    metadata: HashMap<String, String>,
-) -> Result<(), TrainError> {
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(load_err(
-            path,
-            "exists and is not a regular file; refusing to replace it",
-        ));
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-    }
-    let mut tmp = PathBuf::from(path);
-    tmp.as_mut_os_string().push(".tmp");
-    let tensors: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .map(|(n, t)| Ok((n, t.contiguous()?)))
-        .collect::<candle_core::Result<_>>()?;
-    let bytes = safetensors::serialize(tensors, Some(metadata))
-        .map_err(|e| load_err(path, format!("cannot serialise safetensors: {e}")))?;
-    // Written, flushed and synced before the rename: a full disk is an error here, never a
-    // truncated checkpoint in place of the previous good one.
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        load_err(path, format!("cannot write: {e}"))
-    })
-}
-
 fn json<T: serde::Serialize>(v: &T) -> Result<String, TrainError> {
     Ok(serde_json::to_string(v).map_err(candle_core::Error::wrap)?)
-}
-
-/// Reads a safetensors file's string metadata.
-pub fn read_checkpoint_meta(path: &Path) -> Result<HashMap<String, String>, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| load_err(path, format!("not a safetensors file: {e}")))?;
-    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 impl Trainer {
@@ -89,12 +38,12 @@ impl Trainer {
         tensors.extend(self.ema.state_tensors("ema.")?);
         tensors.extend(self.opt.state_tensors()?);
         let meta = HashMap::from([
-            ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
-            ("step".to_string(), self.step.to_string()),
-            ("ema_updates".to_string(), self.ema.updates().to_string()),
-            ("train_config".to_string(), json(&self.cfg)?),
+            (key::FORMAT.to_string(), CHECKPOINT_FORMAT.to_string()),
+            (key::STEP.to_string(), self.step.to_string()),
+            (EMA_UPDATES.to_string(), self.ema.updates().to_string()),
+            (key::TRAIN_CONFIG.to_string(), json(&self.cfg)?),
         ]);
-        write_atomic(path, tensors, meta)
+        Ok(model_file::write_atomic(path, tensors, meta)?)
     }
 
     /// Rebuilds a trainer from a checkpoint written by [`Trainer::save_checkpoint`]. `adjust`
@@ -106,18 +55,21 @@ impl Trainer {
         device: &Device,
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self, TrainError> {
-        let meta = read_checkpoint_meta(path)?;
-        if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        let meta = model_file::read_metadata_file(path)?;
+        if meta.get(key::FORMAT).map(String::as_str) != Some(CHECKPOINT_FORMAT) {
             return Err(load_err(
                 path,
                 format!("not a training checkpoint (format {CHECKPOINT_FORMAT} expected)"),
             ));
         }
-        let mut cfg: TrainConfig =
-            serde_json::from_str(meta.get("train_config").map(String::as_str).unwrap_or(""))
-                .map_err(|e| load_err(path, format!("bad train_config metadata: {e}")))?;
+        let mut cfg: TrainConfig = serde_json::from_str(
+            meta.get(key::TRAIN_CONFIG)
+                .map(String::as_str)
+                .unwrap_or(""),
+        )
+        .map_err(|e| load_err(path, format!("bad train_config metadata: {e}")))?;
         let step: u64 = meta
-            .get("step")
+            .get(key::STEP)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| load_err(path, "missing or bad step metadata"))?;
         adjust(&mut cfg);
@@ -136,7 +88,7 @@ impl Trainer {
             var.set(&t)?;
         }
         // A checkpoint from before the bias-corrected EMA (no `ema_updates`) restarts the average.
-        if let Some(updates) = meta.get("ema_updates").and_then(|s| s.parse().ok()) {
+        if let Some(updates) = meta.get(EMA_UPDATES).and_then(|s| s.parse().ok()) {
             trainer
                 .ema
                 .load("ema.", get, updates)
@@ -161,20 +113,19 @@ impl Trainer {
         path: &Path,
         extra: &[(&str, String)],
     ) -> Result<(), TrainError> {
-        let mut meta = HashMap::from([
-            ("format".to_string(), MODEL_FORMAT.to_string()),
-            ("step".to_string(), self.step.to_string()),
-            ("uvit_config".to_string(), json(&self.cfg.model)?),
-            (
-                "scheduler_config".to_string(),
-                self.cfg.scheduler.to_string(),
-            ),
-            ("train_config".to_string(), json(&self.cfg)?),
-        ]);
-        if let Some(tc) = &self.cfg.text_encoder {
-            meta.insert(TEXT_ENCODER_CONFIG_KEY.to_string(), json(tc)?);
-        }
+        let mut meta = model_file::metadata(
+            &self.cfg.model,
+            self.cfg.text_encoder.as_ref(),
+            self.cfg.scheduler.to_string(),
+            json(&self.cfg)?,
+            self.step,
+        )
+        .map_err(candle_core::Error::wrap)?;
         meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        write_atomic(path, self.ema.averaged("")?, meta)
+        Ok(model_file::write_atomic(
+            path,
+            self.ema.averaged("")?,
+            meta,
+        )?)
     }
 }

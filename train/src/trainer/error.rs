@@ -8,6 +8,8 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Checkpoint(#[from] deediff_unet::CheckpointError),
+    #[error(transparent)]
+    ModelFile(#[from] deediff_unet::model_file::ModelFileError),
     #[error("{path}: {msg}")]
     Load { path: PathBuf, msg: String },
     #[error("{path}: {source}")]
