@@ -120,9 +120,11 @@ fn write_npz(path: &Path, dir: &Path, range: std::ops::Range<usize>) -> Result<(
     ];
     // The first image, already decoded for the shape, is packed as it is.
     let mut first = Some(first);
-    write_images_npz(path, shape, |k| match first.take() {
-        Some(image) if k == 0 => Ok(image.into_raw()),
-        _ => Ok(read(range.start + k)?.into_raw()),
+    write_images_npz(path, shape, |k| -> std::result::Result<_, String> {
+        match first.take() {
+            Some(image) if k == 0 => Ok(image.into_raw()),
+            _ => Ok(read(range.start + k)?.into_raw()),
+        }
     })?;
     eprintln!(
         "{} images -> {} (arr_0 {shape:?} uint8)",
