@@ -14,7 +14,7 @@ use deediff_unet::text_encoder::TextEncoder as WordEncoder;
 use deediff_unet::{LatentDecoder, UVit};
 
 use crate::conditioning::TextEncoder;
-use crate::error::{Result, SamplerError};
+use crate::error::{Error, Result};
 use crate::sampling_defaults::SamplingDefaults;
 use crate::training_schedule::TrainingSchedule;
 
@@ -61,7 +61,10 @@ impl ModelBundle {
     pub fn is_bundle(path: impl AsRef<Path>) -> Result<bool> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| {
-            SamplerError::Request(format!("{}: cannot open model file: {e}", path.display()))
+            Error::ModelFile(ModelFileError::Invalid {
+                origin: path.display().to_string(),
+                reason: format!("cannot open model file: {e}"),
+            })
         })?;
         Ok(model_file::is_model_file(file))
     }
@@ -70,7 +73,10 @@ impl ModelBundle {
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| {
-            SamplerError::Request(format!("{}: cannot read model file: {e}", path.display()))
+            Error::ModelFile(ModelFileError::Invalid {
+                origin: path.display().to_string(),
+                reason: format!("cannot read model file: {e}"),
+            })
         })?;
         Self::from_bytes(bytes, &path.display().to_string(), device)
     }
@@ -83,14 +89,18 @@ impl ModelBundle {
 
     /// Parses a model file held in memory; `origin` names it in errors.
     pub fn from_bytes(bytes: Vec<u8>, origin: &str, device: &Device) -> Result<Self> {
-        let bad = |what: String| SamplerError::Request(format!("{origin}: {what}"));
-        let request = |e: ModelFileError| SamplerError::Request(e.to_string());
-        let header = Header::read(&bytes, origin).map_err(request)?;
+        let bad = |reason: String| {
+            Error::ModelFile(ModelFileError::Invalid {
+                origin: origin.to_string(),
+                reason,
+            })
+        };
+        let header = Header::read(&bytes, origin)?;
         let scheduler_config = SchedulerConfig::from_diffusers_json(&header.scheduler_config)
             .map_err(|e| bad(format!("bad {}: {e}", key::SCHEDULER_CONFIG)))?;
         let training =
             TrainingSchedule::of_diffusers(&scheduler_config).map_err(|e| bad(e.to_string()))?;
-        let exit_threshold = header.exit_threshold(origin).map_err(request)?;
+        let exit_threshold = header.exit_threshold(origin)?;
         if let Some(t) = exit_threshold {
             ExitPolicy::per_sample(t).map_err(|e| bad(format!("{}: {e}", key::EXIT_THRESHOLD)))?;
         }
@@ -125,11 +135,7 @@ impl ModelBundle {
 }
 
 impl TextEncoder for WordEncoder {
-    fn encode(
-        &self,
-        prompts: &[Option<&str>],
-        device: &Device,
-    ) -> std::result::Result<Tensor, String> {
+    fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor> {
         let rows = prompts
             .iter()
             .map(|p| match p {
@@ -137,8 +143,9 @@ impl TextEncoder for WordEncoder {
                 None => Ok(self.tokenizer().null()),
             })
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        self.forward_ids(&rows, device).map_err(|e| e.to_string())
+            .map_err(|e| Error::Text(e.to_string()))?;
+        self.forward_ids(&rows, device)
+            .map_err(|e| Error::Text(e.to_string()))
     }
 
     fn example_prompts(&self) -> Vec<String> {

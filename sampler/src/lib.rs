@@ -32,7 +32,7 @@ pub use bundle::ModelBundle;
 #[cfg(feature = "default-model")]
 pub use bundle::DEFAULT_MODEL;
 pub use conditioning::{Condition, Conditioner, TextEncoder};
-pub use error::{Result, SamplerError};
+pub use error::{Error, Result};
 pub use guidance::Guidance;
 pub use imagenet_classes::{imagenet_class, imagenet_class_name};
 pub use images::{to_images, GridSheet};

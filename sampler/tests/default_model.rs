@@ -1,7 +1,7 @@
 //! The embedded default model loads as a bundle, grounds prompts, and samples end to end.
 
 use candle_core::Device;
-use deediff_sampler::{Condition, Hooks, ModelBundle, Pipeline, SamplerError};
+use deediff_sampler::{Condition, Error, Hooks, ModelBundle, Pipeline};
 use deediff_schedules::SchedulerConfig;
 
 #[test]
@@ -20,7 +20,7 @@ fn the_embedded_model_loads_refuses_ungrounded_prompts_and_samples() {
         Hooks::default(),
     );
     match bad {
-        Err(SamplerError::Text(msg)) => assert!(msg.contains("an ankle boot"), "{msg}"),
+        Err(Error::Text(msg)) => assert!(msg.contains("an ankle boot"), "{msg}"),
         other => panic!("expected a text error, got {:?}", other.map(|_| ())),
     }
 
