@@ -10,7 +10,7 @@ pub enum Error {
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
     #[error("exit policy: {0}")]
-    Policy(#[from] deediff_uem::PolicyError),
+    Policy(#[from] deediff_uem::Error),
     /// The scheduler's noise schedule or time convention does not fit the model's training.
     #[error("model/scheduler mismatch: {0}")]
     Mismatch(String),

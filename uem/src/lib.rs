@@ -4,6 +4,7 @@
 
 pub mod backbone;
 pub mod early_exit;
+pub mod error;
 pub mod head;
 pub mod policy;
 pub mod reuse_schedule;
@@ -11,7 +12,8 @@ pub mod run_state;
 
 pub use backbone::Backbone;
 pub use early_exit::{EarlyExit, EarlyExitUVit, ExitOutput, Guided, Passes, SampleExit};
+pub use error::{Error, Result};
 pub use head::CertaintyHeads;
-pub use policy::{ExitPolicy, ExitRule, PolicyError, DEFAULT_REFRESH};
-pub use reuse_schedule::{ReuseSchedule, ScheduleError};
+pub use policy::{ExitPolicy, ExitRule, DEFAULT_REFRESH};
+pub use reuse_schedule::ReuseSchedule;
 pub use run_state::RunState;

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use deediff_uem::{CertaintyHeads, EarlyExitUVit, ExitPolicy, PolicyError};
+use deediff_uem::{CertaintyHeads, EarlyExitUVit, Error, ExitPolicy};
 use deediff_unet::ConfigHints;
 
 #[test]
@@ -24,25 +24,22 @@ fn policies_parse_and_validate() {
     assert_eq!("static:7".parse(), Ok(ExitPolicy::Static { blocks: 7 }));
     for bad in [0.0, -0.1, 1.0001, f32::NAN] {
         assert!(
-            matches!(ExitPolicy::official(bad), Err(PolicyError::Threshold(_))),
+            matches!(ExitPolicy::official(bad), Err(Error::Threshold(_))),
             "{bad}"
         );
         assert!(
-            matches!(ExitPolicy::per_sample(bad), Err(PolicyError::Threshold(_))),
+            matches!(ExitPolicy::per_sample(bad), Err(Error::Threshold(_))),
             "{bad}"
         );
     }
     assert_eq!(
         "official:1.5".parse::<ExitPolicy>(),
-        Err(PolicyError::Threshold(1.5))
+        Err(Error::Threshold(1.5))
     );
-    assert_eq!(
-        "static:0".parse::<ExitPolicy>(),
-        Err(PolicyError::StaticDepth(0))
-    );
+    assert_eq!("static:0".parse::<ExitPolicy>(), Err(Error::StaticDepth(0)));
     assert!(matches!(
         "sometimes".parse::<ExitPolicy>(),
-        Err(PolicyError::Syntax(_))
+        Err(Error::Syntax(_))
     ));
     let p = ExitPolicy::per_sample(0.9).unwrap();
     assert_eq!(p.to_string().parse(), Ok(p));
