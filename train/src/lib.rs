@@ -5,6 +5,9 @@
 
 pub mod data;
 pub mod ema;
+pub mod error;
 pub mod loss;
 pub mod optim;
 pub mod trainer;
+
+pub use error::{Error, Result};

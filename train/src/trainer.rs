@@ -4,7 +4,6 @@
 
 mod checkpoint;
 mod config;
-mod error;
 mod init;
 
 use std::collections::BTreeMap;
@@ -21,9 +20,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
+use crate::error::Error;
 pub use checkpoint::CHECKPOINT_FORMAT;
 pub use config::{LrSchedule, TrainConfig, MAX_BATCH_SIZE};
-pub use error::TrainError;
 pub use init::seeded_init;
 
 use crate::data::{Captions, ImageDataset};
@@ -190,7 +189,7 @@ impl Trainer {
     /// model and restarts the EMA from them. Certainty heads and text encoder may be absent (they
     /// keep their fresh initialisation); any other missing, unknown or mis-shaped tensor is an
     /// error. Returns the names that were not in the file.
-    pub fn load_pretrained(&mut self, path: &Path) -> std::result::Result<Vec<String>, TrainError> {
+    pub fn load_pretrained(&mut self, path: &Path) -> std::result::Result<Vec<String>, Error> {
         let ckpt = Checkpoint::open(path)?;
         let tensors = ckpt.tensors(&self.device)?;
         let mut fresh = Vec::new();
@@ -216,7 +215,7 @@ impl Trainer {
             }
         }
         if !problems.is_empty() {
-            return Err(TrainError::Load {
+            return Err(Error::Load {
                 path: path.to_path_buf(),
                 msg: problems.join("; "),
             });

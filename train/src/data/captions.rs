@@ -161,7 +161,7 @@ impl Concept {
 /// model's.
 pub trait Captions {
     /// A caption for `label`, drawn with `rng` (a seeded run draws the same captions).
-    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::DataError>;
+    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::Error>;
 }
 
 /// Draws captions for concept ids.
@@ -169,17 +169,17 @@ pub trait Captions {
 pub struct Captioner;
 
 impl Captions for Captioner {
-    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::DataError> {
+    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::Error> {
         Captioner::caption(self, label, rng)
     }
 }
 
 impl Captioner {
     /// A random caption for concept `concept` (panics never: ids ≥ 20 are an error).
-    pub fn caption<R: Rng>(&self, concept: u32, rng: &mut R) -> Result<String, super::DataError> {
+    pub fn caption<R: Rng>(&self, concept: u32, rng: &mut R) -> Result<String, super::Error> {
         let c = CONCEPTS
             .get(concept as usize)
-            .ok_or_else(|| super::DataError::Invalid {
+            .ok_or_else(|| super::Error::Invalid {
                 msg: format!(
                     "label {concept} has no caption concept (0..{})",
                     CONCEPTS.len()

@@ -13,27 +13,27 @@ use std::path::Path;
 use candle_core::Device;
 use deediff_unet::model_file::{self, key};
 
-use super::{TrainConfig, TrainError, Trainer};
+use super::{Error, TrainConfig, Trainer};
 
 pub const CHECKPOINT_FORMAT: &str = "deediff-train-checkpoint-v1";
 
 /// Metadata key of the EMA's update count (for its bias correction).
 const EMA_UPDATES: &str = "ema_updates";
 
-fn load_err(path: &Path, msg: impl Into<String>) -> TrainError {
-    TrainError::Load {
+fn load_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Load {
         path: path.to_path_buf(),
         msg: msg.into(),
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<String, TrainError> {
+fn json<T: serde::Serialize>(v: &T) -> Result<String, Error> {
     Ok(serde_json::to_string(v).map_err(candle_core::Error::wrap)?)
 }
 
 impl Trainer {
     /// Saves everything `resume` needs to continue bit-identically.
-    pub fn save_checkpoint(&self, path: &Path) -> Result<(), TrainError> {
+    pub fn save_checkpoint(&self, path: &Path) -> Result<(), Error> {
         let mut tensors = self.parameters();
         tensors.extend(self.ema.state_tensors("ema.")?);
         tensors.extend(self.opt.state_tensors()?);
@@ -54,7 +54,7 @@ impl Trainer {
         alphas_cumprod: &[f64],
         device: &Device,
         adjust: impl FnOnce(&mut TrainConfig),
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, Error> {
         let meta = model_file::read_metadata_file(path)?;
         if meta.get(key::FORMAT).map(String::as_str) != Some(CHECKPOINT_FORMAT) {
             return Err(load_err(
@@ -103,16 +103,12 @@ impl Trainer {
     }
 
     /// Writes the EMA weights as a self-contained model file for sampling.
-    pub fn export_model(&self, path: &Path) -> Result<(), TrainError> {
+    pub fn export_model(&self, path: &Path) -> Result<(), Error> {
         self.export_model_with(path, &[])
     }
 
     /// [`Self::export_model`] with extra metadata entries (e.g. a measured `exit_threshold`).
-    pub fn export_model_with(
-        &self,
-        path: &Path,
-        extra: &[(&str, String)],
-    ) -> Result<(), TrainError> {
+    pub fn export_model_with(&self, path: &Path, extra: &[(&str, String)]) -> Result<(), Error> {
         let mut meta = model_file::metadata(
             &self.cfg.model,
             self.cfg.text_encoder.as_ref(),
