@@ -38,7 +38,7 @@ pub trait TextEncoder: Send + Sync {
 
 impl TextEncoder for PretrainedText {
     fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor> {
-        PretrainedText::encode(self, prompts, device).map_err(Error::Text)
+        PretrainedText::encode(self, prompts, device).map_err(|e| Error::Text(e.to_string()))
     }
 
     fn warnings(&self, prompt: &str) -> Vec<String> {
@@ -48,7 +48,7 @@ impl TextEncoder for PretrainedText {
                 "prompt truncated: {n} token(s) past the {}-token context are dropped",
                 self.context_len()
             )],
-            Err(e) => vec![e],
+            Err(e) => vec![e.to_string()],
         }
     }
 }

@@ -165,11 +165,11 @@ impl PretrainedText {
     }
 
     /// Token ids (padded/truncated to the context) and attention mask of each prompt.
-    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tokens, String> {
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tokens, PretrainedError> {
         let enc = self
             .tokenizer
             .encode_batch(prompts.to_vec(), true)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| PretrainedError::Tokenizer(e.to_string()))?;
         let (ids, attention_mask) = enc
             .into_iter()
             .map(|e| (e.get_ids().to_vec(), e.get_attention_mask().to_vec()))
@@ -182,19 +182,23 @@ impl PretrainedText {
 
     /// How many tokens of `prompt` do not fit the context (they are dropped, as U-ViT's
     /// tokenizer call drops them).
-    pub fn overflow(&self, prompt: &str) -> Result<usize, String> {
+    pub fn overflow(&self, prompt: &str) -> Result<usize, PretrainedError> {
         let mut full = self.tokenizer.clone();
         full.with_padding(None);
         let n = full
             .with_truncation(None)
             .and_then(|t| t.encode(prompt, true))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| PretrainedError::Tokenizer(e.to_string()))?
             .len();
         Ok(n.saturating_sub(self.context_len))
     }
 
     /// `[B, context_len, width]` features of `prompts` (`None` = the empty prompt).
-    pub fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor, String> {
+    pub fn encode(
+        &self,
+        prompts: &[Option<&str>],
+        device: &Device,
+    ) -> Result<Tensor, PretrainedError> {
         let texts: Vec<&str> = prompts.iter().map(|p| p.unwrap_or("")).collect();
         let Tokens {
             ids,
@@ -216,7 +220,7 @@ impl PretrainedText {
         };
         run()
             .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| format!("{}: {}", self.path.display(), one_line(&e)))
+            .map_err(|e| PretrainedError::file(&self.path, one_line(&e)))
     }
 }
 
