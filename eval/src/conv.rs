@@ -1,7 +1,7 @@
 //! `BasicConv2d` (conv → batch norm → ReLU) with the batch norm folded into the weights at load
 //! time, run as im2col + one `gemm` call per conv on HWC maps.
 
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use crate::fmap::FMap;
 use crate::weights::StateDict;
 use gemm::Parallelism;
@@ -99,11 +99,11 @@ impl Conv {
     pub fn load(sd: &StateDict, layer: &str, stride: usize, pad: (usize, usize)) -> Result<Self> {
         let get = |suffix: &str| {
             sd.get(&format!("{layer}.{suffix}"))
-                .ok_or_else(|| FidError::Invalid(format!("weights lack tensor `{layer}.{suffix}`")))
+                .ok_or_else(|| Error::Invalid(format!("weights lack tensor `{layer}.{suffix}`")))
         };
         let wt = get("conv.weight")?;
         let [cout, cin, kh, kw] = wt.shape[..] else {
-            return Err(FidError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "`{layer}.conv.weight` is not 4-d: {:?}",
                 wt.shape
             )));
@@ -118,7 +118,7 @@ impl Conv {
             .iter()
             .any(|t| t.data.len() != cout)
         {
-            return Err(FidError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "batch norm of `{layer}` does not have {cout} channels"
             )));
         }

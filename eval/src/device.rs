@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use candle_core::Device;
 
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 
 /// A device named on the command line, not yet opened (parsing must not touch a GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,16 +63,14 @@ impl DeviceSpec {
     pub fn open(self) -> Result<Device> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
-            DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => {
-                Err(FidError::Invalid(
-                    "--device cuda: this binary was built without CUDA support: rebuild with \
+            DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => Err(Error::Invalid(
+                "--device cuda: this binary was built without CUDA support: rebuild with \
                      --features cuda"
-                        .into(),
-                ))
-            }
+                    .into(),
+            )),
             DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| {
                 let cause = crate::error::without_backtrace(&e.to_string()).replace('\n', " ");
-                FidError::Invalid(format!("--device {self}: no usable CUDA GPU ({cause})"))
+                Error::Invalid(format!("--device {self}: no usable CUDA GPU ({cause})"))
             }),
         }
     }

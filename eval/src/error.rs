@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// Errors of the FID pipeline. Messages are single lines meant for end users.
 #[derive(Debug, thiserror::Error)]
-pub enum FidError {
+pub enum Error {
     /// Something is wrong with a file or folder (unreadable, malformed, wrong content).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
@@ -23,11 +23,11 @@ pub enum FidError {
     Candle(#[from] candle_core::Error),
 }
 
-impl FidError {
+impl Error {
     /// Decoder messages (the `image` crate's among them) may end in or contain newlines; an
     /// error names its file on one line.
     pub(crate) fn file(path: impl AsRef<Path>, msg: impl std::fmt::Display) -> Self {
-        FidError::File {
+        Error::File {
             path: path.as_ref().to_path_buf(),
             msg: msg
                 .to_string()
@@ -38,7 +38,7 @@ impl FidError {
     }
 }
 
-pub type Result<T> = std::result::Result<T, FidError>;
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// An error and its causes as one line, outermost first, for command-line tools. A cause whose
 /// text the line already holds is left out: errors that print their source inside their own

@@ -2,7 +2,7 @@
 //! `tr sqrt(S1·S2) = Σ sqrt(eig(R·S2·R))` with `R = sqrt(S1)`. Tiny eigenvalues are zeroed
 //! relative to the largest, which keeps rank-deficient (N ≤ D) covariances exact.
 
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use crate::stats::Stats;
 use faer::{Mat, MatRef, Side};
 
@@ -20,7 +20,7 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], dims: usize) -> Result<f64> {
     let b = MatRef::from_row_major_slice(s2, dims, dims);
     let eig = a
         .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| FidError::Invalid(format!("eigh(sigma1) failed: {e:?}")))?;
+        .map_err(|e| Error::Invalid(format!("eigh(sigma1) failed: {e:?}")))?;
     let (u, w) = (eig.U(), eig.S().column_vector());
     let sqrt_w: Vec<f64> = thresholded((0..dims).map(|i| w[i]))
         .map(f64::sqrt)
@@ -31,14 +31,14 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], dims: usize) -> Result<f64> {
     let m = Mat::from_fn(dims, dims, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]));
     let e = m
         .self_adjoint_eigenvalues(Side::Lower)
-        .map_err(|e| FidError::Invalid(format!("eigvalsh failed: {e:?}")))?;
+        .map_err(|e| Error::Invalid(format!("eigvalsh failed: {e:?}")))?;
     Ok(thresholded(e.into_iter()).map(f64::sqrt).sum())
 }
 
 /// `|mu1 − mu2|² + tr S1 + tr S2 − 2·tr sqrt(S1·S2)`.
 pub fn frechet_distance(a: &Stats, b: &Stats) -> Result<f64> {
     if a.dims != b.dims {
-        return Err(FidError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "statistics have different dims ({} vs {}); compute both with the same --dims",
             a.dims, b.dims
         )));

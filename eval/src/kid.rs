@@ -1,7 +1,7 @@
 //! Kernel Inception Distance as torch-fidelity computes it: the unbiased MMD² with the cubic
 //! polynomial kernel `k(x, y) = (xᵀy/d + 1)³`, averaged over random subsets.
 
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use crate::hashinit::SplitMix64;
 use crate::inception::Features;
 use gemm::Parallelism;
@@ -91,14 +91,14 @@ pub fn mmd2(x: &[f32], y: &[f32], m: usize, d: usize) -> f64 {
 /// KID between two feature sets.
 pub fn kid(a: &Features, b: &Features, opts: &KidOptions) -> Result<Kid> {
     if a.dims != b.dims {
-        return Err(FidError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "KID features have different dims ({} vs {})",
             a.dims, b.dims
         )));
     }
     let (m, d) = (opts.subset_size, a.dims);
     if m < 2 || m > a.n.min(b.n) || opts.subsets == 0 {
-        return Err(FidError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "KID subset size {m} must be between 2 and the smaller set's {} images (and subsets ≥ 1); \
              pass a smaller --kid-subset-size",
             a.n.min(b.n)

@@ -42,7 +42,7 @@ pub mod stats;
 pub mod weights;
 
 pub use device::{DeviceArg, DeviceSpec};
-pub use error::{FidError, Result};
+pub use error::{Error, Result};
 pub use frechet::frechet_distance;
 pub use import::import_weights;
 pub use inception::{block_for_dims, ChwImage, Features, FidInception, BLOCK_DIMS};

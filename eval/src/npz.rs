@@ -4,7 +4,7 @@
 //! guided-diffusion / ADM evaluation batches).
 
 use crate::atomic::{write_atomic, FirstError};
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -18,15 +18,15 @@ pub struct Array {
 
 /// Reads every member `<key>.npy` of an `.npz` file.
 pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>> {
-    let file = std::fs::File::open(path).map_err(|e| FidError::file(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| FidError::file(path, format!("not an .npz (zip) file: {e}")))?;
+        .map_err(|e| Error::file(path, format!("not an .npz (zip) file: {e}")))?;
     let mut out = BTreeMap::new();
     for i in 0..zip.len() {
-        let mut member = zip.by_index(i).map_err(|e| FidError::file(path, e))?;
+        let mut member = zip.by_index(i).map_err(|e| Error::file(path, e))?;
         let name = member
             .name()
-            .map_err(|e| FidError::file(path, e))?
+            .map_err(|e| Error::file(path, e))?
             .into_owned();
         let Some(key) = name.strip_suffix(".npy").map(str::to_string) else {
             continue;
@@ -35,9 +35,9 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>> {
         let mut bytes = Vec::with_capacity(member.size().min(1 << 24) as usize);
         member
             .read_to_end(&mut bytes)
-            .map_err(|e| FidError::file(path, format!("member {key}.npy: {e}")))?;
-        let array = parse_npy(&bytes)
-            .map_err(|e| FidError::file(path, format!("member {key}.npy: {e}")))?;
+            .map_err(|e| Error::file(path, format!("member {key}.npy: {e}")))?;
+        let array =
+            parse_npy(&bytes).map_err(|e| Error::file(path, format!("member {key}.npy: {e}")))?;
         out.insert(key, array);
     }
     Ok(out)
@@ -63,15 +63,15 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &Array)]) -> Result<()> {
 /// Streams uint8 images `[N, H, W, C]` into `arr_0` of a deflated `.npz`, what
 /// `np.savez_compressed(path, images)` writes (the sample-batch format of FID evaluators).
 /// `image(i)` returns image i's `H·W·C` bytes; only one image is held at a time.
-pub fn write_images_npz(
+pub fn write_images_npz<E: std::fmt::Display>(
     path: &Path,
     shape: [usize; 4],
-    mut image: impl FnMut(usize) -> std::result::Result<Vec<u8>, String>,
+    mut image: impl FnMut(usize) -> std::result::Result<Vec<u8>, E>,
 ) -> Result<()> {
     let per_image = shape[1..].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let total = per_image.and_then(|p| p.checked_mul(shape[0]));
     let (Some(per_image), Some(total)) = (per_image, total) else {
-        return Err(FidError::file(
+        return Err(Error::file(
             path,
             format!("{shape:?} images are too many bytes"),
         ));
@@ -113,7 +113,7 @@ fn write_zip(
         fill(&mut zip, options)?;
         zip.finish().map_err(io::Error::other)?.flush()
     })
-    .map_err(|e| FidError::file(path, format!("cannot write: {e}")))
+    .map_err(|e| Error::file(path, format!("cannot write: {e}")))
 }
 
 /// `.npy` version 1.0 bytes of a little-endian float64 C-order array.
@@ -150,7 +150,11 @@ fn npy_header(shape: &[usize], descr: &str) -> Vec<u8> {
 }
 
 /// Parses `.npy` bytes (versions 1–3).
-pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
+pub fn parse_npy(bytes: &[u8]) -> Result<Array> {
+    npy_array(bytes).map_err(Error::Invalid)
+}
+
+fn npy_array(bytes: &[u8]) -> std::result::Result<Array, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("not an .npy array (bad magic)".into());
     }

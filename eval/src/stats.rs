@@ -1,7 +1,7 @@
 //! Feature statistics: pytorch-fid's mean and ddof-1 covariance in f64, their `.npz` files, and
 //! mergeable moments (count, Σx, Σxxᵀ) so shards from several machines combine exactly.
 
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use crate::inception::Features;
 use crate::npz::{read_npz, write_npz, Array};
 use faer::linalg::matmul::matmul;
@@ -30,7 +30,7 @@ impl Stats {
     /// `np.mean(x, 0)` and `np.cov(x, rowvar=False)` of `n` rows of `dims` values.
     pub fn from_rows(x: &[f64], n: usize, dims: usize) -> Result<Self> {
         if n < 2 {
-            return Err(FidError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "statistics need at least 2 images, got {n}"
             )));
         }
@@ -60,12 +60,12 @@ impl Stats {
         let get = |k: &str| {
             arrays
                 .get(k)
-                .ok_or_else(|| FidError::file(path, format!("no '{k}' array in statistics file")))
+                .ok_or_else(|| Error::file(path, format!("no '{k}' array in statistics file")))
         };
         let (mu, sigma) = (get("mu")?, get("sigma")?);
         let dims = mu.data.len();
         if mu.shape.len() != 1 || sigma.shape != [dims, dims] {
-            return Err(FidError::file(
+            return Err(Error::file(
                 path,
                 format!(
                     "'mu' has shape {:?} and 'sigma' {:?}; expected (D,) and (D, D)",
@@ -177,7 +177,7 @@ impl Moments {
 
     fn check_dims(&self, dims: usize, what: &str) -> Result<()> {
         if dims != self.dims {
-            return Err(FidError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "cannot combine {dims}-d {what} with {}-d moments",
                 self.dims
             )));
@@ -188,7 +188,7 @@ impl Moments {
     /// Mean and ddof-1 covariance: `(Σxxᵀ − Σx Σxᵀ / n) / (n − 1)`.
     pub fn stats(&self) -> Result<Stats> {
         if self.n < 2 {
-            return Err(FidError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "statistics need at least 2 images, got {}",
                 self.n
             )));
@@ -234,7 +234,7 @@ impl Moments {
         let arrays = read_npz(path)?;
         let get = |k: &str| {
             arrays.get(k).ok_or_else(|| {
-                FidError::file(
+                Error::file(
                     path,
                     format!(
                         "no '{k}' array: not a mergeable statistics file (save with --save-stats)"
@@ -249,7 +249,7 @@ impl Moments {
             || n.data[0] < 0.0
             || n.data[0].fract() != 0.0
         {
-            return Err(FidError::file(
+            return Err(Error::file(
                 path,
                 "inconsistent 'n', 'sum' and 'sum_outer' arrays",
             ));
@@ -268,7 +268,7 @@ impl Moments {
 fn check_finite(path: &Path, arrays: &[(&str, &Array)]) -> Result<()> {
     for (name, a) in arrays {
         if let Some(k) = a.data.iter().position(|v| !v.is_finite()) {
-            return Err(FidError::file(
+            return Err(Error::file(
                 path,
                 format!(
                     "'{name}' holds a non-finite value ({}) at index {k}",

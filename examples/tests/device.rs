@@ -1,4 +1,4 @@
-//! `--device` on every sampling/training tool: `cpu` runs, malformed values are refused by the
+//! `--device` on every sampling, training and scoring tool: `cpu` runs, malformed values are refused by the
 //! parser, and (in the default, CPU-only build) `cuda` stops with one line saying how to rebuild.
 
 use std::path::PathBuf;
@@ -31,11 +31,19 @@ fn bin_path(bin: &str) -> &'static str {
         "sample_grid" => env!("CARGO_BIN_EXE_sample_grid"),
         "train" => env!("CARGO_BIN_EXE_train"),
         "tradeoff" => env!("CARGO_BIN_EXE_tradeoff"),
+        "fid" => env!("CARGO_BIN_EXE_fid"),
         _ => unreachable!("{bin}"),
     }
 }
 
-const TOOLS: [&str; 5] = ["txt2img", "generate", "sample_grid", "train", "tradeoff"];
+const TOOLS: [&str; 6] = [
+    "txt2img",
+    "generate",
+    "sample_grid",
+    "train",
+    "tradeoff",
+    "fid",
+];
 
 #[cfg(not(feature = "cuda"))]
 #[test]

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn checkpoint() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../unet/tests/fixtures/uvit/uvit_cond.weights.safetensors")
+    deediff_testkit::fixtures().join("uvit/uvit_cond.weights.safetensors")
 }
 
 fn generate(out: &Path, extra: &[&str]) -> std::process::Output {

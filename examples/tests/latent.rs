@@ -12,14 +12,10 @@ use candle_nn::{VarBuilder, VarMap};
 use deediff_uem::CertaintyHeads;
 use deediff_unet::{UVit, UVitConfig, Variant};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures")
-}
-
 /// The reference `uvit_t2i` weights plus certainty heads whose certainty rises with depth
 /// (zero weights, bias `n − 2` on block n), written with its config into `dir`.
 fn checkpoint_with_heads(dir: &Path) -> PathBuf {
-    let uvit = fixtures().join("uvit");
+    let uvit = deediff_testkit::fixtures().join("uvit");
     let mut tensors =
         candle_core::safetensors::load(uvit.join("uvit_t2i.weights.safetensors"), &Device::Cpu)
             .unwrap();
@@ -63,7 +59,7 @@ fn latent_text_to_image_runs_with_early_exits() {
     let tmp = std::env::temp_dir().join(format!("deediff-latent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let model = checkpoint_with_heads(&tmp);
-    let latent = fixtures().join("latent");
+    let latent = deediff_testkit::fixtures().join("latent");
     let (out, report) = (tmp.join("out.png"), tmp.join("report.json"));
     let o = txt2img(
         &model,
@@ -110,7 +106,7 @@ fn missing_parts_name_the_files_needed() {
     let tmp = std::env::temp_dir().join(format!("deediff-latent-bad-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let model = checkpoint_with_heads(&tmp);
-    let latent = fixtures().join("latent");
+    let latent = deediff_testkit::fixtures().join("latent");
 
     // No text encoder given and none in the (empty) cache.
     let o = txt2img(&model, &["--prompt", "a cat"], &tmp);
@@ -146,7 +142,7 @@ fn missing_parts_name_the_files_needed() {
     assert!(!o.status.success());
 
     // An autoencoder for a pixel model.
-    let pixel = fixtures().join("uvit/uvit_cond.weights.safetensors");
+    let pixel = deediff_testkit::fixtures().join("uvit/uvit_cond.weights.safetensors");
     let o = txt2img(
         &pixel,
         &["--class", "3", "--vae", vae.to_str().unwrap()],
@@ -200,7 +196,7 @@ fn latent_imagenet_classes_by_name_with_guidance() {
     let tmp = std::env::temp_dir().join(format!("deediff-latent-cls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let model = imagenet_like_checkpoint(&tmp);
-    let vae = fixtures().join("latent/autoencoder_kl.pth");
+    let vae = deediff_testkit::fixtures().join("latent/autoencoder_kl.pth");
     let out = tmp.join("samples");
     let latent_model = |bin: &str| {
         let mut c = Command::new(bin);

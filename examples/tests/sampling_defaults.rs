@@ -16,7 +16,7 @@ fn model_with_defaults(dir: &Path, json: &str) -> PathBuf {
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut meta = header.metadata().clone().unwrap();
     meta.insert(
-        deediff_sampler::SAMPLING_DEFAULTS_KEY.to_string(),
+        deediff_unet::model_file::key::SAMPLING_DEFAULTS.to_string(),
         json.to_string(),
     );
     let path = dir.join("model.safetensors");

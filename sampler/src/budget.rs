@@ -9,7 +9,7 @@ use deediff_uem::{ExitPolicy, ExitRule, ReuseSchedule, RunState};
 use deediff_unet::UVitConfig;
 
 use crate::conditioning::Condition;
-use crate::error::{Result, SamplerError};
+use crate::error::{Error, Result};
 use crate::pipeline::{Hooks, Pipeline};
 
 /// A calibrated threshold and the depth it gave on the calibration trajectories.
@@ -76,17 +76,15 @@ impl Pipeline {
         seeds: &[u64],
     ) -> Result<Calibration> {
         if !(budget > 0.0 && budget <= 1.0) {
-            return Err(SamplerError::Request(format!(
-                "budget {budget} must be in (0, 1]"
-            )));
+            return Err(Error::Budget(format!("budget {budget} must be in (0, 1]")));
         }
         if self.model().heads().is_none() {
-            return Err(SamplerError::Request(
+            return Err(Error::Budget(
                 "budget mode needs certainty heads; this model has none".into(),
             ));
         }
         if !self.timestep_bands().is_empty() {
-            return Err(SamplerError::Request(
+            return Err(Error::Budget(
                 "budget mode calibrates one threshold for every timestep: it does not combine with timestep bands".into(),
             ));
         }
@@ -118,7 +116,7 @@ impl Pipeline {
         seeds: &[u64],
     ) -> Result<ReuseSchedule> {
         if !(0.0..=1.0).contains(&fraction) {
-            return Err(SamplerError::Request(format!(
+            return Err(Error::Budget(format!(
                 "reuse fraction {fraction} must be in [0, 1]"
             )));
         }

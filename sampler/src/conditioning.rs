@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use deediff_unet::{Conditioning, PretrainedText, UVitConfig, Variant};
 
-use crate::error::{Result, SamplerError};
+use crate::error::{Error, Result};
 
 /// The condition of one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +21,7 @@ pub enum Condition {
 pub trait TextEncoder: Send + Sync {
     /// Encodes `prompts` (`None` = the null prompt used for guidance); a prompt the encoder
     /// cannot ground is an error, never a silent guess.
-    fn encode(
-        &self,
-        prompts: &[Option<&str>],
-        device: &Device,
-    ) -> std::result::Result<Tensor, String>;
+    fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor>;
 
     /// What the encoder will drop or ignore of `prompt` (unknown words, tokens past the
     /// context), one line each, for the caller to show.
@@ -41,12 +37,8 @@ pub trait TextEncoder: Send + Sync {
 }
 
 impl TextEncoder for PretrainedText {
-    fn encode(
-        &self,
-        prompts: &[Option<&str>],
-        device: &Device,
-    ) -> std::result::Result<Tensor, String> {
-        PretrainedText::encode(self, prompts, device)
+    fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor> {
+        PretrainedText::encode(self, prompts, device).map_err(|e| Error::Text(e.to_string()))
     }
 
     fn warnings(&self, prompt: &str) -> Vec<String> {
@@ -56,7 +48,7 @@ impl TextEncoder for PretrainedText {
                 "prompt truncated: {n} token(s) past the {}-token context are dropped",
                 self.context_len()
             )],
-            Err(e) => vec![e],
+            Err(e) => vec![e.to_string()],
         }
     }
 }
@@ -82,21 +74,19 @@ impl<'a> Conditioner<'a> {
         match (self.cfg.variant, self.cfg.num_classes) {
             (Variant::UvitT2i, _) => {
                 let encoder = self.text.ok_or_else(|| {
-                    SamplerError::Request("this text-to-image model needs a text encoder".into())
+                    Error::Condition("this text-to-image model needs a text encoder".into())
                 })?;
                 let prompts = conditions
                     .iter()
                     .map(|c| match c {
                         Condition::Text(p) => Ok(Some(p.as_str())),
                         Condition::Unconditional => Ok(None),
-                        Condition::Class(k) => Err(SamplerError::Request(format!(
+                        Condition::Class(k) => Err(Error::Condition(format!(
                             "class {k} given to a text-to-image model: pass a prompt"
                         ))),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let ctx = encoder
-                    .encode(&prompts, device)
-                    .map_err(SamplerError::Text)?;
+                let ctx = encoder.encode(&prompts, device)?;
                 Ok(Conditioning::Context(ctx))
             }
             (Variant::Uvit, Some(rows)) => {
@@ -105,12 +95,12 @@ impl<'a> Conditioner<'a> {
                     .iter()
                     .map(|c| match c {
                         Condition::Class(k) if *k < null => Ok(*k),
-                        Condition::Class(k) => Err(SamplerError::Request(format!(
+                        Condition::Class(k) => Err(Error::Condition(format!(
                             "class {k} is out of range: this model has classes 0..{}",
                             null - 1
                         ))),
                         Condition::Unconditional => Ok(null),
-                        Condition::Text(p) => Err(SamplerError::Request(format!(
+                        Condition::Text(p) => Err(Error::Condition(format!(
                             "prompt {p:?} given to a class-conditional model: pass a class index"
                         ))),
                     })
@@ -119,7 +109,7 @@ impl<'a> Conditioner<'a> {
             }
             (Variant::Uvit, None) => {
                 match conditions.iter().find(|c| **c != Condition::Unconditional) {
-                    Some(c) => Err(SamplerError::Request(format!(
+                    Some(c) => Err(Error::Condition(format!(
                         "{c:?} given to an unconditional model"
                     ))),
                     None => Ok(Conditioning::None),

@@ -1,18 +1,38 @@
 //! The sampler's error type: one line that says what is wrong and with which input.
 
+use deediff_unet::model_file::ModelFileError;
+
 /// Everything that can stop a sampling run.
 #[derive(Debug, thiserror::Error)]
-pub enum SamplerError {
+pub enum Error {
     #[error("scheduler: {0}")]
     Scheduler(#[from] deediff_schedules::Error),
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
     #[error("exit policy: {0}")]
-    Policy(#[from] deediff_uem::PolicyError),
+    Policy(#[from] deediff_uem::Error),
     /// The scheduler's noise schedule or time convention does not fit the model's training.
     #[error("model/scheduler mismatch: {0}")]
     Mismatch(String),
-    /// A request the model cannot serve (wrong conditioning kind, bad guidance, …).
+    /// A model file that cannot be read or does not hold what a model file must.
+    #[error(transparent)]
+    ModelFile(#[from] ModelFileError),
+    /// A condition the model cannot take (wrong kind, unknown class, no text encoder).
+    #[error("{0}")]
+    Condition(String),
+    /// Samples that cannot become images, or images that do not fit a grid.
+    #[error("{0}")]
+    Image(String),
+    /// A compute budget or reuse fraction that cannot be calibrated.
+    #[error("{0}")]
+    Budget(String),
+    /// Timestep bands that are malformed or overlap.
+    #[error("{0}")]
+    Band(String),
+    /// Recommended sampling defaults (model-file metadata) that do not parse or check.
+    #[error("{0}")]
+    Defaults(String),
+    /// A request the pipeline cannot serve (batch sizes, guidance, seeds, …).
     #[error("{0}")]
     Request(String),
     #[error("text encoder: {0}")]
@@ -21,4 +41,5 @@ pub enum SamplerError {
     Cancelled,
 }
 
-pub type Result<T, E = SamplerError> = std::result::Result<T, E>;
+/// Result alias of the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@
 //! synsets in index order). It was built from timm's `imagenet_synsets.txt` and
 //! `imagenet_synset_to_lemma.txt` (timm, Apache-2.0; the lemmas are WordNet's).
 
-use crate::error::{Result, SamplerError};
+use crate::error::{Error, Result};
 
 const NAMES: &str = include_str!("imagenet_classes.txt");
 
@@ -29,7 +29,7 @@ pub fn imagenet_class(name: &str) -> Result<u32> {
                 .take(5)
                 .map(|(k, l)| format!("{k} ({l})"))
                 .collect();
-            Err(SamplerError::Request(if near.is_empty() {
+            Err(Error::Condition(if near.is_empty() {
                 format!("no ImageNet class is called {name:?}: pass a class name or index")
             } else {
                 format!(
@@ -38,7 +38,7 @@ pub fn imagenet_class(name: &str) -> Result<u32> {
                 )
             }))
         }
-        many => Err(SamplerError::Request(format!(
+        many => Err(Error::Condition(format!(
             "{name:?} names several ImageNet classes: {}; pass the index",
             many.iter()
                 .map(|(k, l)| format!("{k} ({l})"))

@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 use image::{DynamicImage, GrayImage, RgbImage};
 
-use crate::error::{Result, SamplerError};
+use crate::error::{Error, Result};
 
 /// Quantises samples in [-1, 1] (`[B, C, H, W]`, C = 1 or 3) to 8-bit images,
 /// `round((x + 1)·127.5)` clamped to [0, 255].
@@ -27,7 +27,7 @@ pub fn to_images(samples: &Tensor) -> Result<Vec<DynamicImage>> {
                 1 => DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, px).expect("sized")),
                 3 => DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, px).expect("sized")),
                 _ => {
-                    return Err(SamplerError::Request(format!(
+                    return Err(Error::Image(format!(
                         "{c}-channel samples are not images (latent models need a decoder)"
                     )))
                 }
@@ -64,7 +64,7 @@ impl GridSheet {
             .and_then(|p| p.checked_mul(first.color().bytes_per_pixel() as u64));
         if bytes.is_none_or(|b| b > Self::MAX_BYTES) || sw > u32::MAX as u64 || sh > u32::MAX as u64
         {
-            return Err(SamplerError::Request(format!(
+            return Err(Error::Image(format!(
                 "a grid of {count} {w}x{h} images ({cols} columns) would be {sw}x{sh} pixels, \
                  more than {} MiB: ask for fewer images or write them one per file (generate)",
                 Self::MAX_BYTES >> 20
@@ -82,7 +82,7 @@ impl GridSheet {
     pub fn place(&mut self, k: usize, img: &DynamicImage) -> Result<()> {
         let (w, h) = self.cell;
         if k >= self.count || (img.width(), img.height()) != (w, h) {
-            return Err(SamplerError::Request(format!(
+            return Err(Error::Image(format!(
                 "grid cell {k} of {} ({w}x{h}) cannot take a {}x{} image",
                 self.count,
                 img.width(),

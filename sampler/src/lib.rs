@@ -28,17 +28,17 @@ mod timestep_bands;
 mod training_schedule;
 
 pub use budget::{threshold_for_budget, Calibration};
+pub use bundle::ModelBundle;
 #[cfg(feature = "default-model")]
 pub use bundle::DEFAULT_MODEL;
-pub use bundle::{ModelBundle, EXIT_THRESHOLD_KEY};
 pub use conditioning::{Condition, Conditioner, TextEncoder};
-pub use error::{Result, SamplerError};
+pub use error::{Error, Result};
 pub use guidance::Guidance;
 pub use imagenet_classes::{imagenet_class, imagenet_class_name};
 pub use images::{to_images, GridSheet};
 pub use noise::PerImageNoise;
 pub use pipeline::{Generated, Hooks, Pipeline, Progress, DEFAULT_THRESHOLD};
 pub use report::{EvalReport, RunReport};
-pub use sampling_defaults::{SamplingDefaults, SAMPLING_DEFAULTS_KEY};
+pub use sampling_defaults::SamplingDefaults;
 pub use timestep_bands::{policy_at, TimestepBand};
 pub use training_schedule::{TimeLabel, TrainedWith, TrainingSchedule};

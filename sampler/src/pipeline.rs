@@ -9,7 +9,7 @@ use deediff_uem::{EarlyExitUVit, ExitPolicy, Guided, Passes, ReuseSchedule, RunS
 use deediff_unet::{Conditioning, LatentDecoder};
 
 use crate::conditioning::{Condition, Conditioner, TextEncoder};
-use crate::error::{Result, SamplerError};
+use crate::error::{Error, Result};
 use crate::guidance::Guidance;
 use crate::noise::PerImageNoise;
 use crate::report::RunReport;
@@ -34,7 +34,7 @@ pub struct Progress {
 #[derive(Default)]
 pub struct Hooks<'a> {
     pub progress: Option<&'a mut dyn FnMut(&Progress)>,
-    /// Checked before every evaluation; when set the run stops with [`SamplerError::Cancelled`].
+    /// Checked before every evaluation; when set the run stops with [`Error::Cancelled`].
     pub cancel: Option<&'a AtomicBool>,
 }
 
@@ -128,7 +128,7 @@ impl Pipeline {
         let channels = self.model.model().config().in_chans;
         if let Some(d) = &decoder {
             if d.latent_channels() != channels {
-                return Err(SamplerError::Request(format!(
+                return Err(Error::Request(format!(
                     "{}: the decoder reads {}-channel latents but the model samples {channels} channels",
                     d.path().display(),
                     d.latent_channels()
@@ -151,7 +151,7 @@ impl Pipeline {
     pub fn set_reuse_schedule(&mut self, schedule: Option<ReuseSchedule>) -> Result<()> {
         if let Some(s) = &schedule {
             if s.evaluations() != self.scheduler.nfe() {
-                return Err(SamplerError::Request(format!(
+                return Err(Error::Request(format!(
                     "reuse schedule: fitted for {} evaluations, this scheduler runs {}",
                     s.evaluations(),
                     self.scheduler.nfe()
@@ -182,12 +182,12 @@ impl Pipeline {
     fn check_policy(&self, policy: ExitPolicy) -> Result<()> {
         policy.validate()?;
         if policy == ExitPolicy::Learned && self.model.reuse_schedule().is_none() {
-            return Err(SamplerError::Request(
+            return Err(Error::Request(
                 "policy l2c: no reuse schedule was set (fit one with `calibrate l2c`)".into(),
             ));
         }
         if self.model.heads().is_none() && policy.needs_heads() {
-            return Err(SamplerError::Request(format!(
+            return Err(Error::Request(format!(
                 "policy {policy}: this model has no certainty heads: use full, static:K or deepcache:N"
             )));
         }
@@ -196,13 +196,13 @@ impl Pipeline {
 
     pub fn set_guidance(&mut self, guidance: Guidance) -> Result<()> {
         if !guidance.scale.is_finite() || guidance.scale < 0.0 {
-            return Err(SamplerError::Request(format!(
+            return Err(Error::Request(format!(
                 "guidance scale {} must be a finite number ≥ 0",
                 guidance.scale
             )));
         }
         if guidance.is_active() && !self.conditioner().supports_guidance() {
-            return Err(SamplerError::Request(
+            return Err(Error::Request(
                 "guidance needs a class-conditional or text-to-image model".into(),
             ));
         }
@@ -321,7 +321,7 @@ impl Pipeline {
         let (mut blocks, mut passes_run) = (0usize, 0usize);
         while let Some(ev) = run.next_eval() {
             if hooks.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(SamplerError::Cancelled);
+                return Err(Error::Cancelled);
             }
             let x = Tensor::from_iter(ev.x.iter().map(|&v| v as f32), &self.device)?;
             let label = self.time_label.label(&ev.time);
@@ -360,7 +360,7 @@ impl Pipeline {
         Option<Conditioning>,
     )> {
         if conditions.is_empty() || conditions.len() != seeds.len() {
-            return Err(SamplerError::Request(format!(
+            return Err(Error::Request(format!(
                 "{} conditions and {} seeds: need one seed per image, at least one image",
                 conditions.len(),
                 seeds.len()

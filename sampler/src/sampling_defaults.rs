@@ -7,8 +7,7 @@ use deediff_schedules::SCHEDULER_NAMES;
 use deediff_uem::ExitPolicy;
 use serde::{Deserialize, Serialize};
 
-/// Metadata key of [`SamplingDefaults`] (JSON).
-pub const SAMPLING_DEFAULTS_KEY: &str = "sampling_defaults";
+use crate::error::{Error, Result};
 
 /// What a sampler uses for each setting the caller leaves open.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,13 +22,16 @@ pub struct SamplingDefaults {
 
 impl SamplingDefaults {
     /// Parses and checks the metadata value; the error says what is wrong with it.
-    pub fn from_json(json: &str) -> Result<Self, String> {
-        let d: Self = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    pub fn from_json(json: &str) -> Result<Self> {
+        let d: Self = serde_json::from_str(json).map_err(|e| Error::Defaults(e.to_string()))?;
         if !SCHEDULER_NAMES.contains(&d.scheduler.as_str()) {
-            return Err(format!("unknown scheduler {:?}", d.scheduler));
+            return Err(Error::Defaults(format!(
+                "unknown scheduler {:?}",
+                d.scheduler
+            )));
         }
         if d.steps == 0 {
-            return Err("steps must be at least 1".to_string());
+            return Err(Error::Defaults("steps must be at least 1".to_string()));
         }
         d.exit_policy()?;
         Ok(d)
@@ -39,10 +41,10 @@ impl SamplingDefaults {
         serde_json::to_string(self).expect("plain fields serialise")
     }
 
-    pub fn exit_policy(&self) -> Result<ExitPolicy, String> {
+    pub fn exit_policy(&self) -> Result<ExitPolicy> {
         self.policy
             .parse()
-            .map_err(|e| format!("policy {:?}: {e}", self.policy))
+            .map_err(|e| Error::Defaults(format!("policy {:?}: {e}", self.policy)))
     }
 }
 
@@ -76,7 +78,7 @@ mod tests {
             ),
             (r#"{"scheduler":"ddim","steps":5}"#, "missing field"),
         ] {
-            let e = SamplingDefaults::from_json(json).unwrap_err();
+            let e = SamplingDefaults::from_json(json).unwrap_err().to_string();
             assert!(e.contains(why), "{json}: {e}");
         }
     }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use deediff_uem::ExitPolicy;
 
-use crate::error::SamplerError;
+use crate::error::Error;
 
 /// One band: `lo-hi:POLICY`, e.g. `640-1000:static:2` or `0-300:per-sample:0.9`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,11 +25,11 @@ impl TimestepBand {
 }
 
 impl FromStr for TimestepBand {
-    type Err = SamplerError;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| {
-            SamplerError::Request(format!(
+            Error::Band(format!(
                 "timestep band {s:?}: {why} (expected LO-HI:POLICY, e.g. 640-1000:static:2)"
             ))
         };
@@ -61,12 +61,10 @@ impl fmt::Display for TimestepBand {
 }
 
 /// Bands must not overlap, so that which policy a timestep gets never depends on their order.
-pub(crate) fn check_disjoint(bands: &[TimestepBand]) -> Result<(), SamplerError> {
+pub(crate) fn check_disjoint(bands: &[TimestepBand]) -> Result<(), Error> {
     for (i, a) in bands.iter().enumerate() {
         if let Some(b) = bands[i + 1..].iter().find(|b| a.lo <= b.hi && b.lo <= a.hi) {
-            return Err(SamplerError::Request(format!(
-                "timestep bands {a} and {b} overlap"
-            )));
+            return Err(Error::Band(format!("timestep bands {a} and {b} overlap")));
         }
     }
     Ok(())

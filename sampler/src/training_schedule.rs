@@ -9,7 +9,7 @@
 
 use deediff_schedules::{BetaConfig, BetaSchedule, ModelTime, SchedulerConfig, TimeConvention};
 
-use crate::error::{Result, SamplerError};
+use crate::error::{Error, Result};
 
 /// How a model was trained: which forward process, and what time label it was fed.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +37,7 @@ impl TrainingSchedule {
     pub fn of_diffusers(config: &SchedulerConfig) -> Result<Self> {
         match config.time_convention() {
             TimeConvention::Diffusers(b) => Ok(Self::Diffusers(b)),
-            _ => Err(SamplerError::Request(
+            _ => Err(Error::Request(
                 "the training schedule must be a diffusers scheduler config".into(),
             )),
         }
@@ -89,12 +89,12 @@ impl TimeLabel {
     /// Checks that `scheduler` integrates the process `training` describes and returns the label
     /// conversion; a different beta schedule or a discrete/continuous mix is a mismatch error.
     pub fn new(training: &TrainingSchedule, scheduler: &SchedulerConfig) -> Result<Self> {
-        let mismatch = |what: String| Err(SamplerError::Mismatch(what));
+        let mismatch = |what: String| Err(Error::Mismatch(what));
         let same_betas = |m: &BetaConfig, s: &BetaConfig| {
             if m == s {
                 Ok(())
             } else {
-                Err(SamplerError::Mismatch(format!(
+                Err(Error::Mismatch(format!(
                     "the model was trained with betas {m:?}, the scheduler uses {s:?}"
                 )))
             }
@@ -181,12 +181,12 @@ mod tests {
         let other = SchedulerConfig::by_name("ddim", BetaConfig::ddpm_linear(500)).unwrap();
         assert!(matches!(
             TimeLabel::new(&model, &other),
-            Err(SamplerError::Mismatch(_))
+            Err(Error::Mismatch(_))
         ));
         let em = SchedulerConfig::by_name("uvit-em", ddpm()).unwrap();
         assert!(matches!(
             TimeLabel::new(&model, &em),
-            Err(SamplerError::Mismatch(_))
+            Err(Error::Mismatch(_))
         ));
     }
 }

@@ -10,8 +10,7 @@ use deediff_unet::ConfigHints;
 
 /// DDIM over 8 steps on the reference weights (random, non-degenerate), guided at `scale`.
 fn pipeline(policy: &str, scale: f64) -> Pipeline {
-    let weights = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../unet/tests/fixtures/uvit/uvit_cond.weights.safetensors");
+    let weights = deediff_testkit::fixtures().join("uvit/uvit_cond.weights.safetensors");
     let hints = ConfigHints {
         num_heads: Some(4),
         ..ConfigHints::default()

@@ -10,9 +10,7 @@ use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../unet/tests/fixtures/uvit")
-        .join(name);
+    let p = deediff_testkit::fixtures().join("uvit").join(name);
     std::fs::read(p).unwrap()
 }
 

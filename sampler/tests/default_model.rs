@@ -1,7 +1,7 @@
 //! The embedded default model loads as a bundle, grounds prompts, and samples end to end.
 
 use candle_core::Device;
-use deediff_sampler::{Condition, Hooks, ModelBundle, Pipeline, SamplerError};
+use deediff_sampler::{Condition, Error, Hooks, ModelBundle, Pipeline};
 use deediff_schedules::SchedulerConfig;
 
 #[test]
@@ -20,7 +20,7 @@ fn the_embedded_model_loads_refuses_ungrounded_prompts_and_samples() {
         Hooks::default(),
     );
     match bad {
-        Err(SamplerError::Text(msg)) => assert!(msg.contains("an ankle boot"), "{msg}"),
+        Err(Error::Text(msg)) => assert!(msg.contains("an ankle boot"), "{msg}"),
         other => panic!("expected a text error, got {:?}", other.map(|_| ())),
     }
 
@@ -109,7 +109,7 @@ fn with_exit_threshold(value: &str) -> Vec<u8> {
     let bytes = deediff_sampler::DEFAULT_MODEL;
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header["__metadata__"][deediff_sampler::EXIT_THRESHOLD_KEY] = value.into();
+    header["__metadata__"][deediff_unet::model_file::key::EXIT_THRESHOLD] = value.into();
     let mut text = serde_json::to_vec(&header).unwrap();
     text.resize(text.len().next_multiple_of(8), b' ');
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

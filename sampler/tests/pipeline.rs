@@ -6,17 +6,13 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
-use deediff_sampler::{Condition, Guidance, Hooks, Pipeline, SamplerError, TrainingSchedule};
+use deediff_sampler::{Condition, Error, Guidance, Hooks, Pipeline, TrainingSchedule};
 use deediff_schedules::{BetaConfig, SchedulerConfig};
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::ConfigHints;
 
 fn weights() -> PathBuf {
-    let dir = match std::env::var_os("DEEDIFF_REFERENCE") {
-        Some(root) => PathBuf::from(root).join("uvit"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures/uvit"),
-    };
-    dir.join("uvit_cond.weights.safetensors")
+    deediff_testkit::reference_dir("uvit").join("uvit_cond.weights.safetensors")
 }
 
 /// DDIM over 8 steps on DDPM linear betas, with the exit policy given.
@@ -193,7 +189,7 @@ fn bad_requests_are_errors() {
             cancel: Some(&cancel),
         },
     );
-    assert!(matches!(r, Err(SamplerError::Cancelled)));
+    assert!(matches!(r, Err(Error::Cancelled)));
     // Class 10 is the null class of this 11-row table; prompts need a text model.
     for c in [Condition::Class(10), Condition::Text("a cat".into())] {
         assert!(p.generate(&[c], &[0], Hooks::default()).is_err());

@@ -3,9 +3,9 @@
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use deediff_unet::checkpoint::CERTAINTY_HEAD_PREFIX;
 use deediff_unet::embedding::unpatchify;
 use deediff_unet::layers::{linear, Linear};
+use deediff_unet::model_file::CERTAINTY_HEAD_PREFIX;
 use deediff_unet::UVitConfig;
 
 /// The `depth + 1` certainty heads of a U-ViT. A value near 1 means "the exit at this block is

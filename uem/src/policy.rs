@@ -6,21 +6,7 @@ use std::str::FromStr;
 
 use deediff_unet::Variant;
 
-/// A rejected policy string or threshold.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PolicyError {
-    #[error("exit threshold {0} must be in (0, 1]")]
-    Threshold(f32),
-    #[error("static exit depth {0} must be at least 1")]
-    StaticDepth(usize),
-    #[error("{what} {value} must be at least 1")]
-    Count { what: &'static str, value: usize },
-    #[error(
-        "unknown exit policy {0:?}: expected official:T, per-sample:T, T, full, static:K, \
-         cached:T[:R], deepcache:N[:M] or l2c"
-    )]
-    Syntax(String),
-}
+use crate::error::Error;
 
 /// How a forward pass decides where to stop, and what stands in for the blocks it skips.
 ///
@@ -68,42 +54,42 @@ pub enum ExitPolicy {
 /// The refresh interval of `cached:T` when none is given: a full pass every 2nd evaluation.
 pub const DEFAULT_REFRESH: usize = 2;
 
-fn check_threshold(t: f32) -> Result<f32, PolicyError> {
+fn check_threshold(t: f32) -> Result<f32, Error> {
     if t > 0.0 && t <= 1.0 {
         Ok(t)
     } else {
-        Err(PolicyError::Threshold(t))
+        Err(Error::Threshold(t))
     }
 }
 
 impl ExitPolicy {
-    pub fn official(threshold: f32) -> Result<Self, PolicyError> {
+    pub fn official(threshold: f32) -> Result<Self, Error> {
         Ok(Self::Official {
             threshold: check_threshold(threshold)?,
         })
     }
 
-    pub fn per_sample(threshold: f32) -> Result<Self, PolicyError> {
+    pub fn per_sample(threshold: f32) -> Result<Self, Error> {
         Ok(Self::PerSample {
             threshold: check_threshold(threshold)?,
         })
     }
 
-    pub fn fixed_depth(blocks: usize) -> Result<Self, PolicyError> {
+    pub fn fixed_depth(blocks: usize) -> Result<Self, Error> {
         if blocks == 0 {
-            return Err(PolicyError::StaticDepth(blocks));
+            return Err(Error::StaticDepth(blocks));
         }
         Ok(Self::Static { blocks })
     }
 
-    pub fn cached(threshold: f32, refresh: usize) -> Result<Self, PolicyError> {
+    pub fn cached(threshold: f32, refresh: usize) -> Result<Self, Error> {
         Ok(Self::Cached {
             threshold: check_threshold(threshold)?,
             refresh: check_count("cache refresh interval", refresh)?,
         })
     }
 
-    pub fn deep_cache(interval: usize, depth: usize) -> Result<Self, PolicyError> {
+    pub fn deep_cache(interval: usize, depth: usize) -> Result<Self, Error> {
         Ok(Self::DeepCache {
             interval: check_count("DeepCache interval", interval)?,
             depth: check_count("DeepCache depth", depth)?,
@@ -111,7 +97,7 @@ impl ExitPolicy {
     }
 
     /// Re-checks a policy built as a literal (thresholds in (0, 1], counts ≥ 1).
-    pub fn validate(&self) -> Result<(), PolicyError> {
+    pub fn validate(&self) -> Result<(), Error> {
         match *self {
             Self::Official { threshold } | Self::PerSample { threshold } => {
                 check_threshold(threshold).map(|_| ())
@@ -132,21 +118,21 @@ impl ExitPolicy {
     }
 }
 
-fn check_count(what: &'static str, value: usize) -> Result<usize, PolicyError> {
+fn check_count(what: &'static str, value: usize) -> Result<usize, Error> {
     if value >= 1 {
         Ok(value)
     } else {
-        Err(PolicyError::Count { what, value })
+        Err(Error::Count { what, value })
     }
 }
 
 impl FromStr for ExitPolicy {
-    type Err = PolicyError;
+    type Err = Error;
 
     /// `official:0.9`, `per-sample:0.9`, a bare `0.9` (per-sample), `full`, `static:8`,
     /// `cached:0.95:3`, `cached:0.95`, `deepcache:3:1`, `deepcache:3`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let syntax = || PolicyError::Syntax(s.to_string());
+        let syntax = || Error::Syntax(s.to_string());
         let num = |v: &str| v.trim().parse::<f32>().map_err(|_| syntax());
         let count = |v: &str| v.trim().parse::<usize>().map_err(|_| syntax());
         match s.trim().split_once(':') {

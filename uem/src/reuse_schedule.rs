@@ -13,6 +13,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+
 /// Per evaluation, the blocks whose cached contribution is reused. Stored as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReuseSchedule {
@@ -20,15 +22,6 @@ pub struct ReuseSchedule {
     pub blocks: usize,
     /// `reuse[e]`: blocks (ascending) reused at evaluation `e`; evaluation 0 must run all.
     pub reuse: Vec<Vec<usize>>,
-}
-
-/// Why a schedule file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    #[error("{path}: {reason}")]
-    File { path: String, reason: String },
-    #[error("reuse schedule: {0}")]
-    Invalid(String),
 }
 
 impl ReuseSchedule {
@@ -51,15 +44,15 @@ impl ReuseSchedule {
     }
 
     /// Refuses a schedule whose first evaluation reuses, or that names a block beyond `blocks`.
-    pub fn validate(&self) -> Result<(), ScheduleError> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.reuse.first().is_some_and(|r| !r.is_empty()) {
-            return Err(ScheduleError::Invalid(
+            return Err(Error::Schedule(
                 "evaluation 0 has nothing cached to reuse".into(),
             ));
         }
         for (e, r) in self.reuse.iter().enumerate() {
             if r.windows(2).any(|w| w[0] >= w[1]) || r.last().is_some_and(|&j| j >= self.blocks) {
-                return Err(ScheduleError::Invalid(format!(
+                return Err(Error::Schedule(format!(
                     "evaluation {e}: blocks {r:?} must ascend and be below {}",
                     self.blocks
                 )));
@@ -88,9 +81,9 @@ impl ReuseSchedule {
         Self { blocks, reuse }
     }
 
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ScheduleError> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let file = |reason: String| ScheduleError::File {
+        let file = |reason: String| Error::ScheduleFile {
             path: path.display().to_string(),
             reason,
         };

@@ -1,9 +1,6 @@
 //! Certainty heads, exit sweep and per-sample exits against the official reference vectors,
 //! from every weight file (safetensors and `.pth`) of every reference config.
 
-#[path = "../../unet/tests/common/mod.rs"]
-mod common;
-
 use candle_core::Tensor;
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::{Conditioning, ConfigHints};
@@ -12,14 +9,14 @@ const TOL_OUT: f32 = 1e-4;
 const TOL_MEAN: f32 = 1e-5;
 
 fn load(path: &std::path::Path) -> EarlyExitUVit {
-    EarlyExitUVit::load(path, &ConfigHints::default(), &common::device())
+    EarlyExitUVit::load(path, &ConfigHints::default(), &deediff_testkit::device())
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn certainty_maps_and_means_match() {
     let mut runs = 0;
-    for case in common::cases() {
+    for case in deediff_testkit::cases() {
         for path in &case.weights {
             let ee = load(path);
             let (model, heads) = (ee.model(), ee.heads().expect("reference has heads"));
@@ -38,7 +35,7 @@ fn certainty_maps_and_means_match() {
                 h = model.block(i, &h, &mut skips).unwrap();
                 let what = format!("{} ({}): certainty.{i}", case.name, path.display());
                 let map = heads.map(i, &h).unwrap();
-                worst_map = worst_map.max(common::assert_close(
+                worst_map = worst_map.max(deediff_testkit::assert_close(
                     &what,
                     &map,
                     case.get(&format!("certainty.{i}")),
@@ -69,7 +66,7 @@ fn certainty_maps_and_means_match() {
 #[test]
 fn official_exit_sweep_matches() {
     let mut runs = 0;
-    for case in common::cases() {
+    for case in deediff_testkit::cases() {
         for path in &case.weights {
             let ee = load(path);
             let cond = case.conditioning();
@@ -94,7 +91,7 @@ fn official_exit_sweep_matches() {
                     );
                 }
                 let reference = case.get(&format!("exit_eps.{}", want - 1));
-                common::assert_close(&what, &out.eps, reference, TOL_OUT);
+                deediff_testkit::assert_close(&what, &out.eps, reference, TOL_OUT);
                 runs += 1;
             }
         }
@@ -120,7 +117,7 @@ fn per_sample_thresholds(per_sample: &[Vec<f32>]) -> Vec<f32> {
 #[test]
 fn per_sample_batch_equals_one_by_one_official() {
     let (mut runs, mut mixed) = (0, 0);
-    for case in common::cases() {
+    for case in deediff_testkit::cases() {
         let ee = load(&case.weights[0]);
         let (x, t, cond) = (case.get("x_t"), case.get("timesteps"), case.conditioning());
         let b = x.dim(0).unwrap();
@@ -134,7 +131,7 @@ fn per_sample_batch_equals_one_by_one_official() {
                 .unwrap();
             let mut depths = Vec::new();
             for j in 0..b {
-                let idx = Tensor::new(&[j as u32], &common::device()).unwrap();
+                let idx = Tensor::new(&[j as u32], &deediff_testkit::device()).unwrap();
                 let single_cond: Conditioning = cond.index_select(&idx).unwrap();
                 let single = ee
                     .forward(
@@ -160,7 +157,7 @@ fn per_sample_batch_equals_one_by_one_official() {
                         want.scores
                     );
                 }
-                common::assert_close(
+                deediff_testkit::assert_close(
                     &what,
                     &batch.eps.narrow(0, j, 1).unwrap(),
                     &single.eps,

@@ -1,15 +1,12 @@
 //! The official exit decision reproduces every row of `exit_logic.safetensors` exactly.
 
-#[path = "../../unet/tests/common/mod.rs"]
-mod common;
-
 use candle_core::Device;
 use deediff_uem::ExitRule;
 use deediff_unet::Variant;
 
 #[test]
 fn exit_rule_matches_official_tables() {
-    let path = common::reference_dir().join("exit_logic.safetensors");
+    let path = deediff_testkit::reference_dir("uvit").join("exit_logic.safetensors");
     let tables = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     let mut names: Vec<&str> = tables
         .keys()

@@ -1,12 +1,9 @@
 //! Policy parsing/validation, and a plain U-ViT checkpoint (no certainty heads): it loads, runs
 //! full depth and static exits, refuses threshold policies, and can get fresh heads for training.
 
-#[path = "../../unet/tests/common/mod.rs"]
-mod common;
-
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use deediff_uem::{CertaintyHeads, EarlyExitUVit, ExitPolicy, PolicyError};
+use deediff_uem::{CertaintyHeads, EarlyExitUVit, Error, ExitPolicy};
 use deediff_unet::ConfigHints;
 
 #[test]
@@ -27,25 +24,22 @@ fn policies_parse_and_validate() {
     assert_eq!("static:7".parse(), Ok(ExitPolicy::Static { blocks: 7 }));
     for bad in [0.0, -0.1, 1.0001, f32::NAN] {
         assert!(
-            matches!(ExitPolicy::official(bad), Err(PolicyError::Threshold(_))),
+            matches!(ExitPolicy::official(bad), Err(Error::Threshold(_))),
             "{bad}"
         );
         assert!(
-            matches!(ExitPolicy::per_sample(bad), Err(PolicyError::Threshold(_))),
+            matches!(ExitPolicy::per_sample(bad), Err(Error::Threshold(_))),
             "{bad}"
         );
     }
     assert_eq!(
         "official:1.5".parse::<ExitPolicy>(),
-        Err(PolicyError::Threshold(1.5))
+        Err(Error::Threshold(1.5))
     );
-    assert_eq!(
-        "static:0".parse::<ExitPolicy>(),
-        Err(PolicyError::StaticDepth(0))
-    );
+    assert_eq!("static:0".parse::<ExitPolicy>(), Err(Error::StaticDepth(0)));
     assert!(matches!(
         "sometimes".parse::<ExitPolicy>(),
-        Err(PolicyError::Syntax(_))
+        Err(Error::Syntax(_))
     ));
     let p = ExitPolicy::per_sample(0.9).unwrap();
     assert_eq!(p.to_string().parse(), Ok(p));
@@ -55,14 +49,15 @@ fn policies_parse_and_validate() {
 fn plain_checkpoint_runs_full_depth_and_static() {
     let dir = std::env::temp_dir().join(format!("deediff-uem-plain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for case in common::cases() {
-        let src = common::reference_dir().join(format!("{}.weights.safetensors", case.name));
+    for case in deediff_testkit::cases() {
+        let src = deediff_testkit::reference_dir("uvit")
+            .join(format!("{}.weights.safetensors", case.name));
         let mut tensors = candle_core::safetensors::load(&src, &Device::Cpu).unwrap();
         tensors.retain(|k, _| !k.starts_with("lte_classifer."));
         let path = dir.join(format!("{}.weights.safetensors", case.name));
         candle_core::safetensors::save(&tensors, &path).unwrap();
         std::fs::copy(
-            common::reference_dir().join(format!("{}.config.json", case.name)),
+            deediff_testkit::reference_dir("uvit").join(format!("{}.config.json", case.name)),
             dir.join(format!("{}.config.json", case.name)),
         )
         .unwrap();
@@ -71,7 +66,7 @@ fn plain_checkpoint_runs_full_depth_and_static() {
         assert!(ee.heads().is_none());
         let (x, t, cond) = (case.get("x_t"), case.get("timesteps"), case.conditioning());
         let full = ee.forward(x, t, &cond, &ExitPolicy::Full).unwrap();
-        common::assert_close(
+        deediff_testkit::assert_close(
             &format!("{}: full", case.name),
             &full.eps,
             case.get("eps"),
@@ -86,7 +81,7 @@ fn plain_checkpoint_runs_full_depth_and_static() {
                 .forward(x, t, &cond, &ExitPolicy::fixed_depth(k).unwrap())
                 .unwrap();
             let reference = case.get(&format!("exit_eps.{}", k - 1));
-            common::assert_close(
+            deediff_testkit::assert_close(
                 &format!("{}: static:{k}", case.name),
                 &out.eps,
                 reference,

@@ -11,10 +11,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::config::{UVitConfig, Variant};
+use crate::model_file::CERTAINTY_HEAD_PREFIX;
 use crate::uvit::UVit;
-
-/// Prefix of the certainty-head tensors (the official spelling).
-pub const CERTAINTY_HEAD_PREFIX: &str = "lte_classifer";
 
 /// Everything that can go wrong when loading a checkpoint; each renders as one line naming the
 /// file.
@@ -43,6 +41,18 @@ pub struct ConfigHints {
     pub img_size: Option<usize>,
     /// Text tokens; needed for `uvit_t2i` unless `img_size` is given.
     pub num_clip_token: Option<usize>,
+}
+
+impl ConfigHints {
+    /// These hints with each unset field taken from the side JSON, when it has it.
+    fn filled_from(&self, json: Option<&serde_json::Value>) -> Self {
+        let from_json = |key: &str| json.and_then(|j| j.get(key)?.as_u64()).map(|v| v as usize);
+        Self {
+            num_heads: self.num_heads.or_else(|| from_json("num_heads")),
+            img_size: self.img_size.or_else(|| from_json("img_size")),
+            num_clip_token: self.num_clip_token.or_else(|| from_json("num_clip_token")),
+        }
+    }
 }
 
 enum Source {
@@ -136,27 +146,74 @@ impl Checkpoint {
     /// `num_heads` (and for `uvit_t2i` the image size or token count) from `hints`, else from a
     /// JSON config beside the file. Values in that JSON that contradict the shapes are an error.
     pub fn infer_config(&self, hints: &ConfigHints) -> Result<UVitConfig, CheckpointError> {
-        let cfg_err = |reason: String| CheckpointError::Config {
+        let mut cfg = self.config_from_shapes()?;
+        let json = self.side_config()?;
+        let hints = hints.filled_from(json.as_ref());
+        cfg.num_heads = hints.num_heads.unwrap_or(0);
+        let patch_tokens = self.conditioning_and_patch_tokens(&mut cfg, &hints)?;
+        cfg.img_size = self.patch_grid(&cfg, patch_tokens)? * cfg.patch_size;
+        cfg.validate().map_err(|r| self.config_err(r))?;
+        match &json {
+            Some(json) => self.check_side_config(&cfg, json).map(|()| cfg),
+            None => Ok(cfg),
+        }
+    }
+
+    fn config_err(&self, reason: String) -> CheckpointError {
+        CheckpointError::Config {
             path: self.path.clone(),
             reason,
-        };
-        let need = |name: &str, rank: usize| -> Result<&[usize], CheckpointError> {
-            match self.shapes.get(name) {
-                Some(s) if s.len() == rank => Ok(s),
-                Some(s) => Err(cfg_err(format!(
-                    "tensor {name} has shape {s:?}, expected rank {rank}"
-                ))),
-                None => Err(cfg_err(format!("tensor {name} is missing"))),
-            }
-        };
-        let has = |name: &str| self.shapes.contains_key(name);
-        let pos = need("pos_embed", 3)?;
-        let (seq, d) = (pos[1], pos[2]);
-        let pe = need("patch_embed.proj.weight", 4)?;
+        }
+    }
+
+    /// The shape of tensor `name`, which must exist with rank `rank`.
+    fn shape_of(&self, name: &str, rank: usize) -> Result<&[usize], CheckpointError> {
+        match self.shapes.get(name) {
+            Some(s) if s.len() == rank => Ok(s),
+            Some(s) => Err(self.config_err(format!(
+                "tensor {name} has shape {s:?}, expected rank {rank}"
+            ))),
+            None => Err(self.config_err(format!("tensor {name} is missing"))),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+
+    /// Every field the shapes alone reveal; image size, heads and conditioning are left unset.
+    fn config_from_shapes(&self) -> Result<UVitConfig, CheckpointError> {
+        let d = self.shape_of("pos_embed", 3)?[2];
+        let pe = self.shape_of("patch_embed.proj.weight", 4)?;
         let (in_chans, patch) = (pe[1], pe[2]);
-        let hidden = need("mid_block.mlp.fc1.weight", 2)?[0];
-        let n_in = self
-            .shapes
+        let hidden = self.shape_of("mid_block.mlp.fc1.weight", 2)?[0];
+        let n_in = self.count_in_blocks();
+        Ok(UVitConfig {
+            variant: if self.has("context_embed.weight") {
+                Variant::UvitT2i
+            } else {
+                Variant::Uvit
+            },
+            img_size: 0,
+            patch_size: patch,
+            in_chans,
+            embed_dim: d,
+            depth: 2 * n_in,
+            num_heads: 0,
+            mlp_ratio: hidden as f64 / d as f64,
+            qkv_bias: self.has("mid_block.attn.qkv.bias"),
+            mlp_time_embed: self.has("time_embed.0.weight"),
+            num_classes: None,
+            clip_dim: 0,
+            num_clip_token: 0,
+            conv: self.has("final_layer.weight"),
+            skip: n_in == 0 || self.has("out_blocks.0.skip_linear.weight"),
+        })
+    }
+
+    /// One past the highest `in_blocks.<i>` index.
+    fn count_in_blocks(&self) -> usize {
+        self.shapes
             .keys()
             .filter_map(|k| {
                 k.strip_prefix("in_blocks.")?
@@ -167,52 +224,33 @@ impl Checkpoint {
             })
             .filter_map(|i| i.checked_add(1))
             .max()
-            .unwrap_or(0);
-        let variant = if has("context_embed.weight") {
-            Variant::UvitT2i
-        } else {
-            Variant::Uvit
-        };
-        let json = self.side_config()?;
-        let from_json = |key: &str| {
-            json.as_ref()
-                .and_then(|j| j.get(key)?.as_u64())
-                .map(|v| v as usize)
-        };
-        let num_heads = hints.num_heads.or_else(|| from_json("num_heads"));
-        let mut cfg = UVitConfig {
-            variant,
-            img_size: 0,
-            patch_size: patch,
-            in_chans,
-            embed_dim: d,
-            depth: 2 * n_in,
-            num_heads: num_heads.unwrap_or(0),
-            mlp_ratio: hidden as f64 / d as f64,
-            qkv_bias: has("mid_block.attn.qkv.bias"),
-            mlp_time_embed: has("time_embed.0.weight"),
-            num_classes: None,
-            clip_dim: 0,
-            num_clip_token: 0,
-            conv: has("final_layer.weight"),
-            skip: n_in == 0 || has("out_blocks.0.skip_linear.weight"),
-        };
+            .unwrap_or(0)
+    }
+
+    /// Fills the class count (`uvit`) or context width and token count (`uvit_t2i`) and returns
+    /// the number of patch tokens left in `pos_embed` (`None` when the extras do not fit). Every
+    /// value neither the shapes nor `hints` supply is named in one error.
+    fn conditioning_and_patch_tokens(
+        &self,
+        cfg: &mut UVitConfig,
+        hints: &ConfigHints,
+    ) -> Result<Option<usize>, CheckpointError> {
+        let seq = self.shape_of("pos_embed", 3)?[1];
         let mut unknown = Vec::new();
-        if num_heads.is_none() {
+        if hints.num_heads.is_none() {
             unknown.push("num_heads");
         }
-        let patch_tokens = match variant {
+        let patch_tokens = match cfg.variant {
             Variant::Uvit => {
-                if has("label_emb.weight") {
-                    cfg.num_classes = Some(need("label_emb.weight", 2)?[0]);
+                if self.has("label_emb.weight") {
+                    cfg.num_classes = Some(self.shape_of("label_emb.weight", 2)?[0]);
                 }
                 seq.checked_sub(cfg.extras())
             }
             Variant::UvitT2i => {
-                cfg.clip_dim = need("context_embed.weight", 2)?[1];
-                let img = hints.img_size.or_else(|| from_json("img_size"));
-                let n_ctx = hints.num_clip_token.or_else(|| from_json("num_clip_token"));
-                match (img, n_ctx) {
+                cfg.clip_dim = self.shape_of("context_embed.weight", 2)?[1];
+                let patch = cfg.patch_size;
+                match (hints.img_size, hints.num_clip_token) {
                     (Some(img), _) if patch > 0 => {
                         let l = (img / patch).pow(2);
                         cfg.num_clip_token = seq.checked_sub(1 + l).unwrap_or(usize::MAX);
@@ -230,33 +268,46 @@ impl Checkpoint {
             }
         };
         if !unknown.is_empty() {
-            return Err(cfg_err(format!(
+            return Err(self.config_err(format!(
                 "not inferable from tensor shapes: {}; pass them explicitly or put them in a config.json beside the checkpoint",
                 unknown.join(", ")
             )));
         }
-        let grid = patch_tokens
+        Ok(patch_tokens)
+    }
+
+    /// The side of the square patch grid holding `patch_tokens` tokens.
+    fn patch_grid(
+        &self,
+        cfg: &UVitConfig,
+        patch_tokens: Option<usize>,
+    ) -> Result<usize, CheckpointError> {
+        patch_tokens
             .map(|l| ((l as f64).sqrt().round() as usize, l))
             .filter(|&(g, l)| g * g == l && g > 0)
             .map(|(g, _)| g)
             .ok_or_else(|| {
-                cfg_err(format!(
+                let seq = self.shapes["pos_embed"][1];
+                self.config_err(format!(
                     "pos_embed length {seq} minus {} extra tokens is not a square patch grid",
                     cfg.extras()
                 ))
-            })?;
-        cfg.img_size = grid * patch;
-        cfg.validate().map_err(cfg_err)?;
-        if let Some(json) = &json {
-            let clashes = json_clashes(&cfg, json);
-            if !clashes.is_empty() {
-                return Err(cfg_err(format!(
-                    "side config contradicts the tensor shapes: {}",
-                    clashes.join(", ")
-                )));
-            }
+            })
+    }
+
+    fn check_side_config(
+        &self,
+        cfg: &UVitConfig,
+        json: &serde_json::Value,
+    ) -> Result<(), CheckpointError> {
+        let clashes = json_clashes(cfg, json);
+        if clashes.is_empty() {
+            return Ok(());
         }
-        Ok(cfg)
+        Err(self.config_err(format!(
+            "side config contradicts the tensor shapes: {}",
+            clashes.join(", ")
+        )))
     }
 
     /// Checks that the file holds exactly the tensors of `cfg` (certainty heads either all present

@@ -20,6 +20,7 @@ pub mod kernels;
 pub mod layers;
 pub mod macs;
 pub mod matmul;
+pub mod model_file;
 pub mod pretrained;
 pub mod pretrained_text;
 mod rowops;

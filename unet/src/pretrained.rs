@@ -13,6 +13,9 @@ pub enum PretrainedError {
     /// No weights were given and none were found in the cache.
     #[error("{0}")]
     NotFound(String),
+    /// The tokenizer refused a prompt.
+    #[error("{0}")]
+    Tokenizer(String),
 }
 
 impl PretrainedError {

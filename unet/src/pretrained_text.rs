@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use candle_transformers::models::clip::text_model::{
     Activation, ClipTextConfig, ClipTextTransformer,
@@ -83,108 +84,28 @@ impl PretrainedText {
     /// copied in) or a BERT (`sentence-transformers/all-MiniLM-L6-v2`). The context is the
     /// model's full length until [`PretrainedText::fit_to`] sets the U-ViT's.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, PretrainedError> {
-        let path = path.as_ref();
-        let (dir, weights) = if path.is_file() {
-            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-            (dir, path.to_path_buf())
-        } else {
-            let weights = ["model.safetensors", "pytorch_model.bin"]
-                .iter()
-                .map(|f| path.join(f))
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    PretrainedError::file(path, "no model.safetensors (or pytorch_model.bin) here")
-                })?;
-            (path.to_path_buf(), weights)
-        };
+        let (dir, weights) = locate_weights(path.as_ref())?;
         let config_file = dir.join("config.json");
-        let config: serde_json::Value = std::fs::read_to_string(&config_file)
-            .map_err(|e| PretrainedError::file(&config_file, e.to_string()))
-            .and_then(|t| {
-                serde_json::from_str(&t)
-                    .map_err(|e| PretrainedError::file(&config_file, format!("invalid JSON: {e}")))
-            })?;
+        let config = read_json(&config_file)?;
         let tokenizer_file = dir.join("tokenizer.json");
-        if !tokenizer_file.is_file() {
-            return Err(PretrainedError::file(
-                &tokenizer_file,
-                "missing: the text encoder needs its Hugging Face tokenizer.json",
-            ));
-        }
-        let tokenizer = Tokenizer::from_file(&tokenizer_file)
-            .map_err(|e| PretrainedError::file(&tokenizer_file, e.to_string()))?;
-        let bad_config = |reason: String| PretrainedError::file(&config_file, reason);
+        let tokenizer = read_tokenizer(&tokenizer_file)?;
         let vb = Checkpoint::open(&weights)
             .map_err(|e| PretrainedError::file(&weights, e.to_string()))?
             .into_var_builder(device);
-        let bad_weights = |e: candle_core::Error| PretrainedError::file(&weights, one_line(&e));
-        let model_type = config["model_type"].as_str().unwrap_or_default();
-        let (backbone, width, max_positions, pad) = match model_type {
-            "clip" | "clip_text_model" => {
-                let fields = config.get("text_config").unwrap_or(&config);
-                let c: ClipFields = serde_json::from_value(fields.clone())
-                    .map_err(|e| bad_config(format!("bad CLIP text config: {e}")))?;
-                if c.hidden_act != "quick_gelu" || c.layer_norm_eps != 1e-5 {
-                    return Err(bad_config(format!(
-                        "CLIP text models with hidden_act {:?} / layer_norm_eps {} are not supported (quick_gelu, 1e-5 are)",
-                        c.hidden_act, c.layer_norm_eps
-                    )));
-                }
-                let cfg = ClipTextConfig {
-                    vocab_size: c.vocab_size,
-                    embed_dim: c.hidden_size,
-                    activation: Activation::QuickGelu,
-                    intermediate_size: c.intermediate_size,
-                    max_position_embeddings: c.max_position_embeddings,
-                    pad_with: None,
-                    num_hidden_layers: c.num_hidden_layers,
-                    num_attention_heads: c.num_attention_heads,
-                    projection_dim: c.hidden_size,
-                };
-                // A full CLIP (or a text model saved by older transformers) nests the text tower.
-                let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
-                    vb.pp("text_model")
-                } else {
-                    vb
-                };
-                let model = ClipTextTransformer::new(vb, &cfg).map_err(bad_weights)?;
-                (
-                    Backbone::Clip(model),
-                    c.hidden_size,
-                    c.max_position_embeddings,
-                    "<|endoftext|>",
-                )
-            }
-            "bert" => {
-                let cfg: BertConfig = serde_json::from_value(config.clone())
-                    .map_err(|e| bad_config(format!("bad BERT config: {e}")))?;
-                let model = BertModel::load(vb, &cfg).map_err(bad_weights)?;
-                (
-                    Backbone::Bert(model),
-                    cfg.hidden_size,
-                    cfg.max_position_embeddings,
-                    "[PAD]",
-                )
-            }
-            other => {
-                return Err(bad_config(format!(
-                    "model_type {other:?}: only CLIP text models and BERT are supported"
-                )))
-            }
-        };
-        let pad = pad_token(&dir).unwrap_or_else(|| pad.to_string());
+        let built = build_backbone(&config, vb).map_err(|e| e.blame(&config_file, &weights))?;
+        let pad = pad_token(&dir).unwrap_or_else(|| built.default_pad.to_string());
         let pad_id = tokenizer.token_to_id(&pad).ok_or_else(|| {
             PretrainedError::file(&tokenizer_file, format!("has no padding token {pad:?}"))
         })?;
         let mut encoder = Self {
-            backbone,
+            backbone: built.backbone,
             tokenizer,
-            width,
-            max_positions,
-            context_len: max_positions,
+            width: built.width,
+            max_positions: built.max_positions,
+            context_len: built.max_positions,
             path: dir,
         };
-        encoder.set_context(max_positions, pad_id, &pad)?;
+        encoder.set_context(built.max_positions, pad_id, &pad)?;
         Ok(encoder)
     }
 
@@ -244,11 +165,11 @@ impl PretrainedText {
     }
 
     /// Token ids (padded/truncated to the context) and attention mask of each prompt.
-    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tokens, String> {
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tokens, PretrainedError> {
         let enc = self
             .tokenizer
             .encode_batch(prompts.to_vec(), true)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| PretrainedError::Tokenizer(e.to_string()))?;
         let (ids, attention_mask) = enc
             .into_iter()
             .map(|e| (e.get_ids().to_vec(), e.get_attention_mask().to_vec()))
@@ -261,19 +182,23 @@ impl PretrainedText {
 
     /// How many tokens of `prompt` do not fit the context (they are dropped, as U-ViT's
     /// tokenizer call drops them).
-    pub fn overflow(&self, prompt: &str) -> Result<usize, String> {
+    pub fn overflow(&self, prompt: &str) -> Result<usize, PretrainedError> {
         let mut full = self.tokenizer.clone();
         full.with_padding(None);
         let n = full
             .with_truncation(None)
             .and_then(|t| t.encode(prompt, true))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| PretrainedError::Tokenizer(e.to_string()))?
             .len();
         Ok(n.saturating_sub(self.context_len))
     }
 
     /// `[B, context_len, width]` features of `prompts` (`None` = the empty prompt).
-    pub fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor, String> {
+    pub fn encode(
+        &self,
+        prompts: &[Option<&str>],
+        device: &Device,
+    ) -> Result<Tensor, PretrainedError> {
         let texts: Vec<&str> = prompts.iter().map(|p| p.unwrap_or("")).collect();
         let Tokens {
             ids,
@@ -295,7 +220,7 @@ impl PretrainedText {
         };
         run()
             .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| format!("{}: {}", self.path.display(), one_line(&e)))
+            .map_err(|e| PretrainedError::file(&self.path, one_line(&e)))
     }
 }
 
@@ -311,4 +236,118 @@ fn pad_token(dir: &Path) -> Option<String> {
                 .or_else(|| pad["content"].as_str())
                 .map(String::from)
         })
+}
+
+/// The folder and weights file of a pretrained encoder given as either.
+fn locate_weights(path: &Path) -> Result<(PathBuf, PathBuf), PretrainedError> {
+    if path.is_file() {
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        return Ok((dir, path.to_path_buf()));
+    }
+    let weights = ["model.safetensors", "pytorch_model.bin"]
+        .iter()
+        .map(|f| path.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            PretrainedError::file(path, "no model.safetensors (or pytorch_model.bin) here")
+        })?;
+    Ok((path.to_path_buf(), weights))
+}
+
+fn read_json(file: &Path) -> Result<serde_json::Value, PretrainedError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| PretrainedError::file(file, e.to_string()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| PretrainedError::file(file, format!("invalid JSON: {e}")))
+}
+
+fn read_tokenizer(file: &Path) -> Result<Tokenizer, PretrainedError> {
+    if !file.is_file() {
+        return Err(PretrainedError::file(
+            file,
+            "missing: the text encoder needs its Hugging Face tokenizer.json",
+        ));
+    }
+    Tokenizer::from_file(file).map_err(|e| PretrainedError::file(file, e.to_string()))
+}
+
+/// A text network built from its config, with what the encoder around it needs to know.
+struct Built {
+    backbone: Backbone,
+    width: usize,
+    max_positions: usize,
+    /// The padding token this family uses when the tokenizer files name none.
+    default_pad: &'static str,
+}
+
+/// Why [`build_backbone`] failed: the config (a reason) or the weights (candle's error); the
+/// caller knows both file names.
+enum BuildError {
+    Config(String),
+    Weights(candle_core::Error),
+}
+
+impl BuildError {
+    fn blame(self, config_file: &Path, weights: &Path) -> PretrainedError {
+        match self {
+            Self::Config(reason) => PretrainedError::file(config_file, reason),
+            Self::Weights(e) => PretrainedError::file(weights, one_line(&e)),
+        }
+    }
+}
+
+/// The CLIP text or BERT network named by `config`'s `model_type`.
+fn build_backbone(config: &serde_json::Value, vb: VarBuilder) -> Result<Built, BuildError> {
+    match config["model_type"].as_str().unwrap_or_default() {
+        "clip" | "clip_text_model" => build_clip(config.get("text_config").unwrap_or(config), vb),
+        "bert" => {
+            let cfg: BertConfig = serde_json::from_value(config.clone())
+                .map_err(|e| BuildError::Config(format!("bad BERT config: {e}")))?;
+            let model = BertModel::load(vb, &cfg).map_err(BuildError::Weights)?;
+            Ok(Built {
+                backbone: Backbone::Bert(model),
+                width: cfg.hidden_size,
+                max_positions: cfg.max_position_embeddings,
+                default_pad: "[PAD]",
+            })
+        }
+        other => Err(BuildError::Config(format!(
+            "model_type {other:?}: only CLIP text models and BERT are supported"
+        ))),
+    }
+}
+
+fn build_clip(fields: &serde_json::Value, vb: VarBuilder) -> Result<Built, BuildError> {
+    let c: ClipFields = serde_json::from_value(fields.clone())
+        .map_err(|e| BuildError::Config(format!("bad CLIP text config: {e}")))?;
+    if c.hidden_act != "quick_gelu" || c.layer_norm_eps != 1e-5 {
+        return Err(BuildError::Config(format!(
+            "CLIP text models with hidden_act {:?} / layer_norm_eps {} are not supported (quick_gelu, 1e-5 are)",
+            c.hidden_act, c.layer_norm_eps
+        )));
+    }
+    let cfg = ClipTextConfig {
+        vocab_size: c.vocab_size,
+        embed_dim: c.hidden_size,
+        activation: Activation::QuickGelu,
+        intermediate_size: c.intermediate_size,
+        max_position_embeddings: c.max_position_embeddings,
+        pad_with: None,
+        num_hidden_layers: c.num_hidden_layers,
+        num_attention_heads: c.num_attention_heads,
+        projection_dim: c.hidden_size,
+    };
+    // A full CLIP (or a text model saved by older transformers) nests the text tower.
+    let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+        vb.pp("text_model")
+    } else {
+        vb
+    };
+    let model = ClipTextTransformer::new(vb, &cfg).map_err(BuildError::Weights)?;
+    Ok(Built {
+        backbone: Backbone::Clip(model),
+        width: c.hidden_size,
+        max_positions: c.max_position_embeddings,
+        default_pad: "<|endoftext|>",
+    })
 }

@@ -12,9 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
 use crate::layers::{LayerNorm, TRUNC_NORMAL_002};
-
-/// Metadata key of the JSON [`TextEncoderConfig`] in a model file.
-pub const TEXT_ENCODER_CONFIG_KEY: &str = "text_encoder_config";
+use crate::model_file::{self, key::TEXT_ENCODER_CONFIG, TEXT_ENCODER_PREFIX};
 
 /// Token id of padding; an all-padding sequence is the null (unconditional) prompt.
 pub const PAD: u32 = 0;
@@ -213,7 +211,7 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// Builds the encoder from `vb` (pass `vb.pp("text_encoder")` of the model file).
+    /// Builds the encoder from `vb` (pass `vb.pp(TEXT_ENCODER_PREFIX)` of the model file).
     pub fn new(cfg: &TextEncoderConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.vocab.first().map(String::as_str) != Some(PAD_WORD) || cfg.max_tokens == 0 {
             candle_core::bail!(
@@ -270,26 +268,22 @@ impl TextEncoder {
     }
 
     /// Loads the encoder shipped inside a model file: config and vocabulary from the metadata
-    /// key [`TEXT_ENCODER_CONFIG_KEY`], weights from `text_encoder.*`.
+    /// key [`TEXT_ENCODER_CONFIG`], weights from `text_encoder.*`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let err = |msg: String| candle_core::Error::msg(format!("{}: {msg}", path.display()));
         let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| err(format!("not a safetensors file: {e}")))?;
-        let json = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(TEXT_ENCODER_CONFIG_KEY))
-            .ok_or_else(|| {
-                err(format!(
-                    "no {TEXT_ENCODER_CONFIG_KEY} metadata (not a text-to-image model?)"
-                ))
-            })?;
+        let meta = model_file::read_metadata(&bytes, &path.display().to_string())
+            .map_err(candle_core::Error::msg)?;
+        let json = meta.get(TEXT_ENCODER_CONFIG).ok_or_else(|| {
+            err(format!(
+                "no {TEXT_ENCODER_CONFIG} metadata (not a text-to-image model?)"
+            ))
+        })?;
         let cfg: TextEncoderConfig = serde_json::from_str(json)
-            .map_err(|e| err(format!("bad {TEXT_ENCODER_CONFIG_KEY} metadata: {e}")))?;
+            .map_err(|e| err(format!("bad {TEXT_ENCODER_CONFIG} metadata: {e}")))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Self::new(&cfg, vb.pp("text_encoder")).map_err(|e| err(e.to_string()))
+        Self::new(&cfg, vb.pp(TEXT_ENCODER_PREFIX)).map_err(|e| err(e.to_string()))
     }
 
     pub fn config(&self) -> &TextEncoderConfig {

@@ -1,7 +1,5 @@
 //! Bad checkpoints give one-line errors naming the file and the offending tensors.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -32,7 +30,7 @@ fn load_err(path: &Path, hints: &ConfigHints) -> String {
 }
 
 fn weights_of(case: &str) -> (PathBuf, HashMap<String, Tensor>) {
-    let path = common::reference_dir().join(format!("{case}.weights.safetensors"));
+    let path = deediff_testkit::reference_dir("uvit").join(format!("{case}.weights.safetensors"));
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     (path, tensors)
 }
@@ -40,8 +38,10 @@ fn weights_of(case: &str) -> (PathBuf, HashMap<String, Tensor>) {
 /// num_heads comes from the reference config; the tmp copies have no side config.
 fn hints_for(case: &str) -> ConfigHints {
     let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::reference_dir().join(format!("{case}.config.json")))
-            .unwrap(),
+        &std::fs::read_to_string(
+            deediff_testkit::reference_dir("uvit").join(format!("{case}.config.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     ConfigHints {
@@ -135,7 +135,7 @@ fn replace_all(data: &mut [u8], from: &[u8], to: &[u8]) -> usize {
 
 #[test]
 fn pth_missing_and_misshaped_tensors_are_named() {
-    let src = common::reference_dir().join("uvit_cond.weights.pth");
+    let src = deediff_testkit::reference_dir("uvit").join("uvit_cond.weights.pth");
     let hints = hints_for("uvit_cond");
     // Renaming a key: the original name goes missing and an unexpected one appears.
     let path = tmp("missing.pth");

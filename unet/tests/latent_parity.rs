@@ -4,8 +4,6 @@
 //! tokenization included. The folder is `$DEEDIFF_REFERENCE/latent` when that variable is set,
 //! else the committed `tests/fixtures/latent`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -18,12 +16,7 @@ const TOL_VAE: f32 = 1e-4;
 const TOL_TEXT: f32 = 1e-4;
 
 fn dir() -> PathBuf {
-    let dir = match std::env::var_os("DEEDIFF_REFERENCE") {
-        Some(root) => PathBuf::from(root).join("latent"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/latent"),
-    };
-    eprintln!("reference folder: {}", dir.display());
-    dir
+    deediff_testkit::reference_dir("latent")
 }
 
 fn io(path: &Path) -> HashMap<String, Tensor> {
@@ -97,7 +90,7 @@ fn vae_decoder_matches_diffusers_in_both_layouts() {
         assert_eq!(vae.latent_channels(), z.dim(1).unwrap());
         let got = vae.decode(z).unwrap();
         assert_eq!(got.dim(2).unwrap(), z.dim(2).unwrap() * vae.upscale());
-        let d = common::assert_close(&path.display().to_string(), &got, want, TOL_VAE);
+        let d = deediff_testkit::assert_close(&path.display().to_string(), &got, want, TOL_VAE);
         eprintln!("{}: max |Δ| {d:.2e}", path.display());
     }
     // Another latent scale divides z by it instead.
@@ -105,7 +98,7 @@ fn vae_decoder_matches_diffusers_in_both_layouts() {
     let vae = LatentDecoder::load(dir.join("vae"), &Device::Cpu).unwrap();
     let rescaled = (z * (s / vae.scale_factor())).unwrap();
     let vae = vae.with_scale_factor(s).unwrap();
-    common::assert_close(
+    deediff_testkit::assert_close(
         "scale factor",
         &vae.decode(&rescaled).unwrap(),
         want,
@@ -133,7 +126,7 @@ fn clip_text_matches_transformers() {
         .map(|t| Some(*t).filter(|t| !t.is_empty()))
         .collect();
     let got = enc.encode(&nulls, &Device::Cpu).unwrap();
-    let d = common::assert_close("clip", &got, want, TOL_TEXT);
+    let d = deediff_testkit::assert_close("clip", &got, want, TOL_TEXT);
     eprintln!("clip: max |Δ| {d:.2e} over {} prompts", texts.len());
 
     // Truncated to a short context as U-ViT's tokenizer call does (the end token kept).
@@ -160,7 +153,7 @@ fn bert_matches_transformers() {
     assert_eq!(tokens.attention_mask, ids(&io["attention_mask"]));
     let some: Vec<Option<&str>> = texts.iter().map(|t| Some(*t)).collect();
     let got = enc.encode(&some, &Device::Cpu).unwrap();
-    let d = common::assert_close("bert", &got, want, TOL_TEXT);
+    let d = deediff_testkit::assert_close("bert", &got, want, TOL_TEXT);
     eprintln!("bert: max |Δ| {d:.2e} over {} prompts", texts.len());
 }
 
@@ -190,8 +183,7 @@ fn bad_inputs_are_one_line_errors() {
     std::fs::remove_dir_all(&tmp).unwrap();
 
     // A U-ViT checkpoint is no autoencoder.
-    let uvit = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/uvit/uvit_t2i.weights.safetensors");
+    let uvit = deediff_testkit::fixtures().join("uvit/uvit_t2i.weights.safetensors");
     let e = LatentDecoder::load(&uvit, &Device::Cpu)
         .err()
         .unwrap()

@@ -1,8 +1,6 @@
 //! Forward-pass parity with the official PyTorch U-ViT (reference vectors, README tolerances),
 //! loading every weight file (safetensors and `.pth`) of every reference config.
 
-mod common;
-
 use deediff_unet::embedding::timestep_embedding;
 
 const TOL_OUT: f32 = 1e-4;
@@ -11,9 +9,9 @@ const TOL_INTERMEDIATE: f32 = 2e-4;
 #[test]
 fn forward_matches_reference_tensors() {
     let mut runs = 0;
-    for case in common::cases() {
+    for case in deediff_testkit::cases() {
         for path in &case.weights {
-            let loaded = common::load(path);
+            let loaded = deediff_testkit::load(path);
             let model = &loaded.model;
             let what = |k: &str| format!("{} ({}): {k}", case.name, path.display());
             let x = case.get("x_t");
@@ -21,14 +19,14 @@ fn forward_matches_reference_tensors() {
             let cond = case.conditioning();
 
             let sinusoid = timestep_embedding(t, loaded.config.embed_dim).unwrap();
-            let d_time = common::assert_close(
+            let d_time = deediff_testkit::assert_close(
                 &what("time_sinusoid"),
                 &sinusoid,
                 case.get("time_sinusoid"),
                 TOL_INTERMEDIATE,
             );
             let tokens = model.embed(x, t, &cond).unwrap();
-            common::assert_close(
+            deediff_testkit::assert_close(
                 &what("tokens_in"),
                 &tokens,
                 case.get("tokens_in"),
@@ -41,14 +39,14 @@ fn forward_matches_reference_tensors() {
             let mut worst = (0f32, 0f32);
             for i in 0..model.num_blocks() {
                 h = model.block(i, &h, &mut skips).unwrap();
-                let d_blk = common::assert_close(
+                let d_blk = deediff_testkit::assert_close(
                     &what(&format!("block_out.{i}")),
                     &h,
                     case.get(&format!("block_out.{i}")),
                     TOL_INTERMEDIATE,
                 );
                 let eps_i = model.decode(&h).unwrap();
-                let d_eps = common::assert_close(
+                let d_eps = deediff_testkit::assert_close(
                     &what(&format!("exit_eps.{i}")),
                     &eps_i,
                     case.get(&format!("exit_eps.{i}")),
@@ -57,7 +55,8 @@ fn forward_matches_reference_tensors() {
                 worst = (worst.0.max(d_blk), worst.1.max(d_eps));
             }
             let eps = model.forward(x, t, &cond).unwrap();
-            let d_final = common::assert_close(&what("eps"), &eps, case.get("eps"), TOL_OUT);
+            let d_final =
+                deediff_testkit::assert_close(&what("eps"), &eps, case.get("eps"), TOL_OUT);
             eprintln!(
                 "{}: {}: max diff time {d_time:.1e}, blocks {:.1e}, exit_eps {:.1e}, eps {d_final:.1e}",
                 case.name,
@@ -110,7 +109,7 @@ fn training_path_matches_and_backpropagates() {
     use candle_nn::{VarBuilder, VarMap};
     use deediff_unet::{Checkpoint, ConfigHints, UVit};
 
-    for case in common::cases() {
+    for case in deediff_testkit::cases() {
         let ckpt = Checkpoint::open(&case.weights[0]).unwrap();
         let cfg = ckpt.infer_config(&ConfigHints::default()).unwrap();
         let varmap = VarMap::new();
@@ -140,7 +139,7 @@ fn training_path_matches_and_backpropagates() {
             .forward(case.get("x_t"), case.get("timesteps"), &case.conditioning())
             .unwrap();
         assert!(eps.track_op());
-        let d = common::assert_close(
+        let d = deediff_testkit::assert_close(
             &format!("{}: training-path eps", case.name),
             &eps,
             case.get("eps"),

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Parser;
 use deediff_eval::npz::write_images_npz;
 use deediff_eval::{frechet_distance, DeviceArg, FidInception, Moments, Stats};
@@ -24,6 +25,7 @@ use deediff_sampler::{
     to_images, Condition, Hooks, ModelBundle, Pipeline, RunReport, DEFAULT_MODEL,
 };
 use deediff_unet::Variant;
+use image::DynamicImage;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -118,9 +120,11 @@ fn write_npz(path: &Path, dir: &Path, range: std::ops::Range<usize>) -> Result<(
     ];
     // The first image, already decoded for the shape, is packed as it is.
     let mut first = Some(first);
-    write_images_npz(path, shape, |k| match first.take() {
-        Some(image) if k == 0 => Ok(image.into_raw()),
-        _ => Ok(read(range.start + k)?.into_raw()),
+    write_images_npz(path, shape, |k| -> std::result::Result<_, String> {
+        match first.take() {
+            Some(image) if k == 0 => Ok(image.into_raw()),
+            _ => Ok(read(range.start + k)?.into_raw()),
+        }
     })?;
     eprintln!(
         "{} images -> {} (arr_0 {shape:?} uint8)",
@@ -317,16 +321,7 @@ fn generate_shard(
     };
     // FID scoring: the network and reference load before any work, so a bad path fails early.
     let mut scoring = match &cli.fid_stats {
-        Some(path) => {
-            let net = FidInception::load(None)?.on_device(pipeline.device())?;
-            let reference = Stats::load(path)?;
-            let mut moments = Moments::new(2048);
-            let resumed: Vec<PathBuf> = done.iter().map(|&i| image_path(&cli.out, i)).collect();
-            if !resumed.is_empty() {
-                moments.add_features(&net.features_files(&resumed, 2048, 50, &mut |_| {})?)?;
-            }
-            Some((net, reference, moments))
-        }
+        Some(path) => Some(ShardScore::open(path, pipeline.device(), cli, &done)?),
         None => None,
     };
     eprintln!(
@@ -351,9 +346,8 @@ fn generate_shard(
             .collect::<Result<Vec<u64>>>()?;
         let generated = pipeline.generate(&conds, &seeds, Hooks::default())?;
         let images = to_images(&generated.samples)?;
-        if let Some((net, _, moments)) = &mut scoring {
-            let rgb: Vec<_> = images.iter().map(|i| i.to_rgb8()).collect();
-            moments.add_features(&net.features_rgb8(&rgb, 2048)?)?;
+        if let Some(scoring) = &mut scoring {
+            scoring.add(&images)?;
         }
         for (&i, img) in chunk.iter().zip(images).filter(|_| !cli.no_png) {
             save_image(&image_path(&cli.out, i), &img)?;
@@ -369,21 +363,57 @@ fn generate_shard(
         );
     }
     bar.finish();
-    if let Some((_, reference, moments)) = &scoring {
+    if let Some(scoring) = &scoring {
+        scoring.finish(cli, shard, range.len())?;
+    }
+    Ok(report)
+}
+
+/// The running FID of a shard (--fid-stats): its images' moments against the reference.
+struct ShardScore<'a> {
+    net: FidInception,
+    reference: Stats,
+    reference_path: &'a Path,
+    moments: Moments,
+}
+
+impl<'a> ShardScore<'a> {
+    /// Loads the network and reference and counts the images already `done` on disk.
+    fn open(path: &'a Path, device: &Device, cli: &Cli, done: &[usize]) -> Result<Self> {
+        let net = FidInception::load(None)?.on_device(device)?;
+        let reference = Stats::load(path)?;
+        let mut moments = Moments::new(2048);
+        let resumed: Vec<PathBuf> = done.iter().map(|&i| image_path(&cli.out, i)).collect();
+        if !resumed.is_empty() {
+            moments.add_features(&net.features_files(&resumed, 2048, 50, &mut |_| {})?)?;
+        }
+        Ok(Self {
+            net,
+            reference,
+            reference_path: path,
+            moments,
+        })
+    }
+
+    fn add(&mut self, images: &[DynamicImage]) -> Result<()> {
+        let rgb: Vec<_> = images.iter().map(|i| i.to_rgb8()).collect();
+        self.moments
+            .add_features(&self.net.features_rgb8(&rgb, 2048)?)?;
+        Ok(())
+    }
+
+    /// Saves the shard's moments (for `fid --merge-stats`) and prints its FID.
+    fn finish(&self, cli: &Cli, shard: &Shard, count: usize) -> Result<()> {
         let path = cli
             .out
             .join(format!("fid-moments-{}-of-{}.npz", shard.k, shard.n));
-        moments.save(&path)?;
+        self.moments.save(&path)?;
         println!(
-            "FID of these {} images vs {}: {:.4} (moments: {})",
-            range.len(),
-            cli.fid_stats
-                .as_ref()
-                .expect("scoring implies stats")
-                .display(),
-            frechet_distance(&moments.stats()?, reference)?,
+            "FID of these {count} images vs {}: {:.4} (moments: {})",
+            self.reference_path.display(),
+            frechet_distance(&self.moments.stats()?, &self.reference)?,
             path.display()
         );
+        Ok(())
     }
-    Ok(report)
 }

@@ -23,12 +23,12 @@ use deediff_eval::{frechet_distance, DeviceArg, FidInception, Stats};
 use deediff_examples::cli::{load_model, ModelArgs};
 use deediff_sampler::{
     to_images, Condition, Guidance, Hooks, Pipeline, RunReport, SamplingDefaults, TimestepBand,
-    SAMPLING_DEFAULTS_KEY,
 };
 use deediff_schedules::SchedulerConfig;
-use deediff_uem::data::captions::CONCEPTS;
-use deediff_uem::data::idx::load_idx;
+use deediff_train::data::captions::CONCEPTS;
+use deediff_train::data::idx::load_idx;
 use deediff_uem::{ExitPolicy, ReuseSchedule};
+use deediff_unet::model_file::key;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -645,7 +645,7 @@ fn store_default(cli: &Cli, rows: &[&Row], spec: &str) -> Result<()> {
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
     let mut metadata = header.metadata().clone().unwrap_or_default();
-    metadata.insert(SAMPLING_DEFAULTS_KEY.to_string(), defaults.to_json());
+    metadata.insert(key::SAMPLING_DEFAULTS.to_string(), defaults.to_json());
     let out = safetensors::serialize(file.tensors(), Some(metadata))?;
     std::fs::write(&path, out).with_context(|| format!("{}", path.display()))?;
     eprintln!(

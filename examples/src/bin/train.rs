@@ -11,18 +11,20 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Parser;
 use deediff_eval::DeviceArg;
 use deediff_schedules::{BetaConfig, SchedulerConfig};
-use deediff_uem::data::cifar::load_cifar10;
-use deediff_uem::data::folder::load_image_folder;
-use deediff_uem::data::idx::load_idx;
-use deediff_uem::data::mnist_json::load_mnist_json;
-use deediff_uem::data::{Captioner, ImageDataset};
-use deediff_uem::loss::{LayerWeighting, LossConfig};
-use deediff_uem::optim::AdamWConfig;
-use deediff_uem::trainer::{LrSchedule, StepStats, TrainConfig, Trainer};
+use deediff_train::data::cifar::load_cifar10;
+use deediff_train::data::folder::load_image_folder;
+use deediff_train::data::idx::load_idx;
+use deediff_train::data::mnist_json::load_mnist_json;
+use deediff_train::data::{Captioner, ImageDataset};
+use deediff_train::loss::{LayerWeighting, LossConfig};
+use deediff_train::optim::AdamWConfig;
+use deediff_train::trainer::{LrSchedule, StepStats, TrainConfig, Trainer};
 use deediff_uem::ExitPolicy;
+use deediff_unet::model_file::key;
 use deediff_unet::text_encoder::TextEncoderConfig;
 use deediff_unet::{UVitConfig, Variant};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -304,7 +306,7 @@ fn save(trainer: &Trainer, out: &Path) -> Result<()> {
 fn write_captions(path: &Path) -> Result<()> {
     let cfg = default_text_encoder();
     let tok = deediff_unet::text_encoder::Tokenizer::new(&cfg);
-    let captions = deediff_uem::data::CONCEPTS
+    let captions = deediff_train::data::CONCEPTS
         .iter()
         .map(|c| {
             c.captions()
@@ -334,45 +336,49 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
     let mut trainer = match &args.resume {
-        Some(p) => {
-            let steps = args.steps;
-            let t = Trainer::resume(p, &ac, &device, |c| {
-                c.scheduler = scheduler_json();
-                if !args.export_only {
-                    c.total_steps = steps;
-                }
-            })?;
-            if args.export_only {
-                let extra: Vec<(&str, String)> = args
-                    .exit_threshold
-                    .map(|v| (deediff_sampler::EXIT_THRESHOLD_KEY, v.to_string()))
-                    .into_iter()
-                    .collect();
-                t.export_model_with(&args.out_dir.join("model.safetensors"), &extra)?;
-                eprintln!(
-                    "exported step {} to {}",
-                    t.step(),
-                    args.out_dir.join("model.safetensors").display()
-                );
-                return Ok(());
-            }
-            t
-        }
-        None => {
-            let mut t = Trainer::new(new_config(&args)?, &ac, &device)?;
-            if let Some(p) = &args.init_from {
-                let fresh = t.load_pretrained(p)?;
-                eprintln!(
-                    "loaded {}; {} tensors newly initialised",
-                    p.display(),
-                    fresh.len()
-                );
-            }
-            t
-        }
-    };
+        Some(p) if args.export_only => return export(p, &args, &ac, &device),
+        Some(p) => Trainer::resume(p, &ac, &device, |c| {
+            c.scheduler = scheduler_json();
+            c.total_steps = args.steps;
+        })?,
+        None => start(&args, &ac, &device)?,
+    }
+    .with_captions(Captioner);
     let data = load_data(&args, &trainer.config().model)?;
-    let cfg = trainer.config().clone();
+    announce(&trainer, &data)?;
+    train(&mut trainer, &data, &args)
+}
+
+/// `--export-only`: writes the resumed checkpoint's model file without training.
+fn export(checkpoint: &Path, args: &Args, ac: &[f64], device: &Device) -> Result<()> {
+    let t = Trainer::resume(checkpoint, ac, device, |c| c.scheduler = scheduler_json())?;
+    let extra: Vec<(&str, String)> = args
+        .exit_threshold
+        .map(|v| (key::EXIT_THRESHOLD, v.to_string()))
+        .into_iter()
+        .collect();
+    let out = args.out_dir.join("model.safetensors");
+    t.export_model_with(&out, &extra)?;
+    eprintln!("exported step {} to {}", t.step(), out.display());
+    Ok(())
+}
+
+/// A fresh trainer, initialised from `--init-from` when given.
+fn start(args: &Args, ac: &[f64], device: &Device) -> Result<Trainer> {
+    let mut t = Trainer::new(new_config(args)?, ac, device)?;
+    if let Some(p) = &args.init_from {
+        let fresh = t.load_pretrained(p)?;
+        eprintln!(
+            "loaded {}; {} tensors newly initialised",
+            p.display(),
+            fresh.len()
+        );
+    }
+    Ok(t)
+}
+
+fn announce(trainer: &Trainer, data: &ImageDataset) -> Result<()> {
+    let cfg = trainer.config();
     eprintln!(
         "{} images; model {}; {} blocks; batch {}; step {} of {}",
         data.len(),
@@ -382,24 +388,36 @@ fn run() -> Result<()> {
         trainer.step(),
         cfg.total_steps
     );
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(args.out_dir.join("train.jsonl"))?;
+    Ok(())
+}
+
+fn progress_bar(args: &Args, total: u64, at: u64) -> Result<ProgressBar> {
     let bar = if args.plain {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(cfg.total_steps)
+        ProgressBar::new(total)
     };
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}",
     )?);
-    bar.set_position(trainer.step());
+    bar.set_position(at);
+    Ok(bar)
+}
+
+/// Trains to the configured step count, logging each step to `train.jsonl` and checkpointing
+/// every `--checkpoint-secs` and at the end.
+fn train(trainer: &mut Trainer, data: &ImageDataset, args: &Args) -> Result<()> {
+    let total = trainer.config().total_steps;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.out_dir.join("train.jsonl"))?;
+    let bar = progress_bar(args, total, trainer.step())?;
     let start = Instant::now();
     let start_step = trainer.step();
     let mut last_ckpt = Instant::now();
-    while trainer.step() < cfg.total_steps {
-        let s = trainer.train_step(&data)?;
+    while trainer.step() < total {
+        let s = trainer.train_step(data)?;
         let elapsed = start.elapsed().as_secs_f64();
         let ips = (s.step - start_step) as f64 / elapsed.max(1e-9);
         log_line(&mut log, &s, ips, elapsed)?;
@@ -407,8 +425,8 @@ fn run() -> Result<()> {
             "loss {:.4} simple {:.4} u {:.4} layer {:.4}",
             s.loss, s.simple, s.certainty, s.layer
         );
-        if args.plain && (s.step % 20 == 0 || s.step == cfg.total_steps) {
-            let eta = (cfg.total_steps - s.step) as f64 / ips.max(1e-9);
+        if args.plain && (s.step % 20 == 0 || s.step == total) {
+            let eta = (total - s.step) as f64 / ips.max(1e-9);
             eprintln!(
                 "step {} {:.2} s/step eta {:.0} s {msg}",
                 s.step,
@@ -419,11 +437,11 @@ fn run() -> Result<()> {
         bar.set_position(s.step);
         bar.set_message(msg);
         if last_ckpt.elapsed().as_secs() >= args.checkpoint_secs {
-            save(&trainer, &args.out_dir)?;
+            save(trainer, &args.out_dir)?;
             last_ckpt = Instant::now();
         }
     }
-    save(&trainer, &args.out_dir)?;
+    save(trainer, &args.out_dir)?;
     bar.finish();
     eprintln!(
         "done: {} steps in {:.0} s",

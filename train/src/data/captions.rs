@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -154,16 +155,31 @@ impl Concept {
     }
 }
 
+/// Captions for a data set's labels, which a text-to-image trainer reads instead of the labels
+/// themselves. Given to the trainer ([`crate::trainer::Trainer::with_captions`]) rather than
+/// built into it, so any labelled data set can be captioned; [`Captioner`] is the default
+/// model's.
+pub trait Captions {
+    /// A caption for `label`, drawn with `rng` (a seeded run draws the same captions).
+    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::Error>;
+}
+
 /// Draws captions for concept ids.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Captioner;
 
+impl Captions for Captioner {
+    fn caption(&self, label: u32, rng: &mut StdRng) -> Result<String, super::Error> {
+        Captioner::caption(self, label, rng)
+    }
+}
+
 impl Captioner {
     /// A random caption for concept `concept` (panics never: ids ≥ 20 are an error).
-    pub fn caption<R: Rng>(&self, concept: u32, rng: &mut R) -> Result<String, super::DataError> {
+    pub fn caption<R: Rng>(&self, concept: u32, rng: &mut R) -> Result<String, super::Error> {
         let c = CONCEPTS
             .get(concept as usize)
-            .ok_or_else(|| super::DataError::Invalid {
+            .ok_or_else(|| super::Error::Invalid {
                 msg: format!(
                     "label {concept} has no caption concept (0..{})",
                     CONCEPTS.len()

@@ -1,19 +1,19 @@
 //! IDX files (MNIST, Fashion-MNIST), raw or gzip-compressed (detected by the gzip magic bytes).
 
 use super::dataset::byte_to_unit;
-use super::{DataError, ImageDataset};
+use super::{Error, ImageDataset};
 use flate2::read::GzDecoder;
 use std::io::Read;
 use std::path::Path;
 
 /// Reads a whole file, inflating it when it starts with the gzip magic `1f 8b`.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, Error> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         GzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|e| DataError::format(path, format!("corrupt gzip data: {e}")))?;
+            .map_err(|e| Error::format(path, format!("corrupt gzip data: {e}")))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -26,15 +26,12 @@ struct IdxU8 {
     data: Vec<u8>,
 }
 
-fn parse_idx(path: &Path, bytes: Vec<u8>) -> Result<IdxU8, DataError> {
+fn parse_idx(path: &Path, bytes: Vec<u8>) -> Result<IdxU8, Error> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(DataError::format(
-            path,
-            "not an IDX file (bad magic number)",
-        ));
+        return Err(Error::format(path, "not an IDX file (bad magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(DataError::format(
+        return Err(Error::format(
             path,
             format!(
                 "IDX element type 0x{:02x} is not unsigned byte (0x08)",
@@ -45,7 +42,7 @@ fn parse_idx(path: &Path, bytes: Vec<u8>) -> Result<IdxU8, DataError> {
     let ndim = bytes[3] as usize;
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
-        return Err(DataError::format(path, "IDX header is truncated"));
+        return Err(Error::format(path, "IDX header is truncated"));
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|k| {
@@ -55,7 +52,7 @@ fn parse_idx(path: &Path, bytes: Vec<u8>) -> Result<IdxU8, DataError> {
         .collect();
     let expected: usize = dims.iter().product();
     if bytes.len() - header != expected {
-        return Err(DataError::format(
+        return Err(Error::format(
             path,
             format!(
                 "IDX dims {dims:?} need {expected} bytes of data, found {}",
@@ -70,11 +67,11 @@ fn parse_idx(path: &Path, bytes: Vec<u8>) -> Result<IdxU8, DataError> {
 }
 
 /// Loads an image file (`[N, H, W]`, grayscale) and its label file (`[N]`).
-pub fn load_idx(images: &Path, labels: &Path, flip: bool) -> Result<ImageDataset, DataError> {
+pub fn load_idx(images: &Path, labels: &Path, flip: bool) -> Result<ImageDataset, Error> {
     let img = parse_idx(images, read_maybe_gz(images)?)?;
     let lab = parse_idx(labels, read_maybe_gz(labels)?)?;
     if img.dims.len() != 3 {
-        return Err(DataError::format(
+        return Err(Error::format(
             images,
             format!(
                 "expected a 3-D image array [N, H, W], found dims {:?}",
@@ -83,13 +80,13 @@ pub fn load_idx(images: &Path, labels: &Path, flip: bool) -> Result<ImageDataset
         ));
     }
     if lab.dims.len() != 1 {
-        return Err(DataError::format(
+        return Err(Error::format(
             labels,
             format!("expected a 1-D label array, found dims {:?}", lab.dims),
         ));
     }
     if img.dims[0] != lab.dims[0] {
-        return Err(DataError::Mismatch {
+        return Err(Error::Mismatch {
             images: images.to_path_buf(),
             labels: labels.to_path_buf(),
             msg: format!("{} images but {} labels", img.dims[0], lab.dims[0]),

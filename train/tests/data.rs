@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use deediff_uem::data::cifar::load_cifar10;
-use deediff_uem::data::folder::load_image_folder;
-use deediff_uem::data::idx::load_idx;
-use deediff_uem::data::mnist_json::load_mnist_json;
-use deediff_uem::data::{Captioner, CONCEPTS};
+use deediff_train::data::cifar::load_cifar10;
+use deediff_train::data::folder::load_image_folder;
+use deediff_train::data::idx::load_idx;
+use deediff_train::data::mnist_json::load_mnist_json;
+use deediff_train::data::{Captioner, CONCEPTS};
 use deediff_unet::text_encoder::{TextEncoderConfig, Tokenizer, PAD};
 use flate2::write::GzEncoder;
 use rand::SeedableRng;
@@ -212,16 +212,18 @@ fn image_folder_resizes_crops_and_labels() {
 }
 
 #[test]
-fn installed_fashion_mnist_if_present() {
+#[ignore = "needs Fashion-MNIST installed (scripts/fetch_data.sh, root); run with --ignored"]
+fn installed_fashion_mnist() {
     let dir = Path::new("/usr/share/datasets/fashion-mnist");
     let (i, l) = (
         dir.join("t10k-images-idx3-ubyte.gz"),
         dir.join("t10k-labels-idx1-ubyte.gz"),
     );
-    if !i.is_file() {
-        println!("Fashion-MNIST not installed at {}: skipped", dir.display());
-        return;
-    }
+    assert!(
+        i.is_file(),
+        "Fashion-MNIST not installed at {}; run scripts/fetch_data.sh",
+        dir.display()
+    );
     let d = load_idx(&i, &l, true).unwrap();
     assert_eq!(d.len(), 10_000);
     assert_eq!(d.image_shape(), [1, 28, 28]);
@@ -294,7 +296,7 @@ fn prompt_without_known_words_is_an_error_with_examples() {
 
 #[test]
 fn prompts_must_name_a_concept() {
-    use deediff_uem::data::Captioner;
+    use deediff_train::data::Captioner;
     use deediff_unet::text_encoder::{PromptError, TextEncoderConfig, Tokenizer};
     let c = Captioner;
     let words = c.content_words();

@@ -3,7 +3,7 @@
 //! `size` and centre-cropped to `size × size`.
 
 use super::dataset::byte_to_unit;
-use super::{DataError, ImageDataset};
+use super::{Error, ImageDataset};
 use image::imageops::FilterType;
 use std::path::{Path, PathBuf};
 
@@ -15,19 +15,19 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut entries = std::fs::read_dir(dir)
-        .map_err(|e| DataError::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|err| DataError::io(dir, err)))
+        .map_err(|e| Error::io(dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, err)))
         .collect::<Result<Vec<_>, _>>()?;
     entries.sort();
     Ok(entries)
 }
 
 /// Loads one image as `channels` (1 = luma, 3 = RGB) planes of `size × size`, values in `[-1, 1]`.
-pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<f32>, DataError> {
-    let img = image::open(path)
-        .map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))?;
+pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<f32>, Error> {
+    let img =
+        image::open(path).map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let scale = size as f64 / w.min(h) as f64;
     let (rw, rh) = (
@@ -46,7 +46,7 @@ pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<f32>,
                 .collect()
         }
         n => {
-            return Err(DataError::Invalid {
+            return Err(Error::Invalid {
                 msg: format!("image folders load 1 or 3 channels, not {n}"),
             })
         }
@@ -60,7 +60,7 @@ pub fn load_image_folder(
     size: usize,
     channels: usize,
     flip: bool,
-) -> Result<ImageDataset, DataError> {
+) -> Result<ImageDataset, Error> {
     let entries = sorted_entries(root)?;
     let mut files: Vec<(PathBuf, u32)> = entries
         .iter()
@@ -76,7 +76,7 @@ pub fn load_image_folder(
         }
     }
     if files.is_empty() {
-        return Err(DataError::format(
+        return Err(Error::format(
             root,
             format!(
                 "no images ({}) found in it or its subfolders",

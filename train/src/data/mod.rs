@@ -4,11 +4,10 @@
 pub mod captions;
 pub mod cifar;
 pub mod dataset;
-pub mod error;
 pub mod folder;
 pub mod idx;
 pub mod mnist_json;
 
-pub use captions::{Captioner, Concept, CONCEPTS};
+pub(crate) use crate::error::Error;
+pub use captions::{Captioner, Captions, Concept, CONCEPTS};
 pub use dataset::ImageDataset;
-pub use error::DataError;

@@ -2,7 +2,7 @@
 //! gradients by central finite differences (with the certainty target held fixed, as it is detached).
 
 use candle_core::{Device, Tensor, Var};
-use deediff_uem::loss::{deediff_loss, LayerWeighting, LossConfig};
+use deediff_train::loss::{deediff_loss, LayerWeighting, LossConfig};
 
 const SHAPE: (usize, usize, usize, usize) = (2, 1, 2, 3);
 const P: usize = 12;

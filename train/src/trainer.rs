@@ -4,7 +4,6 @@
 
 mod checkpoint;
 mod config;
-mod error;
 mod init;
 
 use std::collections::BTreeMap;
@@ -12,25 +11,35 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use deediff_uem::CertaintyHeads;
+use deediff_unet::model_file::{CERTAINTY_HEAD_PREFIX, TEXT_ENCODER_PREFIX};
 use deediff_unet::text_encoder::{TextEncoder, PAD};
 use deediff_unet::{Checkpoint, Conditioning, UVit, Variant};
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-pub use checkpoint::{read_checkpoint_meta, CHECKPOINT_FORMAT};
+use crate::error::Error;
+pub use checkpoint::CHECKPOINT_FORMAT;
 pub use config::{LrSchedule, TrainConfig, MAX_BATCH_SIZE};
-pub use error::TrainError;
 pub use init::seeded_init;
 
-use crate::data::{Captioner, ImageDataset};
+use crate::data::{Captions, ImageDataset};
 use crate::ema::Ema;
-use crate::head::CertaintyHeads;
 use crate::loss::{deediff_loss, LossTerms};
 use crate::optim::AdamW;
 
-/// Names of the certainty-head parameters (the official `lte_classifer.N.lte.*`).
-const HEADS_PREFIX: &str = "lte_classifer.";
+/// Whether parameter `name` belongs to the module under `prefix`.
+fn in_module(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Whether parameter `name` is a certainty head's (the official `lte_classifer.N.lte.*`).
+fn is_head(name: &str) -> bool {
+    in_module(name, CERTAINTY_HEAD_PREFIX)
+}
 
 /// Numbers from one update, for logs and progress bars.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -66,6 +75,8 @@ pub struct Trainer {
     model: UVit,
     heads: CertaintyHeads,
     cond: CondKind,
+    /// What a text model reads for each label ([`Trainer::with_captions`]).
+    captions: Option<Box<dyn Captions>>,
     opt: AdamW,
     ema: Ema,
     step: u64,
@@ -99,7 +110,7 @@ impl Trainer {
                         tc.dim, tc.max_tokens, cfg.model.clip_dim, cfg.model.num_clip_token
                     );
                 }
-                CondKind::Text(Box::new(TextEncoder::new(tc, vb.pp("text_encoder"))?))
+                CondKind::Text(Box::new(TextEncoder::new(tc, vb.pp(TEXT_ENCODER_PREFIX))?))
             }
             (Variant::UvitT2i, _, None) => {
                 candle_core::bail!("uvit_t2i training needs a text encoder config")
@@ -118,7 +129,7 @@ impl Trainer {
         seeded_init(&vars, cfg.seed)?;
         let trainable = vars
             .iter()
-            .filter(|(name, _)| !cfg.freeze_backbone || name.starts_with(HEADS_PREFIX))
+            .filter(|(name, _)| !cfg.freeze_backbone || is_head(name))
             .cloned()
             .collect();
         let opt = AdamW::new(trainable, cfg.optim);
@@ -136,6 +147,7 @@ impl Trainer {
             model,
             heads,
             cond,
+            captions: None,
             opt,
             ema,
             step: 0,
@@ -143,6 +155,13 @@ impl Trainer {
             sqrt_one_minus_ac,
             order: None,
         })
+    }
+
+    /// Sets the captions a text-to-image model is trained on: each sample's label becomes a
+    /// caption drawn from `captions`. Class-conditional and unconditional models ignore them.
+    pub fn with_captions(mut self, captions: impl Captions + 'static) -> Self {
+        self.captions = Some(Box::new(captions));
+        self
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -170,7 +189,7 @@ impl Trainer {
     /// model and restarts the EMA from them. Certainty heads and text encoder may be absent (they
     /// keep their fresh initialisation); any other missing, unknown or mis-shaped tensor is an
     /// error. Returns the names that were not in the file.
-    pub fn load_pretrained(&mut self, path: &Path) -> std::result::Result<Vec<String>, TrainError> {
+    pub fn load_pretrained(&mut self, path: &Path) -> std::result::Result<Vec<String>, Error> {
         let ckpt = Checkpoint::open(path)?;
         let tensors = ckpt.tensors(&self.device)?;
         let mut fresh = Vec::new();
@@ -189,14 +208,14 @@ impl Trainer {
                     t.dims(),
                     var.dims()
                 )),
-                None if name.starts_with(HEADS_PREFIX) || name.starts_with("text_encoder.") => {
+                None if is_head(name) || in_module(name, TEXT_ENCODER_PREFIX) => {
                     fresh.push(name.clone())
                 }
                 None => problems.push(format!("missing tensor {name}")),
             }
         }
         if !problems.is_empty() {
-            return Err(TrainError::Load {
+            return Err(Error::Load {
                 path: path.to_path_buf(),
                 msg: problems.join("; "),
             });
@@ -231,7 +250,7 @@ impl Trainer {
 
     /// The conditioning of a batch, with each sample replaced by the null condition with
     /// probability `cond_drop_prob`.
-    fn conditioning<R: Rng>(&self, labels: &[u32], rng: &mut R) -> Result<Conditioning> {
+    fn conditioning(&self, labels: &[u32], rng: &mut StdRng) -> Result<Conditioning> {
         let p = self.cfg.cond_drop_prob;
         match &self.cond {
             CondKind::None => Ok(Conditioning::None),
@@ -246,13 +265,16 @@ impl Trainer {
                 Ok(Conditioning::Class(Tensor::new(y, &self.device)?))
             }
             CondKind::Text(enc) => {
+                let Some(captions) = &self.captions else {
+                    candle_core::bail!(
+                        "text-to-image training needs captions for its labels (Trainer::with_captions)"
+                    );
+                };
                 let tok = enc.tokenizer();
                 let rows = labels
                     .iter()
                     .map(|&l| {
-                        let caption = Captioner
-                            .caption(l, rng)
-                            .map_err(candle_core::Error::wrap)?;
+                        let caption = captions.caption(l, rng).map_err(candle_core::Error::wrap)?;
                         if rng.gen::<f64>() < p {
                             return Ok(vec![PAD; tok.max_tokens()]);
                         }

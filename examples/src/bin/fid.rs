@@ -126,75 +126,102 @@ fn refuse_overwriting_inputs(out: &Path, inputs: &[PathBuf]) -> Result<()> {
 const MAX_THREADS: usize = 1024;
 
 fn run(args: &Args) -> Result<()> {
+    check_limits(args)?;
+    if let Some(src) = &args.import_weights {
+        return import(src, args);
+    }
+    if let Some(out) = &args.merge_stats {
+        return merge(out, &args.paths);
+    }
+    let device = args.device.open()?;
+    let net = || -> Result<FidInception> {
+        Ok(FidInception::load(args.weights.as_deref())?.on_device(&device)?)
+    };
+    if let Some(out) = &args.save_stats {
+        let [dir] = &args.paths[..] else {
+            bail!("--save-stats needs exactly one input folder")
+        };
+        refuse_overwriting_inputs(out, &args.paths)?;
+        return save_stats(&net()?, dir, out, args);
+    }
+    let [a, b] = &args.paths[..] else {
+        bail!("expected two paths (folders or .npz); see --help")
+    };
+    compare(a, b, net, args)
+}
+
+fn check_limits(args: &Args) -> Result<()> {
     if args.threads.is_some_and(|n| n == 0 || n > MAX_THREADS) {
         bail!("--threads must be between 1 and {MAX_THREADS}");
     }
     if args.batch_size == 0 || args.batch_size > 4096 {
         bail!("--batch-size must be between 1 and 4096");
     }
-    if let Some(src) = &args.import_weights {
-        let out = args.weights.clone().unwrap_or_else(default_weights_path);
-        let sd = import_weights(src)?;
-        deediff_eval::weights::save_safetensors(&sd, &out)?;
-        println!(
-            "imported {} tensors from {} into {}",
-            sd.len(),
-            src.display(),
-            out.display()
-        );
-        return Ok(());
-    }
-    if let Some(out) = &args.merge_stats {
-        let [first, rest @ ..] = &args.paths[..] else {
-            bail!("--merge-stats needs shard .npz files")
-        };
-        refuse_overwriting_inputs(out, &args.paths)?;
-        let mut m = Moments::load(first)?;
-        let mut seen = vec![(m.fingerprint(), first)];
-        for p in rest {
-            let shard = Moments::load(p)?;
-            let fp = shard.fingerprint();
-            if let Some((_, twin)) = seen.iter().find(|(f, _)| *f == fp) {
-                bail!(
-                    "{}: the same statistics as {} (a shard given twice would count its images twice)",
-                    p.display(),
-                    twin.display()
-                );
-            }
-            seen.push((fp, p));
-            m.merge(&shard).with_context(|| p.display().to_string())?;
-        }
-        m.save(out)?;
-        println!(
-            "merged {} shards ({} images) into {}",
-            args.paths.len(),
-            m.n,
-            out.display()
-        );
-        return Ok(());
-    }
-    let device = args.device.open()?;
-    let net = || FidInception::load(args.weights.as_deref())?.on_device(&device);
-    if let Some(out) = &args.save_stats {
-        let [dir] = &args.paths[..] else {
-            bail!("--save-stats needs exactly one input folder")
-        };
-        refuse_overwriting_inputs(out, &args.paths)?;
-        let f = folder_features(&net()?, dir, args)?;
-        let mut m = Moments::new(f.dims);
-        m.add_features(&f)?;
-        m.save(out)?;
-        println!(
-            "saved statistics of {} images ({}-d) to {}",
-            f.n,
-            f.dims,
-            out.display()
-        );
-        return Ok(());
-    }
-    let [a, b] = &args.paths[..] else {
-        bail!("expected two paths (folders or .npz); see --help")
+    Ok(())
+}
+
+/// `--import-weights`: converts published weights into the safetensors file `fid` reads.
+fn import(src: &Path, args: &Args) -> Result<()> {
+    let out = args.weights.clone().unwrap_or_else(default_weights_path);
+    let sd = import_weights(src)?;
+    deediff_eval::weights::save_safetensors(&sd, &out)?;
+    println!(
+        "imported {} tensors from {} into {}",
+        sd.len(),
+        src.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `--merge-stats`: sums shard moments into one statistics file, refusing a shard given twice.
+fn merge(out: &Path, paths: &[PathBuf]) -> Result<()> {
+    let [first, rest @ ..] = paths else {
+        bail!("--merge-stats needs shard .npz files")
     };
+    refuse_overwriting_inputs(out, paths)?;
+    let mut m = Moments::load(first)?;
+    let mut seen = vec![(m.fingerprint(), first)];
+    for p in rest {
+        let shard = Moments::load(p)?;
+        let fp = shard.fingerprint();
+        if let Some((_, twin)) = seen.iter().find(|(f, _)| *f == fp) {
+            bail!(
+                "{}: the same statistics as {} (a shard given twice would count its images twice)",
+                p.display(),
+                twin.display()
+            );
+        }
+        seen.push((fp, p));
+        m.merge(&shard).with_context(|| p.display().to_string())?;
+    }
+    m.save(out)?;
+    println!(
+        "merged {} shards ({} images) into {}",
+        paths.len(),
+        m.n,
+        out.display()
+    );
+    Ok(())
+}
+
+/// `--save-stats`: the mergeable statistics of one folder.
+fn save_stats(net: &FidInception, dir: &Path, out: &Path, args: &Args) -> Result<()> {
+    let f = folder_features(net, dir, args)?;
+    let mut m = Moments::new(f.dims);
+    m.add_features(&f)?;
+    m.save(out)?;
+    println!(
+        "saved statistics of {} images ({}-d) to {}",
+        f.n,
+        f.dims,
+        out.display()
+    );
+    Ok(())
+}
+
+/// FID (and KID if asked) between two inputs; the network is loaded only when a folder needs it.
+fn compare(a: &Path, b: &Path, net: impl Fn() -> Result<FidInception>, args: &Args) -> Result<()> {
     if args.kid && (is_npz(a) || is_npz(b)) {
         bail!("--kid needs two image folders (statistics files hold no features)");
     }
@@ -248,8 +275,5 @@ fn main() {
             .build_global()
             .expect("thread pool set once");
     }
-    if let Err(e) = run(&args) {
-        eprintln!("error: {}", deediff_eval::error::error_line(e.as_ref()));
-        std::process::exit(1);
-    }
+    deediff_examples::main(|| run(&args));
 }

@@ -1,12 +1,15 @@
-//! Reference-vector helpers shared by the parity tests of deediff-unet and deediff-uem.
+//! Test support shared by the deediff crates (a dev-dependency only): where the reference
+//! fixtures live, and the helpers the parity tests of `deediff-unet` and `deediff-uem` share.
 //!
-//! The reference folder is `$DEEDIFF_REFERENCE/uvit` when that variable is set, else the fixtures
-//! committed in `unet/tests/fixtures/uvit`. Cases are discovered from `*.io.safetensors`, so held-back
-//! files with other values (or other configs) run without code changes.
-#![allow(dead_code)] // each test binary uses a different subset
+//! The U-ViT reference fixtures are committed in `unet/tests/fixtures` (made by the official
+//! code); other crates' tests reach them through [`fixtures`] and [`reference_dir`] instead of
+//! relative paths. A reference folder is `$DEEDIFF_REFERENCE/<kind>` when that variable is set
+//! (held-back references, or the GPU check), else the committed fixtures. Cases are discovered
+//! from `*.io.safetensors`, so held-back files with other values (or other configs) run without
+//! code changes.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use deediff_unet::{Checkpoint, Conditioning, ConfigHints, LoadedUVit};
@@ -24,10 +27,19 @@ pub fn device() -> Device {
         .clone()
 }
 
-pub fn reference_dir() -> PathBuf {
+/// The committed fixtures (`unet/tests/fixtures`): `uvit/` (the official U-ViT reference cases)
+/// and `latent/` (autoencoder and text-encoder references). Tests that damage or rewrite a
+/// known file read it here; parity tests go through [`reference_dir`].
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures")
+}
+
+/// The reference folder `kind` (`uvit`, `latent`): under `$DEEDIFF_REFERENCE` when set, else the
+/// committed [`fixtures`]. Printed, so a failing run says which references it compared against.
+pub fn reference_dir(kind: &str) -> PathBuf {
     let dir = match std::env::var_os("DEEDIFF_REFERENCE") {
-        Some(root) => PathBuf::from(root).join("uvit"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../unet/tests/fixtures/uvit"),
+        Some(root) => PathBuf::from(root).join(kind),
+        None => fixtures().join(kind),
     };
     eprintln!("reference folder: {}", dir.display());
     dir
@@ -68,7 +80,7 @@ impl Case {
 /// All cases in the reference folder, each with its `.weights.safetensors` and (if present)
 /// `.weights.pth`.
 pub fn cases() -> Vec<Case> {
-    let dir = reference_dir();
+    let dir = reference_dir("uvit");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| {
@@ -100,7 +112,8 @@ pub fn cases() -> Vec<Case> {
         .collect()
 }
 
-pub fn load(path: &std::path::Path) -> LoadedUVit {
+/// Loads a reference checkpoint on [`device`], panicking with the loader's one-line error.
+pub fn load(path: &Path) -> LoadedUVit {
     Checkpoint::load(path, &ConfigHints::default(), &device()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -124,4 +137,23 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) -> f32 {
     let d = max_abs_diff(a, b);
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
     d
+}
+
+/// A fresh, empty folder under the temp dir for test `tag` of this process.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("deediff-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Asserts the project's error contract: `msg` is one line and names `what` (a file or folder).
+pub fn assert_one_line_naming(msg: &str, what: &Path) {
+    println!("error: {msg}");
+    assert!(
+        msg.contains(&what.display().to_string()),
+        "`{msg}` does not name {}",
+        what.display()
+    );
+    assert!(!msg.trim_end().contains('\n'), "`{msg}` is not one line");
 }

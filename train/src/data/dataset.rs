@@ -1,6 +1,6 @@
 //! An in-memory labelled image set with pixels in `[-1, 1]`, channel-first, and batch assembly.
 
-use super::DataError;
+use super::Error;
 use candle_core::{Device, Tensor};
 use rand::Rng;
 
@@ -23,10 +23,10 @@ impl ImageDataset {
         labels: Vec<u32>,
         [channels, height, width]: [usize; 3],
         flip: bool,
-    ) -> Result<Self, DataError> {
+    ) -> Result<Self, Error> {
         let per = channels * height * width;
         if per == 0 || pixels.len() != labels.len() * per {
-            return Err(DataError::Invalid {
+            return Err(Error::Invalid {
                 msg: format!(
                     "{} pixel values do not make {} images of {channels}x{height}x{width}",
                     pixels.len(),
@@ -78,9 +78,9 @@ impl ImageDataset {
     }
 
     /// Appends `other` (same image shape); flipping stays allowed only if both allow it.
-    pub fn concat(mut self, other: ImageDataset) -> Result<Self, DataError> {
+    pub fn concat(mut self, other: ImageDataset) -> Result<Self, Error> {
         if self.image_shape() != other.image_shape() {
-            return Err(DataError::Invalid {
+            return Err(Error::Invalid {
                 msg: format!(
                     "cannot join image sets of shapes {:?} and {:?}",
                     self.image_shape(),

@@ -1,0 +1,228 @@
+//! The deediff model file, in one place: a safetensors file holding a U-ViT's weights under the
+//! official names, its certainty heads (`lte_classifer.*`), an optional text encoder
+//! (`text_encoder.*`), and in its metadata the configs that make it usable alone. The trainer
+//! writes it, the sampler reads it; both go through this module, so the keys and their checks
+//! cannot drift apart.
+//!
+//! It lives in `deediff-unet`, the lowest crate that knows the configs it stores. The entries
+//! other crates own (the diffusers scheduler config, the exit threshold, the sampling defaults)
+//! are carried as text here and interpreted by those crates.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+
+use crate::config::UVitConfig;
+use crate::text_encoder::TextEncoderConfig;
+
+/// Value of [`key::FORMAT`] in a model file.
+pub const FORMAT: &str = "deediff-model-v1";
+
+/// Prefix of the certainty-head tensors (the official spelling).
+pub const CERTAINTY_HEAD_PREFIX: &str = "lte_classifer";
+
+/// Prefix of the tensors of the text encoder a text-to-image model ships.
+pub const TEXT_ENCODER_PREFIX: &str = "text_encoder";
+
+/// The metadata keys of a model file (the first three are shared with training checkpoints).
+pub mod key {
+    /// The file's format ([`super::FORMAT`] for a model file).
+    pub const FORMAT: &str = "format";
+    /// Training updates behind the weights.
+    pub const STEP: &str = "step";
+    /// The training recipe (JSON), for the record.
+    pub const TRAIN_CONFIG: &str = "train_config";
+    /// The JSON [`crate::UVitConfig`]; its presence is what marks a model file.
+    pub const UVIT_CONFIG: &str = "uvit_config";
+    /// The JSON [`crate::text_encoder::TextEncoderConfig`] of a text-to-image model.
+    pub const TEXT_ENCODER_CONFIG: &str = "text_encoder_config";
+    /// The diffusers `scheduler_config.json` the model was trained with.
+    pub const SCHEDULER_CONFIG: &str = "scheduler_config";
+    /// The model's recommended exit threshold: the highest-compute-saving threshold whose FID
+    /// its trainer measured within 10 % of full depth (MODEL.md).
+    pub const EXIT_THRESHOLD: &str = "exit_threshold";
+    /// The scheduler, steps and policy recommended for this model (JSON, `deediff-sampler`).
+    pub const SAMPLING_DEFAULTS: &str = "sampling_defaults";
+}
+
+/// A model file that cannot be read or written; renders as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error("{origin}: {reason}")]
+    Invalid { origin: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+fn invalid(origin: &dyn std::fmt::Display, reason: impl Into<String>) -> ModelFileError {
+    ModelFileError::Invalid {
+        origin: origin.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The metadata a trainer writes into a model file. `scheduler_config` is the diffusers JSON
+/// and `train_config` the recipe's JSON.
+pub fn metadata(
+    uvit: &UVitConfig,
+    text_encoder: Option<&TextEncoderConfig>,
+    scheduler_config: String,
+    train_config: String,
+    step: u64,
+) -> serde_json::Result<HashMap<String, String>> {
+    let mut meta = HashMap::from([
+        (key::FORMAT.to_string(), FORMAT.to_string()),
+        (key::STEP.to_string(), step.to_string()),
+        (key::UVIT_CONFIG.to_string(), serde_json::to_string(uvit)?),
+        (key::SCHEDULER_CONFIG.to_string(), scheduler_config),
+        (key::TRAIN_CONFIG.to_string(), train_config),
+    ]);
+    if let Some(tc) = text_encoder {
+        meta.insert(
+            key::TEXT_ENCODER_CONFIG.to_string(),
+            serde_json::to_string(tc)?,
+        );
+    }
+    Ok(meta)
+}
+
+/// Writes `tensors` with `metadata` to `path` via `<path>.tmp` and a rename, so an interrupted
+/// write never leaves a broken file in place of the previous good one (model files and training
+/// checkpoints alike).
+pub fn write_atomic(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    metadata: HashMap<String, String>,
+) -> Result<(), ModelFileError> {
+    let origin = &path.display();
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(invalid(
+            origin,
+            "exists and is not a regular file; refusing to replace it",
+        ));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ModelFileError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    let mut tmp = PathBuf::from(path);
+    tmp.as_mut_os_string().push(".tmp");
+    let tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    let bytes = safetensors::serialize(tensors, Some(metadata))
+        .map_err(|e| invalid(origin, format!("cannot serialise safetensors: {e}")))?;
+    // Written, flushed and synced before the rename: a full disk is an error here, never a
+    // truncated file in place of the previous good one.
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        invalid(origin, format!("cannot write: {e}"))
+    })
+}
+
+/// The string metadata of a safetensors file held in memory; `origin` names it in errors.
+pub fn read_metadata(
+    bytes: &[u8],
+    origin: &str,
+) -> Result<HashMap<String, String>, ModelFileError> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| invalid(&origin, format!("not a safetensors file: {e}")))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// [`read_metadata`] of the file at `path`.
+pub fn read_metadata_file(path: &Path) -> Result<HashMap<String, String>, ModelFileError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelFileError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    read_metadata(&bytes, &path.display().to_string())
+}
+
+/// Whether the file behind `file` is a model file (safetensors whose metadata has
+/// [`key::UVIT_CONFIG`]) rather than, say, an official checkpoint. Only the header is read: an
+/// 8-byte length, then JSON; anything else is not a model file.
+pub fn is_model_file(file: impl Read) -> bool {
+    let mut reader = std::io::BufReader::new(file);
+    let mut len = [0u8; 8];
+    let header = reader.read_exact(&mut len).ok().and_then(|()| {
+        let n = u64::from_le_bytes(len);
+        let mut header = vec![0u8; usize::try_from(n).ok().filter(|&n| n <= 100 << 20)?];
+        reader.read_exact(&mut header).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&header).ok()
+    });
+    header.is_some_and(|h| h["__metadata__"][key::UVIT_CONFIG].is_string())
+}
+
+/// A model file's metadata, checked: the configs this crate knows parsed, the entries other
+/// crates own kept as text for them.
+pub struct Header {
+    pub uvit: UVitConfig,
+    pub text_encoder: Option<TextEncoderConfig>,
+    /// The diffusers scheduler config the model was trained with (JSON).
+    pub scheduler_config: String,
+    /// Every metadata entry (configs, training recipe, step).
+    pub metadata: HashMap<String, String>,
+}
+
+impl Header {
+    /// Reads and checks the metadata of a model file held in memory; `origin` names it in
+    /// errors.
+    pub fn read(bytes: &[u8], origin: &str) -> Result<Self, ModelFileError> {
+        let bad = |what: String| invalid(&origin, what);
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors model file ({e})")))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let field = |key: &str| {
+            metadata
+                .get(key)
+                .ok_or_else(|| bad(format!("metadata has no {key:?}: not a deediff model file")))
+        };
+        let uvit: UVitConfig = serde_json::from_str(field(key::UVIT_CONFIG)?)
+            .map_err(|e| bad(format!("bad {}: {e}", key::UVIT_CONFIG)))?;
+        let scheduler_config = field(key::SCHEDULER_CONFIG)?.clone();
+        let text_encoder = metadata
+            .get(key::TEXT_ENCODER_CONFIG)
+            .map(|s| serde_json::from_str(s))
+            .transpose()
+            .map_err(|e| bad(format!("bad {}: {e}", key::TEXT_ENCODER_CONFIG)))?;
+        Ok(Self {
+            uvit,
+            text_encoder,
+            scheduler_config,
+            metadata,
+        })
+    }
+
+    /// The recorded exit threshold ([`key::EXIT_THRESHOLD`]), if any; whether it is a usable
+    /// threshold is the exit policy's to say.
+    pub fn exit_threshold(&self, origin: &str) -> Result<Option<f32>, ModelFileError> {
+        self.metadata
+            .get(key::EXIT_THRESHOLD)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    invalid(
+                        &origin,
+                        format!("{} {v:?} is not a number", key::EXIT_THRESHOLD),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
