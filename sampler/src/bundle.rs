@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use deediff_schedules::SchedulerConfig;
 use deediff_uem::{CertaintyHeads, EarlyExitUVit, ExitPolicy};
-use deediff_unet::model_file::{self, key, Header, ModelFileError, TEXT_ENCODER_PREFIX};
+use deediff_unet::model_file::{self, key, Header, TEXT_ENCODER_PREFIX};
 use deediff_unet::text_encoder::TextEncoder as WordEncoder;
 use deediff_unet::{LatentDecoder, UVit};
 
@@ -61,7 +61,7 @@ impl ModelBundle {
     pub fn is_bundle(path: impl AsRef<Path>) -> Result<bool> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| {
-            Error::ModelFile(ModelFileError::Invalid {
+            Error::Unet(deediff_unet::Error::ModelFile {
                 origin: path.display().to_string(),
                 reason: format!("cannot open model file: {e}"),
             })
@@ -73,7 +73,7 @@ impl ModelBundle {
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| {
-            Error::ModelFile(ModelFileError::Invalid {
+            Error::Unet(deediff_unet::Error::ModelFile {
                 origin: path.display().to_string(),
                 reason: format!("cannot read model file: {e}"),
             })
@@ -90,7 +90,7 @@ impl ModelBundle {
     /// Parses a model file held in memory; `origin` names it in errors.
     pub fn from_bytes(bytes: Vec<u8>, origin: &str, device: &Device) -> Result<Self> {
         let bad = |reason: String| {
-            Error::ModelFile(ModelFileError::Invalid {
+            Error::Unet(deediff_unet::Error::ModelFile {
                 origin: origin.to_string(),
                 reason,
             })

@@ -1,7 +1,5 @@
 //! The sampler's error type: one line that says what is wrong and with which input.
 
-use deediff_unet::model_file::ModelFileError;
-
 /// Everything that can stop a sampling run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,9 +12,10 @@ pub enum Error {
     /// The scheduler's noise schedule or time convention does not fit the model's training.
     #[error("model/scheduler mismatch: {0}")]
     Mismatch(String),
-    /// A model file that cannot be read or does not hold what a model file must.
+    /// A model file that cannot be read or does not hold what a model file must (or another
+    /// refusal of `deediff-unet`, which names the file or value itself).
     #[error(transparent)]
-    ModelFile(#[from] ModelFileError),
+    Unet(#[from] deediff_unet::Error),
     /// A condition the model cannot take (wrong kind, unknown class, no text encoder).
     #[error("{0}")]
     Condition(String),

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A checkpoint or model file that cannot be read, written or configured.
     #[error(transparent)]
-    Checkpoint(#[from] deediff_unet::CheckpointError),
-    #[error(transparent)]
-    ModelFile(#[from] deediff_unet::model_file::ModelFileError),
+    Unet(#[from] deediff_unet::Error),
     /// A checkpoint or pretrained file whose content does not fit the trainer.
     #[error("{path}: {msg}")]
     Load { path: PathBuf, msg: String },

@@ -297,7 +297,8 @@ fn prompt_without_known_words_is_an_error_with_examples() {
 #[test]
 fn prompts_must_name_a_concept() {
     use deediff_train::data::Captioner;
-    use deediff_unet::text_encoder::{PromptError, TextEncoderConfig, Tokenizer};
+    use deediff_unet::text_encoder::{TextEncoderConfig, Tokenizer};
+    use deediff_unet::Error;
     let c = Captioner;
     let words = c.content_words();
     for w in ["boot", "seven", "7", "trainers", "trousers", "bag"] {
@@ -322,10 +323,10 @@ fn prompts_must_name_a_concept() {
     assert!(tok.encode("a photo of an ankle boot").is_ok());
     assert!(tok.encode("the number seven").is_ok());
     let err = tok.encode("a purple elephant").unwrap_err();
-    assert!(matches!(err, PromptError::NothingToDraw { .. }));
+    assert!(matches!(err, Error::NothingToDraw { .. }));
     assert!(err.to_string().contains("an ankle boot"), "{err}");
     assert!(matches!(
         tok.encode("zebra").unwrap_err(),
-        PromptError::NoKnownWord { .. }
+        Error::NoKnownWord { .. }
     ));
 }

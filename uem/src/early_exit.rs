@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
-use deediff_unet::{Checkpoint, CheckpointError, Conditioning, ConfigHints, UVit};
+use deediff_unet::{Checkpoint, Conditioning, ConfigHints, UVit};
 
 use crate::backbone::Backbone;
 use crate::head::CertaintyHeads;
@@ -96,11 +96,11 @@ impl EarlyExit<UVit> {
         path: impl AsRef<Path>,
         hints: &ConfigHints,
         device: &Device,
-    ) -> std::result::Result<Self, CheckpointError> {
+    ) -> deediff_unet::Result<Self> {
         let loaded = Checkpoint::load(path, hints, device)?;
         let heads = if loaded.has_certainty_heads {
             let heads = CertaintyHeads::new(&loaded.config, loaded.vb.clone()).map_err(|e| {
-                CheckpointError::Read {
+                deediff_unet::Error::CheckpointRead {
                     path: loaded.path.clone(),
                     reason: e.to_string(),
                 }

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::isa::{isa, Isa};
 use crate::kernels::DisjointOut;
+use crate::{Error, Result};
 
 /// Rows and columns of one output block: 2 × 2 tiles of 16 × 16 f32.
 const BLOCK: usize = 32;
@@ -33,14 +34,9 @@ const COLUMN_TASK: usize = 128;
 /// The process-wide switch behind `--dtype bf16`.
 static BF16: AtomicBool = AtomicBool::new(false);
 
-/// Why bf16 products cannot run here.
-#[derive(Debug, thiserror::Error)]
-#[error("--dtype bf16 needs Intel AMX-BF16 (Xeon Sapphire Rapids or newer) with AVX-512 enabled; this CPU/OS has {0}")]
-pub struct Unavailable(&'static str);
-
 /// Switches every eligible linear layer of this process to bf16 tile products (`true`) or back to
 /// f32. Fails, leaving f32 on, when the CPU or the kernel lacks AMX.
-pub fn set_bf16(on: bool) -> Result<(), Unavailable> {
+pub fn set_bf16(on: bool) -> Result<()> {
     if on {
         check()?;
     }
@@ -59,7 +55,7 @@ pub fn eligible(n: usize, k: usize) -> bool {
 }
 
 /// Detects AMX-BF16 and asks Linux for the tile state (once per process).
-fn check() -> Result<(), Unavailable> {
+fn check() -> Result<()> {
     static STATE: OnceLock<Result<(), &'static str>> = OnceLock::new();
     STATE
         .get_or_init(|| {
@@ -74,7 +70,7 @@ fn check() -> Result<(), Unavailable> {
             }
             Ok(())
         })
-        .map_err(Unavailable)
+        .map_err(Error::Bf16Unavailable)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -18,7 +18,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
 use crate::checkpoint::{one_line, Checkpoint};
-use crate::pretrained::PretrainedError;
+use crate::{Error, Result};
 
 /// The latent scale of Stable Diffusion 1.x's autoencoder (`scaling_factor` in diffusers).
 pub const SD_SCALE_FACTOR: f64 = 0.18215;
@@ -39,14 +39,14 @@ impl LatentDecoder {
     /// an LDM-named `.pth`/`.ckpt` (U-ViT's `autoencoder_kl.pth`). `norm_num_groups` and
     /// `scaling_factor` come from a diffusers config beside the weights (`<stem>.config.json` or
     /// `config.json`), else Stable Diffusion's.
-    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, PretrainedError> {
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let weights = weights_file(path)?;
         let json = read_config(&weights)?;
-        let ckpt = Checkpoint::open(&weights)
-            .map_err(|e| PretrainedError::file(&weights, e.to_string()))?;
+        let ckpt =
+            Checkpoint::open(&weights).map_err(|e| Error::pretrained(&weights, e.to_string()))?;
         let names = diffusers_names(ckpt.shapes().keys());
-        let bad = |reason: String| PretrainedError::file(&weights, reason);
+        let bad = |reason: String| Error::pretrained(&weights, reason);
         let config = infer_config(ckpt.shapes(), &names, json.as_ref()).map_err(bad)?;
         let scale_factor = json
             .as_ref()
@@ -86,9 +86,9 @@ impl LatentDecoder {
 
     /// Overrides the latent scale: the model's training data decides it, not the autoencoder
     /// file (U-ViT's MS-COCO models use 0.23010, its ImageNet ones 0.18215).
-    pub fn with_scale_factor(mut self, scale_factor: f64) -> Result<Self, PretrainedError> {
+    pub fn with_scale_factor(mut self, scale_factor: f64) -> Result<Self> {
         if !(scale_factor.is_finite() && scale_factor > 0.0) {
-            return Err(PretrainedError::file(
+            return Err(Error::pretrained(
                 &self.path,
                 format!("scale factor {scale_factor} must be a positive number"),
             ));
@@ -120,7 +120,7 @@ impl LatentDecoder {
 
 /// The weights file of `path`: the file itself, or the diffusers weights in the folder (or its
 /// `vae/` subfolder).
-fn weights_file(path: &Path) -> Result<PathBuf, PretrainedError> {
+fn weights_file(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
@@ -133,7 +133,7 @@ fn weights_file(path: &Path) -> Result<PathBuf, PretrainedError> {
         .map(|n| path.join(n))
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            PretrainedError::file(
+            Error::pretrained(
                 path,
                 "no diffusion_pytorch_model.safetensors in this folder (nor in vae/)",
             )
@@ -141,7 +141,7 @@ fn weights_file(path: &Path) -> Result<PathBuf, PretrainedError> {
 }
 
 /// The diffusers config beside `weights` (`<stem>.config.json`, else `config.json`), if any.
-fn read_config(weights: &Path) -> Result<Option<serde_json::Value>, PretrainedError> {
+fn read_config(weights: &Path) -> Result<Option<serde_json::Value>> {
     let stem = weights
         .file_stem()
         .and_then(|s| s.to_str())
@@ -155,10 +155,10 @@ fn read_config(weights: &Path) -> Result<Option<serde_json::Value>, PretrainedEr
         return Ok(None);
     };
     let text =
-        std::fs::read_to_string(&file).map_err(|e| PretrainedError::file(&file, e.to_string()))?;
+        std::fs::read_to_string(&file).map_err(|e| Error::pretrained(&file, e.to_string()))?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| PretrainedError::file(&file, format!("invalid JSON: {e}")))
+        .map_err(|e| Error::pretrained(&file, format!("invalid JSON: {e}")))
 }
 
 /// Diffusers name → stored name for the decoder tensors of a file in either layout (diffusers

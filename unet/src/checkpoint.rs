@@ -13,22 +13,7 @@ use candle_nn::VarBuilder;
 use crate::config::{UVitConfig, Variant};
 use crate::model_file::CERTAINTY_HEAD_PREFIX;
 use crate::uvit::UVit;
-
-/// Everything that can go wrong when loading a checkpoint; each renders as one line naming the
-/// file.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("{path}: cannot read checkpoint: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path}: tensors do not match the U-ViT config ({summary}): {details}")]
-    Mismatch {
-        path: PathBuf,
-        summary: String,
-        details: String,
-    },
-    #[error("{path}: cannot determine the U-ViT config: {reason}")]
-    Config { path: PathBuf, reason: String },
-}
+use crate::{Error, Result};
 
 /// Constructor arguments that tensor shapes cannot reveal. Unset fields are looked up in a JSON
 /// config beside the checkpoint (`<stem>.config.json`, the stem without `.weights`, or
@@ -81,9 +66,9 @@ pub struct LoadedUVit {
 impl Checkpoint {
     /// Opens `path`; `.pth`/`.pt`/`.bin`/`.ckpt` as a PyTorch zip state dict, anything else as
     /// safetensors.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let read_err = |reason: String| CheckpointError::Read {
+        let read_err = |reason: String| Error::CheckpointRead {
             path: path.clone(),
             reason,
         };
@@ -145,29 +130,29 @@ impl Checkpoint {
     /// context width, MLP ratio, qkv bias, time MLP, conv, skip, image size for `uvit`) and takes
     /// `num_heads` (and for `uvit_t2i` the image size or token count) from `hints`, else from a
     /// JSON config beside the file. Values in that JSON that contradict the shapes are an error.
-    pub fn infer_config(&self, hints: &ConfigHints) -> Result<UVitConfig, CheckpointError> {
+    pub fn infer_config(&self, hints: &ConfigHints) -> Result<UVitConfig> {
         let mut cfg = self.config_from_shapes()?;
         let json = self.side_config()?;
         let hints = hints.filled_from(json.as_ref());
         cfg.num_heads = hints.num_heads.unwrap_or(0);
         let patch_tokens = self.conditioning_and_patch_tokens(&mut cfg, &hints)?;
         cfg.img_size = self.patch_grid(&cfg, patch_tokens)? * cfg.patch_size;
-        cfg.validate().map_err(|r| self.config_err(r))?;
+        cfg.validate().map_err(|e| self.config_err(e.to_string()))?;
         match &json {
             Some(json) => self.check_side_config(&cfg, json).map(|()| cfg),
             None => Ok(cfg),
         }
     }
 
-    fn config_err(&self, reason: String) -> CheckpointError {
-        CheckpointError::Config {
+    fn config_err(&self, reason: String) -> Error {
+        Error::CheckpointConfig {
             path: self.path.clone(),
             reason,
         }
     }
 
     /// The shape of tensor `name`, which must exist with rank `rank`.
-    fn shape_of(&self, name: &str, rank: usize) -> Result<&[usize], CheckpointError> {
+    fn shape_of(&self, name: &str, rank: usize) -> Result<&[usize]> {
         match self.shapes.get(name) {
             Some(s) if s.len() == rank => Ok(s),
             Some(s) => Err(self.config_err(format!(
@@ -182,7 +167,7 @@ impl Checkpoint {
     }
 
     /// Every field the shapes alone reveal; image size, heads and conditioning are left unset.
-    fn config_from_shapes(&self) -> Result<UVitConfig, CheckpointError> {
+    fn config_from_shapes(&self) -> Result<UVitConfig> {
         let d = self.shape_of("pos_embed", 3)?[2];
         let pe = self.shape_of("patch_embed.proj.weight", 4)?;
         let (in_chans, patch) = (pe[1], pe[2]);
@@ -234,7 +219,7 @@ impl Checkpoint {
         &self,
         cfg: &mut UVitConfig,
         hints: &ConfigHints,
-    ) -> Result<Option<usize>, CheckpointError> {
+    ) -> Result<Option<usize>> {
         let seq = self.shape_of("pos_embed", 3)?[1];
         let mut unknown = Vec::new();
         if hints.num_heads.is_none() {
@@ -277,11 +262,7 @@ impl Checkpoint {
     }
 
     /// The side of the square patch grid holding `patch_tokens` tokens.
-    fn patch_grid(
-        &self,
-        cfg: &UVitConfig,
-        patch_tokens: Option<usize>,
-    ) -> Result<usize, CheckpointError> {
+    fn patch_grid(&self, cfg: &UVitConfig, patch_tokens: Option<usize>) -> Result<usize> {
         patch_tokens
             .map(|l| ((l as f64).sqrt().round() as usize, l))
             .filter(|&(g, l)| g * g == l && g > 0)
@@ -295,11 +276,7 @@ impl Checkpoint {
             })
     }
 
-    fn check_side_config(
-        &self,
-        cfg: &UVitConfig,
-        json: &serde_json::Value,
-    ) -> Result<(), CheckpointError> {
+    fn check_side_config(&self, cfg: &UVitConfig, json: &serde_json::Value) -> Result<()> {
         let clashes = json_clashes(cfg, json);
         if clashes.is_empty() {
             return Ok(());
@@ -312,7 +289,7 @@ impl Checkpoint {
 
     /// Checks that the file holds exactly the tensors of `cfg` (certainty heads either all present
     /// or all absent) with the right shapes; one error lists every problem.
-    pub fn validate(&self, cfg: &UVitConfig) -> Result<(), CheckpointError> {
+    pub fn validate(&self, cfg: &UVitConfig) -> Result<()> {
         let expected: BTreeMap<String, Vec<usize>> =
             expected_tensors(cfg, self.has_certainty_heads())
                 .into_iter()
@@ -348,7 +325,7 @@ impl Checkpoint {
         if !wrong.is_empty() {
             parts.push(format!("wrong shape {}", wrong.join(", ")));
         }
-        Err(CheckpointError::Mismatch {
+        Err(Error::CheckpointMismatch {
             path: self.path.clone(),
             summary: format!(
                 "{} missing, {} unexpected, {} wrong shape",
@@ -361,7 +338,7 @@ impl Checkpoint {
     }
 
     /// Loads every tensor (e.g. to copy a `.pth` into a training `VarMap`).
-    pub fn tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    pub fn tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
         let backend = self.backend();
         self.shapes
             .iter()
@@ -374,7 +351,7 @@ impl Checkpoint {
                         DType::F32,
                         device,
                     )
-                    .map_err(|e| CheckpointError::Read {
+                    .map_err(|e| Error::CheckpointRead {
                         path: self.path.clone(),
                         reason: format!("tensor {name}: {}", one_line(&e)),
                     })?;
@@ -409,14 +386,14 @@ impl Checkpoint {
         path: impl AsRef<Path>,
         hints: &ConfigHints,
         device: &Device,
-    ) -> Result<LoadedUVit, CheckpointError> {
+    ) -> Result<LoadedUVit> {
         let ckpt = Self::open(path)?;
         let config = ckpt.infer_config(hints)?;
         ckpt.validate(&config)?;
         let has_certainty_heads = ckpt.has_certainty_heads();
         let path = ckpt.path.clone();
         let vb = ckpt.into_var_builder(device);
-        let model = UVit::new(&config, vb.clone()).map_err(|e| CheckpointError::Read {
+        let model = UVit::new(&config, vb.clone()).map_err(|e| Error::CheckpointRead {
             path: path.clone(),
             reason: one_line(&e),
         })?;
@@ -430,7 +407,7 @@ impl Checkpoint {
     }
 
     /// The first existing JSON config beside the checkpoint, parsed.
-    fn side_config(&self) -> Result<Option<serde_json::Value>, CheckpointError> {
+    fn side_config(&self) -> Result<Option<serde_json::Value>> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let stem = self
             .path
@@ -445,13 +422,13 @@ impl Checkpoint {
         let Some(file) = candidates.into_iter().find(|p| p.is_file()) else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| CheckpointError::Config {
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::CheckpointConfig {
             path: file.clone(),
             reason: e.to_string(),
         })?;
         serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| CheckpointError::Config {
+            .map_err(|e| Error::CheckpointConfig {
                 path: file,
                 reason: format!("invalid JSON: {e}"),
             })

@@ -109,7 +109,7 @@ impl UVitConfig {
 
     /// Checks the internal consistency the model code relies on, and sizes small enough that
     /// no shape product overflows (a damaged file may claim any number).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         let mut bad = Vec::new();
         const MAX_SIDE: usize = 1 << 16;
         for (name, v, max) in [
@@ -131,7 +131,7 @@ impl UVitConfig {
             bad.push(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
         }
         if !bad.is_empty() {
-            return Err(bad.join("; "));
+            return Err(crate::Error::Config(bad.join("; ")));
         }
         if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             bad.push(format!(
@@ -157,7 +157,7 @@ impl UVitConfig {
         if bad.is_empty() {
             Ok(())
         } else {
-            Err(bad.join("; "))
+            Err(crate::Error::Config(bad.join("; ")))
         }
     }
 }

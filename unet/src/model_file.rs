@@ -16,6 +16,7 @@ use candle_core::Tensor;
 
 use crate::config::UVitConfig;
 use crate::text_encoder::TextEncoderConfig;
+use crate::{Error, Result};
 
 /// Value of [`key::FORMAT`] in a model file.
 pub const FORMAT: &str = "deediff-model-v1";
@@ -47,22 +48,8 @@ pub mod key {
     pub const SAMPLING_DEFAULTS: &str = "sampling_defaults";
 }
 
-/// A model file that cannot be read or written; renders as one line naming the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelFileError {
-    #[error("{origin}: {reason}")]
-    Invalid { origin: String, reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
-}
-
-fn invalid(origin: &dyn std::fmt::Display, reason: impl Into<String>) -> ModelFileError {
-    ModelFileError::Invalid {
+fn invalid(origin: &dyn std::fmt::Display, reason: impl Into<String>) -> Error {
+    Error::ModelFile {
         origin: origin.to_string(),
         reason: reason.into(),
     }
@@ -100,7 +87,7 @@ pub fn write_atomic(
     path: &Path,
     tensors: Vec<(String, Tensor)>,
     metadata: HashMap<String, String>,
-) -> Result<(), ModelFileError> {
+) -> Result<()> {
     let origin = &path.display();
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
         return Err(invalid(
@@ -109,7 +96,7 @@ pub fn write_atomic(
         ));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ModelFileError::Io {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
             path: dir.to_path_buf(),
             source: e,
         })?;
@@ -137,18 +124,15 @@ pub fn write_atomic(
 }
 
 /// The string metadata of a safetensors file held in memory; `origin` names it in errors.
-pub fn read_metadata(
-    bytes: &[u8],
-    origin: &str,
-) -> Result<HashMap<String, String>, ModelFileError> {
+pub fn read_metadata(bytes: &[u8], origin: &str) -> Result<HashMap<String, String>> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| invalid(&origin, format!("not a safetensors file: {e}")))?;
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
 /// [`read_metadata`] of the file at `path`.
-pub fn read_metadata_file(path: &Path) -> Result<HashMap<String, String>, ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|e| ModelFileError::Io {
+pub fn read_metadata_file(path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: e,
     })?;
@@ -184,7 +168,7 @@ pub struct Header {
 impl Header {
     /// Reads and checks the metadata of a model file held in memory; `origin` names it in
     /// errors.
-    pub fn read(bytes: &[u8], origin: &str) -> Result<Self, ModelFileError> {
+    pub fn read(bytes: &[u8], origin: &str) -> Result<Self> {
         let bad = |what: String| invalid(&origin, what);
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a safetensors model file ({e})")))?;
@@ -212,7 +196,7 @@ impl Header {
 
     /// The recorded exit threshold ([`key::EXIT_THRESHOLD`]), if any; whether it is a usable
     /// threshold is the exit policy's to say.
-    pub fn exit_threshold(&self, origin: &str) -> Result<Option<f32>, ModelFileError> {
+    pub fn exit_threshold(&self, origin: &str) -> Result<Option<f32>> {
         self.metadata
             .get(key::EXIT_THRESHOLD)
             .map(|v| {

@@ -4,28 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Why a helper network could not be loaded; each renders as one line.
-#[derive(Debug, thiserror::Error)]
-pub enum PretrainedError {
-    /// A file exists but is unusable (unreadable, wrong tensors, bad config).
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
-    /// No weights were given and none were found in the cache.
-    #[error("{0}")]
-    NotFound(String),
-    /// The tokenizer refused a prompt.
-    #[error("{0}")]
-    Tokenizer(String),
-}
-
-impl PretrainedError {
-    pub(crate) fn file(path: &Path, reason: impl Into<String>) -> Self {
-        Self::File {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
-    }
-}
+use crate::{Error, Result};
 
 /// A model as published on the Hugging Face hub: the repository and the files a folder of it
 /// must hold.
@@ -70,11 +49,11 @@ pub fn hub_cache() -> Option<PathBuf> {
 }
 
 /// `explicit` if given (it must exist), else the snapshot folder of `published` in the hub cache
-/// that holds all its files (the `refs/main` revision first), else [`PretrainedError::NotFound`].
-pub fn resolve(explicit: Option<&Path>, published: &Published) -> Result<PathBuf, PretrainedError> {
+/// that holds all its files (the `refs/main` revision first), else [`Error::WeightsNotFound`].
+pub fn resolve(explicit: Option<&Path>, published: &Published) -> Result<PathBuf> {
     if let Some(path) = explicit {
         if !path.exists() {
-            return Err(PretrainedError::file(path, "no such file or folder"));
+            return Err(Error::pretrained(path, "no such file or folder"));
         }
         return Ok(path.to_path_buf());
     }
@@ -82,7 +61,7 @@ pub fn resolve(explicit: Option<&Path>, published: &Published) -> Result<PathBuf
     if let Some(found) = cache.as_deref().and_then(|c| cached_snapshot(c, published)) {
         return Ok(found);
     }
-    Err(PretrainedError::NotFound(format!(
+    Err(Error::WeightsNotFound(format!(
         "{} is needed: pass a path, or put {} of https://huggingface.co/{} in the Hugging Face cache ({}); {}",
         published.what,
         published.files.join(", "),

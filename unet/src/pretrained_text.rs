@@ -19,7 +19,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::checkpoint::{one_line, Checkpoint};
 use crate::config::{UVitConfig, Variant};
-use crate::pretrained::PretrainedError;
+use crate::{Error, Result};
 
 /// The network behind a [`PretrainedText`] encoder.
 enum Backbone {
@@ -83,19 +83,19 @@ impl PretrainedText {
     /// (`openai/clip-vit-large-patch14`, a Stable Diffusion `text_encoder/` with the tokenizer
     /// copied in) or a BERT (`sentence-transformers/all-MiniLM-L6-v2`). The context is the
     /// model's full length until [`PretrainedText::fit_to`] sets the U-ViT's.
-    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, PretrainedError> {
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let (dir, weights) = locate_weights(path.as_ref())?;
         let config_file = dir.join("config.json");
         let config = read_json(&config_file)?;
         let tokenizer_file = dir.join("tokenizer.json");
         let tokenizer = read_tokenizer(&tokenizer_file)?;
         let vb = Checkpoint::open(&weights)
-            .map_err(|e| PretrainedError::file(&weights, e.to_string()))?
+            .map_err(|e| Error::pretrained(&weights, e.to_string()))?
             .into_var_builder(device);
         let built = build_backbone(&config, vb).map_err(|e| e.blame(&config_file, &weights))?;
         let pad = pad_token(&dir).unwrap_or_else(|| built.default_pad.to_string());
         let pad_id = tokenizer.token_to_id(&pad).ok_or_else(|| {
-            PretrainedError::file(&tokenizer_file, format!("has no padding token {pad:?}"))
+            Error::pretrained(&tokenizer_file, format!("has no padding token {pad:?}"))
         })?;
         let mut encoder = Self {
             backbone: built.backbone,
@@ -111,8 +111,8 @@ impl PretrainedText {
 
     /// Checks the encoder against a `uvit_t2i` config (width = `clip_dim`, `num_clip_token` ≤
     /// the encoder's positions) and tokenizes to its `num_clip_token`.
-    pub fn fit_to(mut self, cfg: &UVitConfig) -> Result<Self, PretrainedError> {
-        let bad = |reason: String| PretrainedError::file(&self.path, reason);
+    pub fn fit_to(mut self, cfg: &UVitConfig) -> Result<Self> {
+        let bad = |reason: String| Error::pretrained(&self.path, reason);
         if cfg.variant != Variant::UvitT2i {
             return Err(bad(
                 "a text encoder was given for a model that reads no text".into(),
@@ -136,14 +136,14 @@ impl PretrainedText {
         Ok(self)
     }
 
-    fn set_context(&mut self, len: usize, pad_id: u32, pad: &str) -> Result<(), PretrainedError> {
+    fn set_context(&mut self, len: usize, pad_id: u32, pad: &str) -> Result<()> {
         let trunc = TruncationParams {
             max_length: len,
             ..Default::default()
         };
         self.tokenizer
             .with_truncation(Some(trunc))
-            .map_err(|e| PretrainedError::file(&self.path, format!("tokenizer: {e}")))?;
+            .map_err(|e| Error::pretrained(&self.path, format!("tokenizer: {e}")))?;
         self.tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(len),
             pad_id,
@@ -165,11 +165,11 @@ impl PretrainedText {
     }
 
     /// Token ids (padded/truncated to the context) and attention mask of each prompt.
-    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tokens, PretrainedError> {
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tokens> {
         let enc = self
             .tokenizer
             .encode_batch(prompts.to_vec(), true)
-            .map_err(|e| PretrainedError::Tokenizer(e.to_string()))?;
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let (ids, attention_mask) = enc
             .into_iter()
             .map(|e| (e.get_ids().to_vec(), e.get_attention_mask().to_vec()))
@@ -182,23 +182,19 @@ impl PretrainedText {
 
     /// How many tokens of `prompt` do not fit the context (they are dropped, as U-ViT's
     /// tokenizer call drops them).
-    pub fn overflow(&self, prompt: &str) -> Result<usize, PretrainedError> {
+    pub fn overflow(&self, prompt: &str) -> Result<usize> {
         let mut full = self.tokenizer.clone();
         full.with_padding(None);
         let n = full
             .with_truncation(None)
             .and_then(|t| t.encode(prompt, true))
-            .map_err(|e| PretrainedError::Tokenizer(e.to_string()))?
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
             .len();
         Ok(n.saturating_sub(self.context_len))
     }
 
     /// `[B, context_len, width]` features of `prompts` (`None` = the empty prompt).
-    pub fn encode(
-        &self,
-        prompts: &[Option<&str>],
-        device: &Device,
-    ) -> Result<Tensor, PretrainedError> {
+    pub fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor> {
         let texts: Vec<&str> = prompts.iter().map(|p| p.unwrap_or("")).collect();
         let Tokens {
             ids,
@@ -220,7 +216,7 @@ impl PretrainedText {
         };
         run()
             .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| PretrainedError::file(&self.path, one_line(&e)))
+            .map_err(|e| Error::pretrained(&self.path, one_line(&e)))
     }
 }
 
@@ -239,7 +235,7 @@ fn pad_token(dir: &Path) -> Option<String> {
 }
 
 /// The folder and weights file of a pretrained encoder given as either.
-fn locate_weights(path: &Path) -> Result<(PathBuf, PathBuf), PretrainedError> {
+fn locate_weights(path: &Path) -> Result<(PathBuf, PathBuf)> {
     if path.is_file() {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         return Ok((dir, path.to_path_buf()));
@@ -249,26 +245,24 @@ fn locate_weights(path: &Path) -> Result<(PathBuf, PathBuf), PretrainedError> {
         .map(|f| path.join(f))
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            PretrainedError::file(path, "no model.safetensors (or pytorch_model.bin) here")
+            Error::pretrained(path, "no model.safetensors (or pytorch_model.bin) here")
         })?;
     Ok((path.to_path_buf(), weights))
 }
 
-fn read_json(file: &Path) -> Result<serde_json::Value, PretrainedError> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| PretrainedError::file(file, e.to_string()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| PretrainedError::file(file, format!("invalid JSON: {e}")))
+fn read_json(file: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error::pretrained(file, e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| Error::pretrained(file, format!("invalid JSON: {e}")))
 }
 
-fn read_tokenizer(file: &Path) -> Result<Tokenizer, PretrainedError> {
+fn read_tokenizer(file: &Path) -> Result<Tokenizer> {
     if !file.is_file() {
-        return Err(PretrainedError::file(
+        return Err(Error::pretrained(
             file,
             "missing: the text encoder needs its Hugging Face tokenizer.json",
         ));
     }
-    Tokenizer::from_file(file).map_err(|e| PretrainedError::file(file, e.to_string()))
+    Tokenizer::from_file(file).map_err(|e| Error::pretrained(file, e.to_string()))
 }
 
 /// A text network built from its config, with what the encoder around it needs to know.
@@ -288,10 +282,10 @@ enum BuildError {
 }
 
 impl BuildError {
-    fn blame(self, config_file: &Path, weights: &Path) -> PretrainedError {
+    fn blame(self, config_file: &Path, weights: &Path) -> Error {
         match self {
-            Self::Config(reason) => PretrainedError::file(config_file, reason),
-            Self::Weights(e) => PretrainedError::file(weights, one_line(&e)),
+            Self::Config(reason) => Error::pretrained(config_file, reason),
+            Self::Weights(e) => Error::pretrained(weights, one_line(&e)),
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::block::Block;
 use crate::layers::{LayerNorm, TRUNC_NORMAL_002};
 use crate::model_file::{self, key::TEXT_ENCODER_CONFIG, TEXT_ENCODER_PREFIX};
+use crate::Error;
 
 /// Token id of padding; an all-padding sequence is the null (unconditional) prompt.
 pub const PAD: u32 = 0;
@@ -83,26 +84,6 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
         .filter(|w| !w.is_empty())
 }
 
-/// Why a prompt cannot be encoded.
-#[derive(Debug, thiserror::Error)]
-pub enum PromptError {
-    #[error("prompt {prompt:?} has no word this model knows; try e.g. {}", .examples.join(", "))]
-    NoKnownWord {
-        prompt: String,
-        examples: Vec<String>,
-    },
-    #[error("prompt {prompt:?} names nothing this model can draw; try e.g. {}", .examples.join(", "))]
-    NothingToDraw {
-        prompt: String,
-        examples: Vec<String>,
-    },
-    #[error(
-        "prompt {prompt:?}: what to draw comes after the first {max_tokens} known words, which \
-         is all the model reads; put the subject first or shorten the prompt"
-    )]
-    SubjectPastContext { prompt: String, max_tokens: usize },
-}
-
 /// A tokenised prompt: `max_tokens` ids (padded), the words that were skipped as unknown and the
 /// known words cut off past the context.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +129,7 @@ impl Tokenizer {
     /// typo never silently yields an unconditional image. Longer prompts are cut to `max_tokens`
     /// (the cut words reported); the drawable-word check looks at what is left after the cut, so
     /// a subject past the context is an error, not a silently different picture.
-    pub fn encode(&self, prompt: &str) -> std::result::Result<Encoding, PromptError> {
+    pub fn encode(&self, prompt: &str) -> crate::Result<Encoding> {
         let mut known = Vec::new();
         let mut unknown = Vec::new();
         for w in words(prompt) {
@@ -158,7 +139,7 @@ impl Tokenizer {
             }
         }
         if known.is_empty() {
-            return Err(PromptError::NoKnownWord {
+            return Err(Error::NoKnownWord {
                 prompt: prompt.to_string(),
                 examples: self.examples.clone(),
             });
@@ -169,12 +150,12 @@ impl Tokenizer {
         if !self.content.is_empty() && !drawable(&known) {
             let prompt = prompt.to_string();
             return Err(if drawable(&cut) {
-                PromptError::SubjectPastContext {
+                Error::SubjectPastContext {
                     prompt,
                     max_tokens: self.max_tokens,
                 }
             } else {
-                PromptError::NothingToDraw {
+                Error::NothingToDraw {
                     prompt,
                     examples: self.examples.clone(),
                 }
@@ -269,11 +250,13 @@ impl TextEncoder {
 
     /// Loads the encoder shipped inside a model file: config and vocabulary from the metadata
     /// key [`TEXT_ENCODER_CONFIG`], weights from `text_encoder.*`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let err = |msg: String| candle_core::Error::msg(format!("{}: {msg}", path.display()));
+    pub fn load(path: &Path, device: &Device) -> crate::Result<Self> {
+        let err = |reason: String| Error::ModelFile {
+            origin: path.display().to_string(),
+            reason,
+        };
         let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let meta = model_file::read_metadata(&bytes, &path.display().to_string())
-            .map_err(candle_core::Error::msg)?;
+        let meta = model_file::read_metadata(&bytes, &path.display().to_string())?;
         let json = meta.get(TEXT_ENCODER_CONFIG).ok_or_else(|| {
             err(format!(
                 "no {TEXT_ENCODER_CONFIG} metadata (not a text-to-image model?)"

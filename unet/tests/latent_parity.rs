@@ -160,7 +160,7 @@ fn bert_matches_transformers() {
 #[test]
 fn bad_inputs_are_one_line_errors() {
     let dir = dir();
-    let err = |r: Result<PretrainedText, deediff_unet::PretrainedError>| {
+    let err = |r: Result<PretrainedText, deediff_unet::Error>| {
         let e = r.err().expect("should fail").to_string();
         assert!(!e.contains('\n'), "{e}");
         e
