@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::Device;
 use deediff_sampler::{Condition, Error, Guidance, Hooks, Pipeline, TrainingSchedule};
 use deediff_schedules::{BetaConfig, SchedulerConfig};
+use deediff_testkit::max_abs_diff;
 use deediff_uem::{EarlyExitUVit, ExitPolicy};
 use deediff_unet::ConfigHints;
 
@@ -34,19 +35,6 @@ fn pipeline(policy: ExitPolicy) -> Pipeline {
     .unwrap();
     p.set_policy(policy).unwrap();
     p
-}
-
-fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// A threshold at which these weights exit at mixed depths (the reference means are 0.3–0.7).
