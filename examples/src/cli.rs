@@ -100,8 +100,9 @@ pub struct SamplingArgs {
     #[arg(long, conflicts_with = "threshold", value_parser = parse_unit_f64)]
     pub budget: Option<f64>,
     /// per-sample, official, full, static:K, cached[:T[:R]] (cache-filled exits, a full pass at
-    /// least every R evaluations), deepcache:N[:M] or l2c (see ExitPolicy). Default: the
-    /// model's (metadata `sampling_defaults`), else per-sample.
+    /// least every R evaluations, decided by the model's filled-exit heads when it has them),
+    /// cached-trunc[:T[:R]] (the same, decided by the truncation heads), deepcache:N[:M] or l2c
+    /// (see ExitPolicy). Default: the model's (metadata `sampling_defaults`), else per-sample.
     #[arg(long)]
     pub policy: Option<String>,
     /// Timesteps LO ≤ t ≤ HI (0 = clean … 999 = noise) that follow their own policy,
@@ -141,7 +142,7 @@ impl SamplingArgs {
         let t = self.threshold.unwrap_or(default_threshold);
         let policy = self.policy.as_deref().unwrap_or("per-sample");
         let spec = match policy {
-            "per-sample" | "official" | "cached" => format!("{policy}:{t}"),
+            "per-sample" | "official" | "cached" | "cached-trunc" => format!("{policy}:{t}"),
             other => other.to_string(),
         };
         Ok(spec.parse()?)
@@ -152,8 +153,12 @@ impl SamplingArgs {
     /// past the model's blocks would silently run full depth.
     fn check(&self, num_blocks: usize) -> Result<()> {
         let policy = self.policy.as_deref().unwrap_or("per-sample");
-        let thresholded = matches!(policy, "per-sample" | "official" | "cached");
-        if let (Some(b), false) = (self.budget, policy != "cached" && thresholded) {
+        let thresholded = matches!(
+            policy,
+            "per-sample" | "official" | "cached" | "cached-trunc"
+        );
+        let calibrated = matches!(policy, "per-sample" | "official");
+        if let (Some(b), false) = (self.budget, calibrated) {
             bail!(
                 "--budget {b} calibrates the threshold of the per-sample or official policy; \
                  --policy {policy} has none (drop one of the two)"

@@ -4,8 +4,11 @@
 //! exit rule is a pure function of those scores, the depth any threshold would give on that
 //! trajectory can then be computed without running the network again. Depth is monotone in the
 //! threshold, so a binary search over the observed scores finds the closest one.
+//!
+//! The other calibration runs on a model's own trajectories live here too: the `l2c` reuse
+//! schedule and the filled exits the filled-exit heads are fitted on.
 
-use deediff_uem::{ExitPolicy, ExitRule, ReuseSchedule, RunState};
+use deediff_uem::{ExitPolicy, ExitRule, FillRecords, ReuseSchedule, RunState};
 use deediff_unet::UVitConfig;
 
 use crate::conditioning::Condition;
@@ -140,6 +143,42 @@ impl Pipeline {
         self.set_reuse_schedule(Some(schedule.clone()))?;
         self.set_policy(learned)?;
         Ok(schedule)
+    }
+
+    /// Records every filled exit of full-depth runs over the calibration images, `batch` images
+    /// per run (see [`FillRecords`]; a sample's slot is its image index, plus the number of
+    /// images for the unconditional pass of a guided run). Each evaluation after the first fills
+    /// from the previous one, as `cached:T:2` does.
+    pub fn record_fills(
+        &self,
+        conditions: &[Condition],
+        seeds: &[u64],
+        batch: usize,
+    ) -> Result<FillRecords> {
+        // A threshold no certainty exceeds: every pass runs to full depth with the caches on.
+        let full = ExitPolicy::cached(1.0, 2)?;
+        let mut all = FillRecords::default();
+        let num = conditions.len();
+        for start in (0..num).step_by(batch.max(1)) {
+            let end = (start + batch.max(1)).min(num);
+            let mut state = RunState::recording_fills();
+            self.run(
+                &mut state,
+                &conditions[start..end],
+                &seeds[start..end],
+                Hooks::default(),
+                &|_| full,
+                &mut |_, _| {},
+            )?;
+            let records = state.take_fill_records().unwrap_or_default();
+            let rows = end - start;
+            all.samples.extend(records.samples.into_iter().map(|mut s| {
+                // Slot `pass · rows + k` of this run is image `start + k` of pass `pass`.
+                s.slot = (s.slot / rows) * num + start + s.slot % rows;
+                s
+            }));
+        }
+        Ok(all)
     }
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use deediff_sampler::{Condition, Generated, Guidance, Hooks, Pipeline, TrainingSchedule};
 use deediff_schedules::{BetaConfig, SchedulerConfig};
-use deediff_uem::{EarlyExitUVit, ExitPolicy};
+use deediff_uem::{EarlyExitUVit, ExitPolicy, FillHeads};
 use deediff_unet::ConfigHints;
 
 /// DDIM over 8 steps on the reference weights (random, non-degenerate), guided at `scale`.
@@ -145,10 +145,18 @@ fn cache_policy_syntax_round_trips() {
         "cached:0.95".parse(),
         Ok(ExitPolicy::Cached {
             threshold: 0.95,
-            refresh: deediff_uem::DEFAULT_REFRESH
+            refresh: deediff_uem::DEFAULT_REFRESH,
+            heads: FillHeads::Filled,
         })
     );
-    for s in ["cached:0.9:4", "deepcache:3:2"] {
+    assert_eq!(
+        "cached-trunc:0.95"
+            .parse::<ExitPolicy>()
+            .unwrap()
+            .to_string(),
+        "cached-trunc:0.95:2"
+    );
+    for s in ["cached:0.9:4", "cached-trunc:0.9:4", "deepcache:3:2"] {
         assert_eq!(s.parse::<ExitPolicy>().unwrap().to_string(), s);
     }
     assert_eq!(

@@ -6,6 +6,7 @@
 pub mod data;
 pub mod ema;
 pub mod error;
+pub mod filled_heads;
 pub mod loss;
 pub mod optim;
 pub mod trainer;

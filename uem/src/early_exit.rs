@@ -10,7 +10,7 @@ use deediff_unet::{Checkpoint, Conditioning, ConfigHints, UVit};
 
 use crate::backbone::Backbone;
 use crate::head::CertaintyHeads;
-use crate::policy::{ExitPolicy, ExitRule};
+use crate::policy::{ExitPolicy, ExitRule, FillHeads};
 use crate::reuse_schedule::ReuseSchedule;
 use crate::run_state::RunState;
 
@@ -75,6 +75,8 @@ struct Plan {
     batch_mean: bool,
     /// Skipped blocks contribute their cached contributions (and computed ones refresh them).
     fill: bool,
+    /// The certainty heads the exit rule reads.
+    heads: FillHeads,
 }
 
 /// A backbone with (optionally) its certainty heads.
@@ -82,6 +84,8 @@ struct Plan {
 pub struct EarlyExit<B: Backbone = UVit> {
     model: B,
     heads: Option<CertaintyHeads>,
+    /// The heads cache-filled exits decide with, when the model has them (else `heads`).
+    filled: Option<CertaintyHeads>,
     /// What the `l2c` policy reuses.
     schedule: Option<ReuseSchedule>,
 }
@@ -91,25 +95,27 @@ pub type EarlyExitUVit = EarlyExit<UVit>;
 
 impl EarlyExit<UVit> {
     /// Loads a checkpoint (`.pth` or safetensors, see [`Checkpoint::load`]) with its
-    /// `lte_classifer` heads when the file has them.
+    /// `lte_classifer` heads and filled-exit heads when the file has them.
     pub fn load(
         path: impl AsRef<Path>,
         hints: &ConfigHints,
         device: &Device,
     ) -> deediff_unet::Result<Self> {
         let loaded = Checkpoint::load(path, hints, device)?;
-        let heads = if loaded.has_certainty_heads {
-            let heads = CertaintyHeads::new(&loaded.config, loaded.vb.clone()).map_err(|e| {
-                deediff_unet::Error::CheckpointRead {
+        let build = |present: bool, make: fn(_, _) -> Result<CertaintyHeads>| {
+            present
+                .then(|| make(&loaded.config, loaded.vb.clone()))
+                .transpose()
+                .map_err(|e| deediff_unet::Error::CheckpointRead {
                     path: loaded.path.clone(),
                     reason: e.to_string(),
-                }
-            })?;
-            Some(heads)
-        } else {
-            None
+                })
         };
-        Ok(Self::new(loaded.model, heads))
+        let heads = build(loaded.has_certainty_heads, CertaintyHeads::new)?;
+        let filled = build(loaded.has_filled_heads, CertaintyHeads::filled)?;
+        let mut model = Self::new(loaded.model, heads);
+        model.set_filled_heads(filled);
+        Ok(model)
     }
 }
 
@@ -119,8 +125,18 @@ impl<B: Backbone> EarlyExit<B> {
         Self {
             model,
             heads,
+            filled: None,
             schedule: None,
         }
+    }
+
+    /// The heads `cached` exits decide with (`None`: they use the truncation heads).
+    pub fn set_filled_heads(&mut self, heads: Option<CertaintyHeads>) {
+        self.filled = heads;
+    }
+
+    pub fn filled_heads(&self) -> Option<&CertaintyHeads> {
+        self.filled.as_ref()
     }
 
     /// The schedule the `l2c` policy follows (`None`: that policy is refused).
@@ -248,6 +264,7 @@ impl<B: Backbone> EarlyExit<B> {
             stops: depths.iter().map(|&k| Stop::At(k)).collect(),
             batch_mean: false,
             fill: false,
+            heads: FillHeads::Truncation,
         };
         let slots: Vec<usize> = (0..depths.len()).collect();
         self.run_rows(&mut RunState::new(), &slots, x, t, cond, plan)
@@ -263,7 +280,15 @@ impl<B: Backbone> EarlyExit<B> {
         cond: &Conditioning,
         policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
-        if policy.needs_heads() && self.heads.is_none() {
+        let filled_heads = matches!(
+            policy,
+            ExitPolicy::Cached {
+                heads: FillHeads::Filled,
+                ..
+            }
+        );
+        if policy.needs_heads() && self.heads.is_none() && !(filled_heads && self.filled.is_some())
+        {
             candle_core::bail!(
                 "this checkpoint has no certainty heads (lte_classifer.*): use the full, static:K or deepcache:N policy"
             )
@@ -278,7 +303,9 @@ impl<B: Backbone> EarlyExit<B> {
                 let official = matches!(policy, ExitPolicy::Official { .. });
                 (vec![rule; rows], official, false)
             }
-            ExitPolicy::Cached { threshold, refresh } => {
+            ExitPolicy::Cached {
+                threshold, refresh, ..
+            } => {
                 let stops = slots
                     .iter()
                     .map(|&s| match state.since_full(s) {
@@ -299,6 +326,10 @@ impl<B: Backbone> EarlyExit<B> {
             stops,
             batch_mean,
             fill,
+            heads: match filled_heads {
+                true => FillHeads::Filled,
+                false => FillHeads::Truncation,
+            },
         };
         self.run_rows(state, slots, x, t, cond, plan)
     }
@@ -327,6 +358,9 @@ impl<B: Backbone> EarlyExit<B> {
         for i in 0..n {
             let h_in = h;
             h = self.model.block(i, &h_in, &mut pass)?;
+            if plan.fill && i + 1 < n {
+                self.record_fills(state, slots, &live, i, &h)?;
+            }
             // Block 0 always runs, so its contribution is never needed.
             if plan.fill && i > 0 {
                 let rows: Vec<usize> = live.iter().map(|&r| slots[r]).collect();
@@ -357,6 +391,42 @@ impl<B: Backbone> EarlyExit<B> {
         self.finish(state, slots, exited, scores, plan.fill)
     }
 
+    /// When `state` records filled exits: the filled exit after block `i` of every row of `h`
+    /// (rows `live` of the pass) whose cache has every later block, decoded.
+    fn record_fills(
+        &self,
+        state: &mut RunState,
+        slots: &[usize],
+        live: &[usize],
+        i: usize,
+        h: &Tensor,
+    ) -> Result<()> {
+        if state.fill_records_mut().is_none() {
+            return Ok(());
+        }
+        let n = self.model.num_blocks();
+        let mut rows = Vec::new();
+        let mut filled = Vec::new();
+        for (p, &r) in live.iter().enumerate() {
+            if let Some(f) = state.fill(slots[r], i + 1, n)? {
+                let h_row = h.narrow(0, p, 1)?;
+                filled.push((&h_row + f)?);
+                rows.push((r, h_row.force_contiguous()?));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let eps = self.model.decode(&Tensor::cat(&filled, 0)?)?;
+        let e = state.evaluation();
+        if let Some(records) = state.fill_records_mut() {
+            for (k, (r, input)) in rows.into_iter().enumerate() {
+                records.push_pending((i, slots[r], e, r), input, eps.narrow(0, k, 1)?);
+            }
+        }
+        Ok(())
+    }
+
     /// The exit decisions after block `i` for the rows `live` of `h`.
     fn decide(
         &self,
@@ -368,7 +438,11 @@ impl<B: Backbone> EarlyExit<B> {
     ) -> Result<Vec<bool>> {
         let last = i + 1 == self.model.num_blocks();
         let reads_heads = !last && live.iter().any(|&r| matches!(plan.stops[r], Stop::Rule(_)));
-        let mut means = match (&self.heads, reads_heads) {
+        let heads = match plan.heads {
+            FillHeads::Filled => self.filled.as_ref().or(self.heads.as_ref()),
+            FillHeads::Truncation => self.heads.as_ref(),
+        };
+        let mut means = match (heads, reads_heads) {
             (Some(heads), true) => heads.sample_means(i, h)?.to_vec1::<f32>()?,
             _ => Vec::new(),
         };
@@ -426,10 +500,11 @@ impl<B: Backbone> EarlyExit<B> {
             hidden.push(h);
             samples.push(self.exit_stats(0..blocks, reused, &sc));
         }
-        Ok(ExitOutput {
-            eps: self.model.decode(&Tensor::cat(&hidden, 0)?)?,
-            samples,
-        })
+        let eps = self.model.decode(&Tensor::cat(&hidden, 0)?)?;
+        if let Some(records) = state.fill_records_mut() {
+            records.complete(&eps)?;
+        }
+        Ok(ExitOutput { eps, samples })
     }
 
     /// DeepCache: full passes every `interval` evaluations; in between the first `depth` blocks,

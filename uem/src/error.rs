@@ -11,7 +11,7 @@ pub enum Error {
     Count { what: &'static str, value: usize },
     #[error(
         "unknown exit policy {0:?}: expected official:T, per-sample:T, T, full, static:K, \
-         cached:T[:R], deepcache:N[:M] or l2c"
+         cached:T[:R], cached-trunc:T[:R], deepcache:N[:M] or l2c"
     )]
     Syntax(String),
     /// A reuse-schedule file that cannot be read or parsed.

@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use deediff_unet::embedding::unpatchify;
 use deediff_unet::layers::{linear, Linear};
-use deediff_unet::model_file::CERTAINTY_HEAD_PREFIX;
+use deediff_unet::model_file::{CERTAINTY_HEAD_PREFIX, FILLED_HEAD_PREFIX};
 use deediff_unet::UVitConfig;
 
 /// The `depth + 1` certainty heads of a U-ViT. A value near 1 means "the exit at this block is
@@ -23,7 +23,19 @@ impl CertaintyHeads {
     /// A `VarMap` backend creates them freshly with the official init (weight trunc-normal
     /// std 0.02, bias 0), e.g. to add heads to a plain U-ViT checkpoint for fine-tuning.
     pub fn new(cfg: &UVitConfig, vb: VarBuilder) -> Result<Self> {
-        let vb = vb.pp(CERTAINTY_HEAD_PREFIX);
+        Self::with_prefix(cfg, vb, CERTAINTY_HEAD_PREFIX)
+    }
+
+    /// The filled-exit heads (`filled_certainty.{n}.lte.*`): the same shape, but regressed onto
+    /// the accuracy of a *cache-filled* exit at block `n` (the exit's own output plus the cached
+    /// contributions of the blocks it skips), which the truncation heads under-rate wherever the
+    /// skipped blocks' contributions change little between steps.
+    pub fn filled(cfg: &UVitConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_prefix(cfg, vb, FILLED_HEAD_PREFIX)
+    }
+
+    fn with_prefix(cfg: &UVitConfig, vb: VarBuilder, prefix: &str) -> Result<Self> {
+        let vb = vb.pp(prefix);
         let heads = (0..cfg.num_blocks())
             .map(|n| linear(cfg.embed_dim, cfg.patch_dim(), true, vb.pp(n).pp("lte")))
             .collect::<Result<_>>()?;

@@ -5,6 +5,7 @@
 pub mod backbone;
 pub mod early_exit;
 pub mod error;
+pub mod fill_record;
 pub mod head;
 pub mod policy;
 pub mod reuse_schedule;
@@ -13,7 +14,8 @@ pub mod run_state;
 pub use backbone::Backbone;
 pub use early_exit::{EarlyExit, EarlyExitUVit, ExitOutput, Guided, Passes, SampleExit};
 pub use error::{Error, Result};
+pub use fill_record::{FillRecords, FillSample};
 pub use head::CertaintyHeads;
-pub use policy::{ExitPolicy, ExitRule, DEFAULT_REFRESH};
+pub use policy::{ExitPolicy, ExitRule, FillHeads, DEFAULT_REFRESH};
 pub use reuse_schedule::ReuseSchedule;
 pub use run_state::RunState;

@@ -18,7 +18,8 @@ use crate::error::Error;
 /// | `official:T` | [`Official`](Self::Official) |
 /// | `full` | [`Full`](Self::Full) |
 /// | `static:K` | [`Static`](Self::Static) |
-/// | `cached:T:R`, `cached:T` (R = [`DEFAULT_REFRESH`]) | [`Cached`](Self::Cached) |
+/// | `cached:T:R`, `cached:T` (R = [`DEFAULT_REFRESH`]) | [`Cached`](Self::Cached), [`FillHeads::Filled`] |
+/// | `cached-trunc:T:R`, `cached-trunc:T` | [`Cached`](Self::Cached), [`FillHeads::Truncation`] |
 /// | `deepcache:N:M`, `deepcache:N` (M = 1) | [`DeepCache`](Self::DeepCache) |
 /// | `l2c` | [`Learned`](Self::Learned) |
 ///
@@ -38,8 +39,13 @@ pub enum ExitPolicy {
     /// skips adds its most recent cached contribution (`output − input`, from an earlier
     /// evaluation of the same sample and guidance pass), so the exit decodes an estimate of the
     /// full-depth state instead of a truncated one. A pass runs to full depth (refreshing every
-    /// cache) at least once every `refresh` evaluations; `refresh = 1` is full depth.
-    Cached { threshold: f32, refresh: usize },
+    /// cache) at least once every `refresh` evaluations; `refresh = 1` is full depth. `heads`
+    /// says which certainty heads the exit rule reads.
+    Cached {
+        threshold: f32,
+        refresh: usize,
+        heads: FillHeads,
+    },
     /// DeepCache on a U-ViT: every `interval`-th evaluation runs the full network; in between only
     /// the first `depth` in-blocks and the last `depth` out-blocks run, and the feature that
     /// entered those out-blocks at the last full pass is reused through the long skips.
@@ -49,6 +55,17 @@ pub enum ExitPolicy {
     /// fitted on calibration trajectories (see [`ReuseSchedule`](crate::ReuseSchedule)); the
     /// schedule itself is set on the model.
     Learned,
+}
+
+/// Which certainty heads a cache-filled exit decides with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillHeads {
+    /// The filled-exit heads, trained on the error of the filled prediction (`calibrate
+    /// filled`), when the model has them; else the truncation heads.
+    Filled,
+    /// Always the truncation heads, which rate the exit as if the skipped blocks were dropped
+    /// (kept to compare the two in one benchmark).
+    Truncation,
 }
 
 /// The refresh interval of `cached:T` when none is given: a full pass every 2nd evaluation.
@@ -82,10 +99,16 @@ impl ExitPolicy {
         Ok(Self::Static { blocks })
     }
 
+    /// Cache-filled exits deciding with the filled-exit heads (when the model has them).
     pub fn cached(threshold: f32, refresh: usize) -> Result<Self, Error> {
+        Self::cached_with(threshold, refresh, FillHeads::Filled)
+    }
+
+    pub fn cached_with(threshold: f32, refresh: usize, heads: FillHeads) -> Result<Self, Error> {
         Ok(Self::Cached {
             threshold: check_threshold(threshold)?,
             refresh: check_count("cache refresh interval", refresh)?,
+            heads,
         })
     }
 
@@ -104,7 +127,11 @@ impl ExitPolicy {
             }
             Self::Static { blocks } => Self::fixed_depth(blocks).map(|_| ()),
             Self::Full | Self::Learned => Ok(()),
-            Self::Cached { threshold, refresh } => Self::cached(threshold, refresh).map(|_| ()),
+            Self::Cached {
+                threshold,
+                refresh,
+                heads,
+            } => Self::cached_with(threshold, refresh, heads).map(|_| ()),
             Self::DeepCache { interval, depth } => Self::deep_cache(interval, depth).map(|_| ()),
         }
     }
@@ -130,7 +157,7 @@ impl FromStr for ExitPolicy {
     type Err = Error;
 
     /// `official:0.9`, `per-sample:0.9`, a bare `0.9` (per-sample), `full`, `static:8`,
-    /// `cached:0.95:3`, `cached:0.95`, `deepcache:3:1`, `deepcache:3`.
+    /// `cached:0.95:3`, `cached:0.95`, `cached-trunc:0.95:2`, `deepcache:3:1`, `deepcache:3`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let syntax = || Error::Syntax(s.to_string());
         let num = |v: &str| v.trim().parse::<f32>().map_err(|_| syntax());
@@ -139,9 +166,13 @@ impl FromStr for ExitPolicy {
             Some(("official", v)) => Self::official(num(v)?),
             Some(("per-sample", v)) => Self::per_sample(num(v)?),
             Some(("static", v)) => Self::fixed_depth(count(v)?),
-            Some(("cached", v)) => {
+            Some((name @ ("cached" | "cached-trunc"), v)) => {
                 let (t, r) = with_count(v, DEFAULT_REFRESH).ok_or_else(syntax)?;
-                Self::cached(num(t)?, r)
+                let heads = match name {
+                    "cached" => FillHeads::Filled,
+                    _ => FillHeads::Truncation,
+                };
+                Self::cached_with(num(t)?, r, heads)
             }
             Some(("deepcache", v)) => {
                 let (n, m) = with_count(v, 1).ok_or_else(syntax)?;
@@ -170,7 +201,16 @@ impl fmt::Display for ExitPolicy {
             Self::PerSample { threshold } => write!(f, "per-sample:{threshold}"),
             Self::Full => write!(f, "full"),
             Self::Static { blocks } => write!(f, "static:{blocks}"),
-            Self::Cached { threshold, refresh } => write!(f, "cached:{threshold}:{refresh}"),
+            Self::Cached {
+                threshold,
+                refresh,
+                heads: FillHeads::Filled,
+            } => write!(f, "cached:{threshold}:{refresh}"),
+            Self::Cached {
+                threshold,
+                refresh,
+                heads: FillHeads::Truncation,
+            } => write!(f, "cached-trunc:{threshold}:{refresh}"),
             Self::DeepCache { interval, depth } => write!(f, "deepcache:{interval}:{depth}"),
             Self::Learned => write!(f, "l2c"),
         }

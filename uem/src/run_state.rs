@@ -8,6 +8,8 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::fill_record::FillRecords;
+
 /// One sample in one guidance pass: its slot is `pass · B + sample`.
 #[derive(Debug, Default)]
 struct Slot {
@@ -42,6 +44,8 @@ pub struct RunState {
     /// When recording: per evaluation and block, the summed relative change of the block's
     /// contribution since the previous evaluation, and how many samples were summed.
     changes: Option<Vec<Vec<(f64, usize)>>>,
+    /// When recording filled exits: every one seen so far (see [`FillRecords`]).
+    fills: Option<FillRecords>,
 }
 
 impl RunState {
@@ -56,6 +60,24 @@ impl RunState {
             changes: Some(Vec::new()),
             ..Self::default()
         }
+    }
+
+    /// A state that also records the filled exit every cached full-depth pass could have taken
+    /// after each block (calibration runs for the filled-exit heads).
+    pub fn recording_fills() -> Self {
+        Self {
+            fills: Some(FillRecords::default()),
+            ..Self::default()
+        }
+    }
+
+    /// The filled exits recorded so far (`None` unless made by [`Self::recording_fills`]).
+    pub fn take_fill_records(&mut self) -> Option<FillRecords> {
+        self.fills.take()
+    }
+
+    pub(crate) fn fill_records_mut(&mut self) -> Option<&mut FillRecords> {
+        self.fills.as_mut()
     }
 
     /// The recorded mean relative change per evaluation (every one begun) and block of a

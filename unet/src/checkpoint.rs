@@ -11,7 +11,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::config::{UVitConfig, Variant};
-use crate::model_file::CERTAINTY_HEAD_PREFIX;
+use crate::model_file::{CERTAINTY_HEAD_PREFIX, FILLED_HEAD_PREFIX};
 use crate::uvit::UVit;
 use crate::{Error, Result};
 
@@ -60,6 +60,8 @@ pub struct LoadedUVit {
     pub config: UVitConfig,
     pub vb: VarBuilder<'static>,
     pub has_certainty_heads: bool,
+    /// The file also carries filled-exit heads (`filled_certainty.*`).
+    pub has_filled_heads: bool,
     pub path: PathBuf,
 }
 
@@ -121,9 +123,26 @@ impl Checkpoint {
 
     /// True when the file carries `lte_classifer.*` tensors.
     pub fn has_certainty_heads(&self) -> bool {
+        self.has_prefix(CERTAINTY_HEAD_PREFIX)
+    }
+
+    /// True when the file carries filled-exit heads (`filled_certainty.*`).
+    pub fn has_filled_heads(&self) -> bool {
+        self.has_prefix(FILLED_HEAD_PREFIX)
+    }
+
+    fn has_prefix(&self, prefix: &str) -> bool {
         self.shapes
             .keys()
-            .any(|k| k.starts_with(&format!("{CERTAINTY_HEAD_PREFIX}.")))
+            .any(|k| k.starts_with(&format!("{prefix}.")))
+    }
+
+    /// The head sets the file carries, by tensor prefix.
+    fn head_prefixes(&self) -> Vec<&'static str> {
+        [CERTAINTY_HEAD_PREFIX, FILLED_HEAD_PREFIX]
+            .into_iter()
+            .filter(|p| self.has_prefix(p))
+            .collect()
     }
 
     /// Infers the configuration from tensor shapes (variant, D, depth, patch, channels, classes,
@@ -287,13 +306,12 @@ impl Checkpoint {
         )))
     }
 
-    /// Checks that the file holds exactly the tensors of `cfg` (certainty heads either all present
-    /// or all absent) with the right shapes; one error lists every problem.
+    /// Checks that the file holds exactly the tensors of `cfg` (each set of certainty heads
+    /// either all present or all absent) with the right shapes; one error lists every problem.
     pub fn validate(&self, cfg: &UVitConfig) -> Result<()> {
-        let expected: BTreeMap<String, Vec<usize>> =
-            expected_tensors(cfg, self.has_certainty_heads())
-                .into_iter()
-                .collect();
+        let expected: BTreeMap<String, Vec<usize>> = expected_tensors(cfg, &self.head_prefixes())
+            .into_iter()
+            .collect();
         let missing: Vec<&str> = expected
             .keys()
             .filter(|k| !self.shapes.contains_key(*k))
@@ -391,6 +409,7 @@ impl Checkpoint {
         let config = ckpt.infer_config(hints)?;
         ckpt.validate(&config)?;
         let has_certainty_heads = ckpt.has_certainty_heads();
+        let has_filled_heads = ckpt.has_filled_heads();
         let path = ckpt.path.clone();
         let vb = ckpt.into_var_builder(device);
         let model = UVit::new(&config, vb.clone()).map_err(|e| Error::CheckpointRead {
@@ -402,6 +421,7 @@ impl Checkpoint {
             config,
             vb,
             has_certainty_heads,
+            has_filled_heads,
             path,
         })
     }
@@ -455,8 +475,9 @@ fn json_clashes(cfg: &UVitConfig, json: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// The official state-dict keys and shapes for `cfg` (with the `lte_classifer` heads if asked).
-pub fn expected_tensors(cfg: &UVitConfig, certainty_heads: bool) -> Vec<(String, Vec<usize>)> {
+/// The official state-dict keys and shapes for `cfg`, plus one head per block for each of
+/// `head_prefixes` (`lte_classifer`, `filled_certainty`).
+pub fn expected_tensors(cfg: &UVitConfig, head_prefixes: &[&str]) -> Vec<(String, Vec<usize>)> {
     let d = cfg.embed_dim;
     let (c, p, pd, hidden) = (
         cfg.in_chans,
@@ -516,13 +537,10 @@ pub fn expected_tensors(cfg: &UVitConfig, certainty_heads: bool) -> Vec<(String,
             push("skip_linear.bias", vec![d]);
         }
     }
-    if certainty_heads {
+    for prefix in head_prefixes {
         for n in 0..cfg.num_blocks() {
-            out.push((
-                format!("{CERTAINTY_HEAD_PREFIX}.{n}.lte.weight"),
-                vec![pd, d],
-            ));
-            out.push((format!("{CERTAINTY_HEAD_PREFIX}.{n}.lte.bias"), vec![pd]));
+            out.push((format!("{prefix}.{n}.lte.weight"), vec![pd, d]));
+            out.push((format!("{prefix}.{n}.lte.bias"), vec![pd]));
         }
     }
     out

@@ -24,6 +24,11 @@ pub const FORMAT: &str = "deediff-model-v1";
 /// Prefix of the certainty-head tensors (the official spelling).
 pub const CERTAINTY_HEAD_PREFIX: &str = "lte_classifer";
 
+/// Prefix of the filled-exit certainty heads: one more head per block, same shape as the
+/// official ones, that predicts the error of a *cache-filled* exit (`--policy cached`) instead of
+/// a truncated one; fitted by `calibrate filled` on the model's own sampling trajectories.
+pub const FILLED_HEAD_PREFIX: &str = "filled_certainty";
+
 /// Prefix of the tensors of the text encoder a text-to-image model ships.
 pub const TEXT_ENCODER_PREFIX: &str = "text_encoder";
 
@@ -46,6 +51,9 @@ pub mod key {
     pub const EXIT_THRESHOLD: &str = "exit_threshold";
     /// The scheduler, steps and policy recommended for this model (JSON, `deediff-sampler`).
     pub const SAMPLING_DEFAULTS: &str = "sampling_defaults";
+    /// How the filled-exit heads ([`super::FILLED_HEAD_PREFIX`]) were calibrated (JSON: the
+    /// command, scheduler, steps, images, held-out fit).
+    pub const FILLED_HEADS: &str = "filled_heads";
 }
 
 fn invalid(origin: &dyn std::fmt::Display, reason: impl Into<String>) -> Error {

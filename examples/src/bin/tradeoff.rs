@@ -28,7 +28,7 @@ use deediff_schedules::SchedulerConfig;
 use deediff_train::data::captions::CONCEPTS;
 use deediff_train::data::idx::load_idx;
 use deediff_uem::{ExitPolicy, ReuseSchedule};
-use deediff_unet::model_file::key;
+use deediff_unet::model_file::{self, key};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -372,7 +372,7 @@ fn plot(rows: &[&Row], floor: Option<f64>, cli: &Cli) -> Result<()> {
     let fid_max = cli.fid_max.unwrap_or(top);
     let x_max = rows.iter().map(|r| r.compute_pct()).fold(0.0, f64::max) * 1.05;
     let floor_y = floor.unwrap_or(0.0);
-    let root = BitMapBackend::new(&cli.plot, (900, 600)).into_drawing_area();
+    let root = BitMapBackend::new(&cli.plot, (1000, 900)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -641,13 +641,12 @@ fn store_default(cli: &Cli, rows: &[&Row], spec: &str) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(EMBEDDED_MODEL_FILE));
     let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let mut metadata = header.metadata().clone().unwrap_or_default();
+    let origin = path.display().to_string();
+    let mut metadata = model_file::read_metadata(&bytes, &origin)?;
     metadata.insert(key::SAMPLING_DEFAULTS.to_string(), defaults.to_json());
-    let out = safetensors::serialize(file.tensors(), Some(metadata))?;
-    std::fs::write(&path, out).with_context(|| format!("{}", path.display()))?;
+    // Written atomically: an interrupted write leaves the previous model file in place.
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)?;
+    model_file::write_atomic(&path, tensors.into_iter().collect(), metadata)?;
     eprintln!(
         "{}: sampling defaults {} (FID {:.2} at {:.1} % of DDIM 25's compute)",
         path.display(),
