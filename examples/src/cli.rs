@@ -197,6 +197,10 @@ impl SamplingArgs {
     }
 }
 
+/// The scheduler of a model that names none in its `sampling_defaults`, when `--scheduler` is not
+/// given.
+pub const DEFAULT_SCHEDULER: &str = "dpmpp-2m";
+
 /// A model loaded from `ModelArgs`, with its text encoder and (latent models) its decoder.
 pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     if args.dtype == Dtype::Bf16 {
@@ -358,7 +362,7 @@ pub fn build_pipeline(
     let scheduler = match &args.scheduler_config {
         Some(path) => SchedulerConfig::from_file(path)?,
         None => SchedulerConfig::by_name(
-            args.scheduler.as_deref().unwrap_or("dpmpp-2m"),
+            args.scheduler.as_deref().unwrap_or(DEFAULT_SCHEDULER),
             bundle.training.betas(),
         )?,
     };

@@ -158,9 +158,9 @@ impl Pipeline {
         // A threshold no certainty exceeds: every pass runs to full depth with the caches on.
         let full = ExitPolicy::cached(1.0, 2)?;
         let mut all = FillRecords::default();
-        let num = conditions.len();
-        for start in (0..num).step_by(batch.max(1)) {
-            let end = (start + batch.max(1)).min(num);
+        let (num, batch) = (conditions.len(), batch.max(1));
+        for start in (0..num).step_by(batch) {
+            let end = (start + batch).min(num);
             let mut state = RunState::recording_fills();
             self.run(
                 &mut state,

@@ -280,15 +280,11 @@ impl<B: Backbone> EarlyExit<B> {
         cond: &Conditioning,
         policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
-        let filled_heads = matches!(
-            policy,
-            ExitPolicy::Cached {
-                heads: FillHeads::Filled,
-                ..
-            }
-        );
-        if policy.needs_heads() && self.heads.is_none() && !(filled_heads && self.filled.is_some())
-        {
+        let heads = match *policy {
+            ExitPolicy::Cached { heads, .. } => heads,
+            _ => FillHeads::Truncation,
+        };
+        if policy.needs_heads() && self.deciding_heads(heads).is_none() {
             candle_core::bail!(
                 "this checkpoint has no certainty heads (lte_classifer.*): use the full, static:K or deepcache:N policy"
             )
@@ -326,10 +322,7 @@ impl<B: Backbone> EarlyExit<B> {
             stops,
             batch_mean,
             fill,
-            heads: match filled_heads {
-                true => FillHeads::Filled,
-                false => FillHeads::Truncation,
-            },
+            heads,
         };
         self.run_rows(state, slots, x, t, cond, plan)
     }
@@ -427,6 +420,14 @@ impl<B: Backbone> EarlyExit<B> {
         Ok(())
     }
 
+    /// The heads an exit rule reading `heads` decides with (`None`: the model has none).
+    fn deciding_heads(&self, heads: FillHeads) -> Option<&CertaintyHeads> {
+        match heads {
+            FillHeads::Filled => self.filled.as_ref().or(self.heads.as_ref()),
+            FillHeads::Truncation => self.heads.as_ref(),
+        }
+    }
+
     /// The exit decisions after block `i` for the rows `live` of `h`.
     fn decide(
         &self,
@@ -438,11 +439,7 @@ impl<B: Backbone> EarlyExit<B> {
     ) -> Result<Vec<bool>> {
         let last = i + 1 == self.model.num_blocks();
         let reads_heads = !last && live.iter().any(|&r| matches!(plan.stops[r], Stop::Rule(_)));
-        let heads = match plan.heads {
-            FillHeads::Filled => self.filled.as_ref().or(self.heads.as_ref()),
-            FillHeads::Truncation => self.heads.as_ref(),
-        };
-        let mut means = match (heads, reads_heads) {
+        let mut means = match (self.deciding_heads(plan.heads), reads_heads) {
             (Some(heads), true) => heads.sample_means(i, h)?.to_vec1::<f32>()?,
             _ => Vec::new(),
         };

@@ -68,6 +68,16 @@ pub enum FillHeads {
     Truncation,
 }
 
+impl FillHeads {
+    /// The policy's name in `--policy` syntax.
+    fn policy_name(self) -> &'static str {
+        match self {
+            Self::Filled => "cached",
+            Self::Truncation => "cached-trunc",
+        }
+    }
+}
+
 /// The refresh interval of `cached:T` when none is given: a full pass every 2nd evaluation.
 pub const DEFAULT_REFRESH: usize = 2;
 
@@ -168,10 +178,10 @@ impl FromStr for ExitPolicy {
             Some(("static", v)) => Self::fixed_depth(count(v)?),
             Some((name @ ("cached" | "cached-trunc"), v)) => {
                 let (t, r) = with_count(v, DEFAULT_REFRESH).ok_or_else(syntax)?;
-                let heads = match name {
-                    "cached" => FillHeads::Filled,
-                    _ => FillHeads::Truncation,
-                };
+                let heads = [FillHeads::Filled, FillHeads::Truncation]
+                    .into_iter()
+                    .find(|h| h.policy_name() == name)
+                    .ok_or_else(syntax)?;
                 Self::cached_with(num(t)?, r, heads)
             }
             Some(("deepcache", v)) => {
@@ -204,13 +214,8 @@ impl fmt::Display for ExitPolicy {
             Self::Cached {
                 threshold,
                 refresh,
-                heads: FillHeads::Filled,
-            } => write!(f, "cached:{threshold}:{refresh}"),
-            Self::Cached {
-                threshold,
-                refresh,
-                heads: FillHeads::Truncation,
-            } => write!(f, "cached-trunc:{threshold}:{refresh}"),
+                heads,
+            } => write!(f, "{}:{threshold}:{refresh}", heads.policy_name()),
             Self::DeepCache { interval, depth } => write!(f, "deepcache:{interval}:{depth}"),
             Self::Learned => write!(f, "l2c"),
         }

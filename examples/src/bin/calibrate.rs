@@ -16,7 +16,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use clap::{Args, Parser, Subcommand};
-use deediff_examples::cli::{build_pipeline, load_model, ModelArgs, SamplingArgs};
+use deediff_examples::cli::{
+    build_pipeline, load_model, ModelArgs, SamplingArgs, DEFAULT_SCHEDULER,
+};
 use deediff_sampler::{Condition, ModelBundle};
 use deediff_train::filled_heads::{fit_filled_heads, BlockFit, FitOptions};
 use deediff_unet::model_file::{self, key, FILLED_HEAD_PREFIX};
@@ -178,7 +180,7 @@ fn filled(num: usize, batch: usize, updates: usize, common: &Common) -> Result<(
     let seeds = common.seeds(num);
     let args = sampling.with_defaults(bundle.sampling_defaults.as_ref());
     let pipeline = build_pipeline(bundle, &args, &device)?;
-    let scheduler = args.scheduler.clone().unwrap_or_else(|| "dpmpp-2m".into());
+    let scheduler = args.scheduler.as_deref().unwrap_or(DEFAULT_SCHEDULER);
     eprintln!(
         "recording filled exits: {} images, {scheduler}, {} evaluations",
         num,
@@ -189,14 +191,14 @@ fn filled(num: usize, batch: usize, updates: usize, common: &Common) -> Result<(
         steps: updates,
         ..FitOptions::default()
     };
-    let vb = VarBuilder::from_buffered_safetensors(bytes.clone(), DType::F32, &device)?;
+    let stored = candle_core::safetensors::load_buffer(&bytes, &device)?;
+    let vb = VarBuilder::from_tensors(stored.clone(), DType::F32, &device);
     let fit = fit_filled_heads(&cfg, &vb, &records, &opts)?;
     print_fit(&fit.blocks);
-    let mut tensors: Vec<(String, candle_core::Tensor)> =
-        candle_core::safetensors::load_buffer(&bytes, &device)?
-            .into_iter()
-            .filter(|(name, _)| !name.starts_with(&format!("{FILLED_HEAD_PREFIX}.")))
-            .collect();
+    let mut tensors: Vec<(String, candle_core::Tensor)> = stored
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(&format!("{FILLED_HEAD_PREFIX}.")))
+        .collect();
     tensors.extend(fit.tensors);
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let how = json!({
