@@ -181,17 +181,10 @@ impl Pipeline {
 
     fn check_policy(&self, policy: ExitPolicy) -> Result<()> {
         policy.validate()?;
-        if policy == ExitPolicy::Learned && self.model.reuse_schedule().is_none() {
-            return Err(Error::Request(
-                "policy l2c: no reuse schedule was set (fit one with `calibrate l2c`)".into(),
-            ));
+        match self.model.unsupported(&policy) {
+            Some(why) => Err(Error::Request(format!("policy {policy}: {why}"))),
+            None => Ok(()),
         }
-        if self.model.heads().is_none() && policy.needs_heads() {
-            return Err(Error::Request(format!(
-                "policy {policy}: this model has no certainty heads: use full, static:K or deepcache:N"
-            )));
-        }
-        Ok(())
     }
 
     pub fn set_guidance(&mut self, guidance: Guidance) -> Result<()> {

@@ -280,15 +280,10 @@ impl<B: Backbone> EarlyExit<B> {
         cond: &Conditioning,
         policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
-        let heads = match *policy {
-            ExitPolicy::Cached { heads, .. } => heads,
-            _ => FillHeads::Truncation,
-        };
-        if policy.needs_heads() && self.deciding_heads(heads).is_none() {
-            candle_core::bail!(
-                "this checkpoint has no certainty heads (lte_classifer.*): use the full, static:K or deepcache:N policy"
-            )
+        if let Some(why) = self.unsupported(policy) {
+            candle_core::bail!("policy {policy}: {why}")
         }
+        let heads = deciding(policy);
         let n = self.model.num_blocks();
         let rows = slots.len();
         let (stops, batch_mean, fill) = match *policy {
@@ -418,6 +413,22 @@ impl<B: Backbone> EarlyExit<B> {
             }
         }
         Ok(())
+    }
+
+    /// Why this model cannot run `policy`, if it cannot: a threshold policy on a model without
+    /// the heads it decides with, `l2c` without a reuse schedule. The sampler asks before a run,
+    /// the driver again before every pass.
+    pub fn unsupported(&self, policy: &ExitPolicy) -> Option<String> {
+        if policy.needs_heads() && self.deciding_heads(deciding(policy)).is_none() {
+            return Some(
+                "this model has no certainty heads (lte_classifer.*): use full, static:K or deepcache:N"
+                    .into(),
+            );
+        }
+        if *policy == ExitPolicy::Learned && self.schedule.is_none() {
+            return Some("no reuse schedule was set (fit one with `calibrate l2c`)".into());
+        }
+        None
     }
 
     /// The heads an exit rule reading `heads` decides with (`None`: the model has none).
@@ -567,7 +578,7 @@ impl<B: Backbone> EarlyExit<B> {
         cond: &Conditioning,
     ) -> Result<ExitOutput> {
         let schedule = self.schedule.as_ref().ok_or_else(|| {
-            candle_core::Error::msg("the l2c policy needs a reuse schedule (none was set)")
+            candle_core::Error::msg(self.unsupported(&ExitPolicy::Learned).unwrap_or_default())
         })?;
         let e = state.evaluation();
         let mut h = self.model.embed(x, t, cond)?;
@@ -625,6 +636,14 @@ impl<B: Backbone> EarlyExit<B> {
             macs: macs.embed + run + macs.decode + scores.len() as u64 * macs.certainty_head,
             full_depth_macs: macs.full_depth(),
         }
+    }
+}
+
+/// The head set `policy`'s exit rule reads (the truncation heads unless a cached policy says).
+fn deciding(policy: &ExitPolicy) -> FillHeads {
+    match *policy {
+        ExitPolicy::Cached { heads, .. } => heads,
+        _ => FillHeads::Truncation,
     }
 }
 

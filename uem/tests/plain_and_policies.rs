@@ -1,5 +1,6 @@
 //! Policy parsing/validation, and a plain U-ViT checkpoint (no certainty heads): it loads, runs
-//! full depth and static exits, refuses threshold policies, and can get fresh heads for training.
+//! full depth and static exits, refuses threshold policies, and can get fresh heads for training;
+//! with filled-exit heads only, `cached` runs and the truncation-head policies are refused.
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
@@ -126,5 +127,25 @@ fn plain_checkpoint_runs_full_depth_and_static() {
             .unwrap()
             .sqrt();
         assert!((std - 0.02).abs() < 0.004, "fresh head weight std {std}");
+
+        // Filled-exit heads only: `cached` decides with them; every policy that reads the
+        // truncation heads (or a reuse schedule) is refused, by the same check the sampler uses.
+        let mut ee = ee;
+        let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
+        let filled = CertaintyHeads::filled(ee.model().config(), vb).unwrap();
+        ee.set_filled_heads(Some(filled));
+        let cached: ExitPolicy = "cached:0.9:2".parse().unwrap();
+        assert_eq!(ee.unsupported(&cached), None);
+        ee.forward(x, t, &cond, &cached).unwrap();
+        for refused in [
+            "cached-trunc:0.9:2",
+            "per-sample:0.9",
+            "official:0.9",
+            "l2c",
+        ] {
+            let policy: ExitPolicy = refused.parse().unwrap();
+            assert!(ee.unsupported(&policy).is_some(), "{refused}");
+            assert!(ee.forward(x, t, &cond, &policy).is_err(), "{refused}");
+        }
     }
 }
