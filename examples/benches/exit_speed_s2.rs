@@ -5,11 +5,11 @@
 //! The model: random weights (U-ViT-S/2 in its CIFAR-10 configuration, seeded: the same model
 //! every run) with random certainty heads whose biases make exits happen at mixed depths: on 16
 //! unit-noise images at each of 5 timesteps, head `n`'s bias puts the *median* image's mean
-//! certainty at `0.9 + (n − 5) · 0.015`, and the heads' weights (5× the official init) spread the
-//! other images around it by about one such step. Threshold 0.9 then stops images between blocks
-//! 5 and 8 with the U-ViT patience rule, 0.95 near block 9; each per-sample point is compared
-//! with static truncation at its own mean depth (the static-equivalent depth), all through
-//! [`EarlyExit::forward`], the evaluation the sampler runs at every step.
+//! certainty at `0.9 + (n − 6) · 0.005`, and the heads' weights (5× the official init) spread the
+//! other images around it by 3–4 such steps (printed per head). Threshold 0.9 then stops images
+//! after 7–9 blocks with the U-ViT patience rule, 0.915 after 9–11; each per-sample point is
+//! compared with static truncation at its own mean depth (the static-equivalent depth), all
+//! through [`EarlyExit::forward`], the evaluation the sampler runs at every step.
 //!
 //! Timing: batch 16, one evaluation per point per repeat, points interleaved (each repeat runs
 //! each once on fresh noise at the next timestep), medians over repeats. Refuses to run when the
