@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use deediff_schedules::SchedulerConfig;
 use deediff_uem::{CertaintyHeads, EarlyExitUVit, ExitPolicy};
-use deediff_unet::model_file::{self, key, Header, FILLED_HEAD_PREFIX, TEXT_ENCODER_PREFIX};
+use deediff_unet::model_file::{self, key, Header, TEXT_ENCODER_PREFIX};
 use deediff_unet::text_encoder::TextEncoder as WordEncoder;
 use deediff_unet::{LatentDecoder, UVit};
 
@@ -116,8 +116,8 @@ impl ModelBundle {
             VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(candle_bad)?;
         let model = UVit::new(&header.uvit, vb.clone()).map_err(candle_bad)?;
         let heads = CertaintyHeads::new(&header.uvit, vb.clone()).map_err(candle_bad)?;
-        let filled = vb
-            .contains_tensor(&format!("{FILLED_HEAD_PREFIX}.0.lte.weight"))
+        let filled = header
+            .has_filled_heads
             .then(|| CertaintyHeads::filled(&header.uvit, vb.clone()))
             .transpose()
             .map_err(candle_bad)?;

@@ -134,3 +134,31 @@ fn the_models_own_exit_threshold_is_the_default_policy() {
         assert!(err.starts_with("m.safetensors: exit_threshold"), "{err}");
     }
 }
+
+/// The embedded model carries filled-exit heads; a copy that lost one of them (here the first,
+/// which the loader once probed for) is refused with the file named, not loaded without them.
+#[test]
+fn a_partial_set_of_filled_heads_is_refused() {
+    let dev = Device::Cpu;
+    let bundle = ModelBundle::default_model(&dev).unwrap();
+    assert!(bundle.model.filled_heads().is_some());
+    let bytes = deediff_sampler::DEFAULT_MODEL;
+    let metadata = deediff_unet::model_file::read_metadata(bytes, "embedded").unwrap();
+    let tensors: Vec<_> = candle_core::safetensors::load_buffer(bytes, &dev)
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _)| name != "filled_certainty.0.lte.weight")
+        .collect();
+    let path = std::env::temp_dir().join(format!(
+        "deediff-partial-{}.safetensors",
+        std::process::id()
+    ));
+    deediff_unet::model_file::write_atomic(&path, tensors, metadata).unwrap();
+    let err = ModelBundle::load(&path, &dev)
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("filled_certainty.0.lte.weight"), "{err}");
+}

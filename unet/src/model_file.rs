@@ -171,6 +171,9 @@ pub struct Header {
     pub scheduler_config: String,
     /// Every metadata entry (configs, training recipe, step).
     pub metadata: HashMap<String, String>,
+    /// The file has tensors of filled-exit heads ([`FILLED_HEAD_PREFIX`]); loading them then
+    /// fails if any is missing, rather than ignoring a partial set.
+    pub has_filled_heads: bool,
 }
 
 impl Header {
@@ -194,11 +197,14 @@ impl Header {
             .map(|s| serde_json::from_str(s))
             .transpose()
             .map_err(|e| bad(format!("bad {}: {e}", key::TEXT_ENCODER_CONFIG)))?;
+        let filled = format!("{FILLED_HEAD_PREFIX}.");
+        let has_filled_heads = header.offset_keys().iter().any(|k| k.starts_with(&filled));
         Ok(Self {
             uvit,
             text_encoder,
             scheduler_config,
             metadata,
+            has_filled_heads,
         })
     }
 
