@@ -24,9 +24,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
+use deediff_sampler::RunReport;
 use deediff_schedules::{NoiseSource, SeededNoise};
 use deediff_train::trainer::seeded_init;
-use deediff_uem::{CertaintyHeads, EarlyExit, ExitPolicy, SampleExit};
+use deediff_uem::{CertaintyHeads, EarlyExit, ExitPolicy};
 use deediff_unet::model_file::CERTAINTY_HEAD_PREFIX;
 use deediff_unet::{Conditioning, UVit, UVitConfig};
 
@@ -81,14 +82,14 @@ fn main() -> Res<()> {
         let policy = ExitPolicy::PerSample { threshold };
         let mut depth = 0.0;
         for k in 1..=TIMES.len() {
-            depth += mean_blocks(&model.forward_on(k, &policy)?.1) / TIMES.len() as f64;
+            depth += model.forward_on(k, &policy)?.mean_blocks() / TIMES.len() as f64;
         }
         points.push(policy);
         points.push(ExitPolicy::Static {
             blocks: depth.round() as usize,
         });
     }
-    let mut runs: Vec<Vec<(f64, Vec<SampleExit>)>> = vec![Vec::new(); points.len()];
+    let mut runs: Vec<Vec<RunReport>> = vec![Vec::new(); points.len()];
     for r in 0..repeats {
         for (p, policy) in points.iter().enumerate() {
             runs[p].push(model.forward_on(r + 1, policy)?);
@@ -116,12 +117,15 @@ impl Bench {
         Ok((x, t))
     }
 
-    /// One timed evaluation of input `k` under `policy`: seconds and per-image exits.
-    fn forward_on(&self, k: usize, policy: &ExitPolicy) -> Res<(f64, Vec<SampleExit>)> {
+    /// One timed evaluation of input `k` under `policy`: the sampler's report of it.
+    fn forward_on(&self, k: usize, policy: &ExitPolicy) -> Res<RunReport> {
         let (x, t) = self.input(k)?;
         let t0 = Instant::now();
         let out = self.model.forward(&x, &t, &Conditioning::None, policy)?;
-        Ok((t0.elapsed().as_secs_f64(), out.samples))
+        let mut report = RunReport::new(BATCH, self.cfg.num_blocks(), 1);
+        report.seconds = t0.elapsed().as_secs_f64();
+        report.record(f64::from(TIMES[k % TIMES.len()]), &out.samples);
+        Ok(report)
     }
 }
 
@@ -229,21 +233,6 @@ fn spread(logits: &Tensor, bias: f64) -> Res<(f32, f32, f32)> {
     Ok((m[0], m[m.len() / 2], m[m.len() - 1]))
 }
 
-fn mean_blocks(samples: &[SampleExit]) -> f64 {
-    samples
-        .iter()
-        .map(|e| e.blocks_executed as f64)
-        .sum::<f64>()
-        / samples.len() as f64
-}
-
-/// MACs spent over those of full depth (certainty heads included, as the sampler reports).
-fn macs_fraction(samples: &[SampleExit]) -> f64 {
-    let spent: u64 = samples.iter().map(|e| e.macs).sum();
-    let full: u64 = samples.iter().map(|e| e.full_depth_macs).sum();
-    spent as f64 / full as f64
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -251,21 +240,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The table of `bench/exit_speed.sh`: speed-up against the first point and the share of the
 /// speed-up the compute promises that arrives.
-fn print_table(points: &[ExitPolicy], runs: &[Vec<(f64, Vec<SampleExit>)>]) {
-    let base = median(runs[0].iter().map(|r| r.0).collect());
+fn print_table(points: &[ExitPolicy], runs: &[Vec<RunReport>]) {
+    let base = median(runs[0].iter().map(|r| r.seconds).collect());
     println!("| point | mean blocks | blocks per image | compute vs full | median s / batch of {BATCH} | speed-up | of ideal |");
     println!("|---|---|---|---|---|---|---|");
     for (policy, rs) in points.iter().zip(runs) {
-        let s = median(rs.iter().map(|r| r.0).collect());
-        let n = rs.len() as f64;
-        let blocks = rs.iter().map(|r| mean_blocks(&r.1)).sum::<f64>() / n;
-        let compute = rs.iter().map(|r| macs_fraction(&r.1)).sum::<f64>() / n;
-        let depths = rs
+        let mut all = rs[0].clone();
+        rs[1..].iter().for_each(|r| all.merge(r));
+        let s = median(rs.iter().map(|r| r.seconds).collect());
+        let compute = all.macs_fraction();
+        let depths: Vec<usize> = all
+            .evals
             .iter()
-            .flat_map(|r| r.1.iter().map(|e| e.blocks_executed));
-        let (lo, hi) = depths.fold((usize::MAX, 0), |(lo, hi), d| (lo.min(d), hi.max(d)));
+            .flat_map(|e| e.histogram.iter().enumerate())
+            .filter(|&(_, &n)| n > 0)
+            .map(|(k, _)| k)
+            .collect();
+        let (lo, hi) = (
+            depths.iter().min().unwrap_or(&0),
+            depths.iter().max().unwrap_or(&0),
+        );
         println!(
-            "| {policy} | {blocks:.2} | {lo}–{hi} | {:.1} % | {s:.3} | {:.2}× | {:.0} % |",
+            "| {policy} | {:.2} | {lo}–{hi} | {:.1} % | {s:.3} | {:.2}× | {:.0} % |",
+            all.mean_blocks(),
             100.0 * compute,
             base / s,
             100.0 * base / s * compute

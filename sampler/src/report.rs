@@ -34,7 +34,9 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub(crate) fn new(images: usize, num_blocks: usize, passes_per_eval: usize) -> Self {
+    /// An empty report; [`Self::record`] adds evaluations (the pipeline's runs fill one; code
+    /// that drives [`deediff_uem::EarlyExit`] itself can too).
+    pub fn new(images: usize, num_blocks: usize, passes_per_eval: usize) -> Self {
         Self {
             images,
             num_blocks,
@@ -49,7 +51,7 @@ impl RunReport {
     }
 
     /// Records one evaluation's per-pass exits.
-    pub(crate) fn record(&mut self, t: f64, exits: &[SampleExit]) {
+    pub fn record(&mut self, t: f64, exits: &[SampleExit]) {
         let mut histogram = vec![0; self.num_blocks + 1];
         for e in exits {
             histogram[e.blocks_executed] += 1;
