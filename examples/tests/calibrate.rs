@@ -13,16 +13,6 @@ fn calibrate(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The one `error:` line of a failed run (exit status 1, no panic).
-fn error_line(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    lines[0].trim_start_matches("error: ").to_string()
-}
-
 fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
     deediff_unet::model_file::read_metadata_file(path).unwrap()
 }
@@ -97,7 +87,7 @@ fn unwritable_outputs_and_foreign_sources_are_one_line() {
     let blocker = dir.join("not-a-folder");
     std::fs::write(&blocker, b"x").unwrap();
     let out = blocker.join("model.safetensors");
-    let line = error_line(&calibrate(&["--out", out.to_str().unwrap()]));
+    let line = deediff_testkit::cli_error(&calibrate(&["--out", out.to_str().unwrap()]));
     deediff_testkit::assert_one_line_naming(&line, &blocker);
     assert_eq!(std::fs::read(&blocker).unwrap(), b"x");
 
@@ -110,7 +100,7 @@ fn unwritable_outputs_and_foreign_sources_are_one_line() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let line = error_line(&o);
+    let line = deediff_testkit::cli_error(&o);
     deediff_testkit::assert_one_line_naming(&line, &pth);
     assert!(line.contains("not a deediff model file"), "{line}");
     assert!(!out.exists());

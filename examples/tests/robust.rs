@@ -23,18 +23,11 @@ fn txt2img(args: &[&str]) -> Output {
 
 /// Asserts a failed run whose stderr is one `error:` line containing every one of `expect`.
 fn fails_with(o: &Output, expect: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "succeeded: {err}");
-    assert_eq!(o.status.code(), Some(1), "not a clean exit: {err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in {err:?}"));
-    assert!(!err.contains("panicked"), "{err}");
+    let line = deediff_testkit::cli_error(o);
     for e in expect {
         assert!(line.contains(e), "{line:?} lacks {e:?}");
     }
-    line.to_string()
+    line
 }
 
 fn png_of(o: &Output) {

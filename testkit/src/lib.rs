@@ -147,6 +147,17 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// Asserts a command-line tool's failed run keeps the error contract: exit status 1, no panic,
+/// exactly one `error: ` line on stderr; returns that line without the prefix.
+pub fn cli_error(o: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "not a clean failure: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "not one error line: {err}");
+    lines[0].trim_start_matches("error: ").to_string()
+}
+
 /// Asserts the project's error contract: `msg` is one line and names `what` (a file or folder).
 pub fn assert_one_line_naming(msg: &str, what: &Path) {
     println!("error: {msg}");
