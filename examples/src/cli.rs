@@ -228,15 +228,23 @@ pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     Ok(bundle)
 }
 
-/// Prints the text encoder's warnings for `prompts` (words it ignores, truncation). Prompts it
-/// cannot ground at all are refused later by the pipeline; partly used ones only deserve a warning.
-pub fn warn_about_prompts<'a>(bundle: &ModelBundle, prompts: impl IntoIterator<Item = &'a str>) {
-    let Some(text) = &bundle.text else { return };
+/// Refuses, before any sampling, a prompt the text encoder cannot ground (the error line names
+/// `origin`, the flag or file the prompts came from), and prints the warnings of the others
+/// (words it ignores, truncation): partly used prompts only deserve a warning.
+pub fn check_prompts<'a>(
+    bundle: &ModelBundle,
+    origin: &str,
+    prompts: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    let Some(text) = &bundle.text else {
+        return Ok(());
+    };
     for p in prompts {
-        for w in text.warnings(p) {
+        for w in text.check(p).with_context(|| origin.to_string())? {
             eprintln!("warning: {w} (in {p:?})");
         }
     }
+    Ok(())
 }
 
 /// The U-ViT with its certainty heads (and a bundle's own text encoder).

@@ -65,12 +65,18 @@ pub fn save_image(path: &Path, img: &DynamicImage) -> Result<()> {
     })
 }
 
-/// Checks output files before any work: a file name (not a folder), and no two outputs the same
-/// file (the later write would silently replace the earlier one).
+/// Checks output files before any work: a file name (not a folder) in a folder that exists, and
+/// no two outputs the same file (the later write would silently replace the earlier one).
 pub fn check_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
     for (k, &(flag, path)) in outputs.iter().enumerate() {
         if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
             bail!("{flag} {}: is a folder; give a file name", path.display());
+        }
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            bail!("{flag} {}: no folder {}", path.display(), dir.display());
         }
         if let Some((other_flag, _)) = outputs[..k].iter().find(|&&(_, p)| same_file(p, path)) {
             bail!(
@@ -146,6 +152,11 @@ mod tests {
         let err = check_outputs(&[("--out", a), ("--report", b)]).unwrap_err();
         assert!(err.to_string().contains("the same file as --out"), "{err}");
         assert!(check_outputs(&[("--out", Path::new("/tmp/"))]).is_err());
+        let err = check_outputs(&[("--report", Path::new("/no/such/folder/r.json"))]).unwrap_err();
+        assert!(
+            err.to_string().contains("no folder /no/such/folder"),
+            "{err}"
+        );
         assert!(check_outputs(&[("--out", a), ("--report", Path::new("x.json"))]).is_ok());
         assert_eq!(image_format(Path::new("a.JPG")).unwrap(), ImageFormat::Jpeg);
         assert!(image_format(Path::new("a.gif")).is_err());

@@ -380,3 +380,49 @@ fn generate_without_a_prompt_cycles_through_the_example_prompts() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A prompt the model cannot ground, on the last line of a `generate --prompts` file or as
+/// txt2img's `--negative-prompt`, is refused before any image in one line naming the file or
+/// flag and the prompt, not when its image comes up (in a long run, hours in).
+#[test]
+fn an_ungroundable_prompt_is_refused_before_any_image() {
+    let dir = temp("ungroundable");
+    let file = dir.join("prompts.txt");
+    std::fs::write(&file, "a shirt\nan ankle boot\nzzz qqq\n").unwrap();
+    let out = dir.join("samples");
+    let o = Command::new(env!("CARGO_BIN_EXE_generate"))
+        .args([
+            "--num",
+            "6",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--scheduler",
+            "ddim",
+        ])
+        .arg("--prompts")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .unwrap();
+    let line = fails_with(&o, &["\"zzz qqq\"", "no word this model knows"]);
+    deediff_testkit::assert_one_line_naming(&line, &file);
+    let images = std::fs::read_dir(&out).map_or(0, |d| d.count());
+    assert_eq!(images, 0, "images written before the refusal");
+    let x = dir.join("x.png");
+    let o = txt2img(&[
+        "--prompt",
+        "a bag",
+        "--negative-prompt",
+        "zzz",
+        "--out",
+        x.to_str().unwrap(),
+    ]);
+    fails_with(&o, &["--negative-prompt", "\"zzz\""]);
+    assert!(!x.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -159,7 +159,7 @@ impl TextEncoder for WordEncoder {
         self.config().example_prompts.clone()
     }
 
-    fn warnings(&self, prompt: &str) -> Vec<String> {
+    fn check(&self, prompt: &str) -> Result<Vec<String>> {
         match self.tokenizer().encode(prompt) {
             Ok(e) => {
                 let unknown = (!e.unknown.is_empty()).then(|| {
@@ -175,9 +175,9 @@ impl TextEncoder for WordEncoder {
                         e.truncated.join(", ")
                     )
                 });
-                unknown.into_iter().chain(truncated).collect()
+                Ok(unknown.into_iter().chain(truncated).collect())
             }
-            Err(e) => vec![e.to_string()],
+            Err(e) => Err(Error::Text(e.to_string())),
         }
     }
 }

@@ -23,10 +23,12 @@ pub trait TextEncoder: Send + Sync {
     /// cannot ground is an error, never a silent guess.
     fn encode(&self, prompts: &[Option<&str>], device: &Device) -> Result<Tensor>;
 
-    /// What the encoder will drop or ignore of `prompt` (unknown words, tokens past the
-    /// context), one line each, for the caller to show.
-    fn warnings(&self, _prompt: &str) -> Vec<String> {
-        Vec::new()
+    /// Whether `prompt` can be encoded, before any sampling (a long run must not fail at its
+    /// thousandth image): the error [`TextEncoder::encode`] would give, or what the encoder will
+    /// drop or ignore of it (unknown words, tokens past the context), one line each, for the
+    /// caller to show.
+    fn check(&self, _prompt: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
 
     /// Prompts the encoder is known to ground (one per concept for a closed-vocabulary
@@ -41,14 +43,14 @@ impl TextEncoder for PretrainedText {
         PretrainedText::encode(self, prompts, device).map_err(|e| Error::Text(e.to_string()))
     }
 
-    fn warnings(&self, prompt: &str) -> Vec<String> {
+    fn check(&self, prompt: &str) -> Result<Vec<String>> {
         match self.overflow(prompt) {
-            Ok(0) => Vec::new(),
-            Ok(n) => vec![format!(
+            Ok(0) => Ok(Vec::new()),
+            Ok(n) => Ok(vec![format!(
                 "prompt truncated: {n} token(s) past the {}-token context are dropped",
                 self.context_len()
-            )],
-            Err(e) => vec![e.to_string()],
+            )]),
+            Err(e) => Err(Error::Text(e.to_string())),
         }
     }
 }

@@ -14,8 +14,8 @@ use clap::Parser;
 use deediff_eval::npz::write_images_npz;
 use deediff_eval::{frechet_distance, DeviceArg, FidInception, Moments, Stats};
 use deediff_examples::cli::{
-    build_pipeline, check_batch, load_model, parse_class, warn_about_prompts, write_report,
-    ModelArgs, SamplingArgs, CALIBRATION_IMAGES,
+    build_pipeline, check_batch, check_prompts, load_model, parse_class, write_report, ModelArgs,
+    SamplingArgs, CALIBRATION_IMAGES,
 };
 use deediff_examples::manifest::{partition_done, sha256, sha256_file, Manifest, Verify};
 use deediff_examples::progress::EvalBar;
@@ -259,7 +259,11 @@ fn run() -> Result<()> {
         .map(|c| parse_class(c, &cfg))
         .transpose()?;
     let prompts = prompts(&cli, &bundle)?;
-    warn_about_prompts(&bundle, prompts.iter().map(String::as_str));
+    let origin = match &cli.prompts {
+        Some(file) => file.display().to_string(),
+        None => "--prompt".into(),
+    };
+    check_prompts(&bundle, &origin, prompts.iter().map(String::as_str))?;
     let condition = |i: usize| -> Condition {
         match (cfg.variant, cfg.num_classes) {
             (Variant::UvitT2i, _) => Condition::Text(prompts[i % prompts.len()].clone()),
@@ -288,6 +292,10 @@ fn run() -> Result<()> {
         write_npz(path, &cli.out, range)?;
     }
     if let Some(r) = &report {
+        // The report first: the summary is printed only over outputs that were all written.
+        if let Some(path) = &cli.report {
+            write_report(path, r)?;
+        }
         eprintln!(
             "{} images in {:.1} s ({:.2} images/s) | mean depth {:.2}/{} blocks ({:.1}%) | compute {:.1}% of full depth",
             r.images,
@@ -298,9 +306,6 @@ fn run() -> Result<()> {
             100.0 * r.depth_fraction(),
             100.0 * r.macs_fraction()
         );
-        if let Some(path) = &cli.report {
-            write_report(path, r)?;
-        }
     }
     Ok(())
 }

@@ -8,8 +8,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use deediff_eval::DeviceArg;
 use deediff_examples::cli::{
-    build_pipeline, check_batch, load_model, sample_grid, warn_about_prompts, ModelArgs,
-    SamplingArgs,
+    build_pipeline, check_batch, check_prompts, load_model, sample_grid, ModelArgs, SamplingArgs,
 };
 use deediff_examples::{check_outputs, check_seed_range, image_format, save_image};
 use deediff_sampler::Condition;
@@ -70,7 +69,7 @@ fn run() -> Result<()> {
         ),
     };
     check_seed_range(args.seed, count)?;
-    warn_about_prompts(&bundle, prompts.iter().map(String::as_str));
+    check_prompts(&bundle, "--prompt", prompts.iter().map(String::as_str))?;
     let pipeline = build_pipeline(bundle, &args.sampling, &device)?;
     let (sheet, r) = sample_grid(
         &pipeline,

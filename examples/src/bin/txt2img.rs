@@ -9,8 +9,8 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use deediff_eval::DeviceArg;
 use deediff_examples::cli::{
-    build_pipeline, check_batch, load_model, parse_class, sample_grid, warn_about_prompts,
-    write_report, ModelArgs, SamplingArgs, CALIBRATION_IMAGES,
+    build_pipeline, check_batch, check_prompts, load_model, parse_class, sample_grid, write_report,
+    ModelArgs, SamplingArgs, CALIBRATION_IMAGES,
 };
 use deediff_examples::{check_outputs, check_seed_range, image_format, save_image, seeds};
 use deediff_sampler::Condition;
@@ -79,7 +79,8 @@ fn run() -> Result<()> {
         }
         (None, None) => Condition::Unconditional,
     };
-    warn_about_prompts(&bundle, cli.prompt.as_deref());
+    check_prompts(&bundle, "--prompt", cli.prompt.as_deref())?;
+    check_prompts(&bundle, "--negative-prompt", cli.negative_prompt.as_deref())?;
     let mut pipeline = build_pipeline(bundle, &cli.sampling, &device)?;
     if let Some(neg) = &cli.negative_prompt {
         pipeline.set_negative(Some(Condition::Text(neg.clone())))?;
@@ -109,6 +110,10 @@ fn run() -> Result<()> {
         &|_: usize| condition.clone(),
     )?;
     save_image(&cli.out, &sheet)?;
+    // The report before the summary: it is printed only over outputs that were all written.
+    if let Some(path) = &cli.report {
+        write_report(path, &r)?;
+    }
     println!(
         "{} image(s) → {} | policy {} | mean depth {:.2}/{} blocks ({:.1}%) | compute {:.1}% of full depth (≈{:.2}× fewer MACs) | {:.2} s, {:.2} images/s",
         r.images,
@@ -122,8 +127,5 @@ fn run() -> Result<()> {
         r.seconds,
         r.images_per_second()
     );
-    if let Some(path) = &cli.report {
-        write_report(path, &r)?;
-    }
     Ok(())
 }
