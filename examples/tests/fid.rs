@@ -94,6 +94,22 @@ fn cli_errors_and_stats_files() {
         .parse()
         .unwrap();
     assert!(value.abs() <= 1e-9, "FID of identical stats: {value}");
+
+    // KID subsets larger than a folder: refused before any features, and no FID line printed
+    // over the failure.
+    let (ok, out, err) = fid(
+        &weights,
+        &[
+            Path::new("--kid"),
+            Path::new("--kid-subset-size"),
+            Path::new("3"),
+            &two,
+            &two,
+        ],
+    );
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("fewer than --kid-subset-size 3"), "{err}");
+    assert_one_line_naming(&err, &two);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
