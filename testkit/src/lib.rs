@@ -168,3 +168,31 @@ pub fn assert_one_line_naming(msg: &str, what: &Path) {
     );
     assert!(!msg.trim_end().contains('\n'), "`{msg}` is not one line");
 }
+
+/// Re-runs the test `name` of the current test binary in child processes with `DEEDIFF_ISA`
+/// capping the kernels at AVX2, then baseline x86-64, so a CI machine with AVX-512 checks all
+/// three paths and an AVX2 machine both of its own. The test must print
+/// [`isa_marker`] for the instruction set it ran on.
+pub fn rerun_on_fallback_isas(name: &str) {
+    use deediff_unet::isa::{detected, Isa, ISA_ENV};
+    for cap in [Isa::Avx2, Isa::Generic] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture"])
+            .env(ISA_ENV, cap.name())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{ISA_ENV}={}: {text}", cap.name());
+        let want = format!("on kernels for isa {}", cap.min(detected()).name());
+        assert!(
+            text.contains(&want),
+            "{ISA_ENV}={}: no `{want}` in {text}",
+            cap.name()
+        );
+    }
+}
+
+/// What a test re-run by [`rerun_on_fallback_isas`] prints: the instruction set its kernels ran on.
+pub fn isa_marker() -> String {
+    format!("on kernels for isa {}", deediff_unet::isa::isa().name())
+}

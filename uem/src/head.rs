@@ -1,9 +1,10 @@
 //! Certainty heads (the "UEM", official `lte_classifer.{n}.lte`): one `Linear(D→p²C)` + sigmoid per
 //! block, on the block's raw output with the extra tokens stripped.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use deediff_unet::embedding::unpatchify;
+use deediff_unet::kernels;
 use deediff_unet::layers::{linear, Linear};
 use deediff_unet::model_file::{CERTAINTY_HEAD_PREFIX, FILLED_HEAD_PREFIX};
 use deediff_unet::UVitConfig;
@@ -59,14 +60,18 @@ impl CertaintyHeads {
     /// The input is detached, as in the official code: the certainty loss never reaches the
     /// backbone.
     fn patch_certainty(&self, i: usize, h: &Tensor) -> Result<Tensor> {
-        let Some(head) = self.heads.get(i) else {
-            candle_core::bail!(
-                "certainty head {i} out of range ({} heads)",
-                self.heads.len()
-            )
-        };
+        let head = self.head(i)?;
         let patches = h.detach().narrow(1, self.extras, self.num_patches)?;
         candle_nn::ops::sigmoid(&head.forward(&patches)?)
+    }
+
+    fn head(&self, i: usize) -> Result<&Linear> {
+        self.heads.get(i).ok_or_else(|| {
+            candle_core::Error::msg(format!(
+                "certainty head {i} out of range ({} heads)",
+                self.heads.len()
+            ))
+        })
     }
 
     /// Certainty map `c_i [B, C, H, W]` in (0, 1) (unpatchified like the output head, no conv).
@@ -75,8 +80,12 @@ impl CertaintyHeads {
     }
 
     /// Per-sample mean certainty `[B]` of head `i` (the mean is layout-independent, so the
-    /// unpatchify is skipped).
+    /// unpatchify is skipped): what an exit rule reads after every block, in one fused kernel.
     pub fn sample_means(&self, i: usize, h: &Tensor) -> Result<Tensor> {
-        self.patch_certainty(i, h)?.flatten_from(1)?.mean(D::Minus1)
+        let head = self.head(i)?;
+        let bias = head
+            .bias()
+            .ok_or_else(|| candle_core::Error::msg("certainty heads have a bias"))?;
+        kernels::sigmoid_linear_means(&h.detach(), head.weight(), bias, self.extras)
     }
 }

@@ -60,7 +60,16 @@ fn certainty_maps_and_means_match() {
             runs += 1;
         }
     }
-    eprintln!("{runs} weight files checked");
+    eprintln!(
+        "{runs} weight files checked {}",
+        deediff_testkit::isa_marker()
+    );
+}
+
+/// The certainty heads' fused kernel on the fallback instruction sets.
+#[test]
+fn certainty_means_match_on_fallback_kernels() {
+    deediff_testkit::rerun_on_fallback_isas("certainty_maps_and_means_match");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::amx::{self, PackedWeight};
 use crate::matmul::{matmul, Operand, Product};
-use crate::rowops::{bias_gelu_rows, bias_residual_rows, layer_norm_rows};
+use crate::rowops::{bias_gelu_rows, bias_residual_rows, layer_norm_rows, sigmoid_sum};
 
 /// An output buffer of `len` floats left unfilled: every kernel here writes each element of its
 /// output before anything reads it, and `vec![0.0; len]` spent ~4 % of a U-ViT-S/2 forward
@@ -131,6 +131,25 @@ pub fn linear(
         Some(r) => r + y,
         None => Ok(y),
     }
+}
+
+/// Per-sample mean of `sigmoid(x·Wᵀ + bias)` over the tokens `skip..S` of `x [B, S, D]` and
+/// every output of `w [P, D]`: a certainty head's score, decided on after every block of an
+/// early-exit pass. On the inference path each sample's tokens go through one small product and
+/// the sigmoid is summed in place; the candle composition (a copy of the token slice, the
+/// linear, a `[B, L, P]` sigmoid map, the mean) cost 6 % of a default-model block, 8× the head's
+/// share of its MACs, at every block.
+pub fn sigmoid_linear_means(x: &Tensor, w: &Tensor, bias: &Tensor, skip: usize) -> Result<Tensor> {
+    if inference_path(&[x, w, bias]) {
+        return x
+            .contiguous()?
+            .apply_op3_no_bwd(w, bias, &SigmoidMeansOp { skip });
+    }
+    let tokens = x.narrow(1, skip, x.dim(1)?.saturating_sub(skip))?;
+    let y = linear(&tokens, w, Some(bias), None, None)?;
+    candle_nn::ops::sigmoid(&y)?
+        .flatten_from(1)?
+        .mean(D::Minus1)
 }
 
 /// Rows per rayon task for the row-wise kernels: enough work to amortise scheduling.
@@ -323,6 +342,66 @@ impl CustomOp3 for LinearOp<'_> {
     }
 }
 
+struct SigmoidMeansOp {
+    skip: usize,
+}
+
+impl CustomOp3 for SigmoidMeansOp {
+    fn name(&self) -> &'static str {
+        "deediff-sigmoid-linear-means"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(s1, l1, self.name())?;
+        let ws = f32_slice(s2, l2, self.name())?;
+        let bias = f32_slice(s3, l3, self.name())?;
+        let (b, s, d) = l1.shape().dims3()?;
+        let (p, k) = l2.shape().dims2()?;
+        if k != d || bias.len() != p || self.skip >= s {
+            candle_core::bail!(
+                "sigmoid-linear-means: input {:?}, weight [{p}, {k}], bias {}, skip {}",
+                l1.dims(),
+                bias.len(),
+                self.skip
+            );
+        }
+        // One small product per sample over its own tokens, each row starting from the bias,
+        // then the sigmoid summed in place. (One product over the whole batch measured ~2×
+        // slower on the default model's heads; the transposed `W·xᵀ` per sample no faster.)
+        let tokens = s - self.skip;
+        let means: Vec<f32> = (0..b)
+            .into_par_iter()
+            .map(|i| {
+                let mut y: Vec<f32> = bias.iter().copied().cycle().take(tokens * p).collect();
+                let product = Product {
+                    m: tokens,
+                    n: p,
+                    k,
+                    dst: y.as_mut_ptr(),
+                    dst_ld: p,
+                    accumulate: true,
+                    lhs: Operand::rows(xs[(i * s + self.skip) * d..].as_ptr(), d),
+                    rhs: Operand::transposed(ws.as_ptr(), k),
+                    alpha: 1.0,
+                };
+                // SAFETY: `y` is tokens×p; sample `i`'s tokens `skip..s` are `tokens` rows of
+                // width `d` inside `xs`; `ws` is p×k. Checked above. One task per sample.
+                unsafe { matmul(&product, false) };
+                sigmoid_sum(&y) / y.len() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(means), Shape::from(b)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +444,12 @@ mod tests {
                 1e-5,
             )?;
         }
+        let bias = Tensor::randn(0f32, 0.2, 5, &dev)?;
+        check(
+            sigmoid_linear_means(&x, &w, &bias, 3)?,
+            sigmoid_linear_means(var.as_tensor(), &w, &bias, 3)?,
+            1e-6,
+        )?;
         let qkv = Tensor::randn(0f32, 1.0, (2, 9, 3 * 24), &dev)?;
         let qvar = candle_core::Var::from_tensor(&qkv)?;
         check(

@@ -134,6 +134,13 @@ multiversion! {
 }
 
 multiversion! {
+    /// `Σ sigmoid(x)` over `xs`.
+    pub(crate) fn sigmoid_sum(xs: &[f32]) -> f32 {
+        sum_lanes(xs, |v| 1.0 / (1.0 + exp_f32(-v)))
+    }
+}
+
+multiversion! {
     /// `dst = src · scale`, element-wise.
     pub(crate) fn scale_into(src: &[f32], scale: f32, dst: &mut [f32]) {
         for (d, &s) in dst.iter_mut().zip(src) {

@@ -68,37 +68,17 @@ fn forward_matches_reference_tensors() {
         }
     }
     eprintln!(
-        "{runs} weight files checked on kernels for isa {}",
-        deediff_unet::isa::isa().name()
+        "{runs} weight files checked {}",
+        deediff_testkit::isa_marker()
     );
     assert!(runs >= 1);
 }
 
-/// The fallback kernels pass the same checks: the forward test above re-runs in a child process
-/// with `DEEDIFF_ISA` capping the instruction set (AVX2, then baseline), so a CI machine with
-/// AVX-512 checks all three paths and an AVX2 machine both of its own.
+/// The fallback kernels pass the same checks: the forward test above re-runs with `DEEDIFF_ISA`
+/// capping the instruction set (AVX2, then baseline).
 #[test]
 fn forward_matches_reference_tensors_on_fallback_kernels() {
-    use deediff_unet::isa::{detected, Isa, ISA_ENV};
-    for cap in [Isa::Avx2, Isa::Generic] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "forward_matches_reference_tensors",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(ISA_ENV, cap.name())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{ISA_ENV}={}: {text}", cap.name());
-        let want = format!("on kernels for isa {}", cap.min(detected()).name());
-        assert!(
-            text.contains(&want),
-            "{ISA_ENV}={}: no `{want}` in {text}",
-            cap.name()
-        );
-    }
+    deediff_testkit::rerun_on_fallback_isas("forward_matches_reference_tensors");
 }
 
 /// The differentiable path (VarMap-backed model, no fused kernels) gives the same output, and
