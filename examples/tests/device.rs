@@ -15,7 +15,7 @@ fn tool(bin: &str, device: &str) -> Output {
     cmd.args(["--device", device]);
     match bin {
         "generate" => cmd.args(["--num", "1", "--out"]).arg(&out),
-        "sample_grid" => cmd.arg("--out").arg(out.join("grid.png")),
+        "sample_grid" => cmd.arg("--out").arg(out.with_extension("png")),
         "train" => cmd.arg("--out-dir").arg(&out),
         _ => &mut cmd,
     };

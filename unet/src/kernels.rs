@@ -137,8 +137,8 @@ pub fn linear(
 /// every output of `w [P, D]`: a certainty head's score, decided on after every block of an
 /// early-exit pass. On the inference path each sample's tokens go through one small product and
 /// the sigmoid is summed in place; the candle composition (a copy of the token slice, the
-/// linear, a `[B, L, P]` sigmoid map, the mean) cost 6 % of a default-model block, 8× the head's
-/// share of its MACs, at every block.
+/// linear, a `[B, L, P]` sigmoid map, the mean) cost 4–5 % of a default-model block, 4–5× the
+/// head's share of its MACs, at every block (`--bench block_rows`).
 pub fn sigmoid_linear_means(x: &Tensor, w: &Tensor, bias: &Tensor, skip: usize) -> Result<Tensor> {
     if inference_path(&[x, w, bias]) {
         return x
