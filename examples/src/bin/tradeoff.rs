@@ -24,7 +24,7 @@ use deediff_examples::cli::{load_model, ModelArgs};
 use deediff_sampler::{
     to_images, Condition, Guidance, Hooks, Pipeline, RunReport, SamplingDefaults, TimestepBand,
 };
-use deediff_schedules::SchedulerConfig;
+use deediff_schedules::{BetaConfig, SchedulerConfig};
 use deediff_train::data::captions::CONCEPTS;
 use deediff_train::data::idx::load_idx;
 use deediff_uem::{ExitPolicy, ReuseSchedule};
@@ -105,6 +105,9 @@ impl Point {
             .ok()
             .filter(|&s| s > 0)
             .with_context(bad)?;
+        // An unknown scheduler is refused here, before minutes of reference statistics.
+        SchedulerConfig::by_name(scheduler.trim(), BetaConfig::ddpm_linear(1000))
+            .with_context(|| format!("--point {spec:?}"))?;
         let (policy, bands) = policy.split_once('+').unwrap_or((policy, ""));
         let (policy, reuse_schedule) = match policy.split_once('=') {
             Some(("l2c", file)) => ("l2c", Some(PathBuf::from(file))),
@@ -567,6 +570,9 @@ fn measure_new(cli: &Cli, todo: Vec<Point>, done: &[Record]) -> Result<()> {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    if cli.num < 2 {
+        bail!("--num {}: FID needs at least 2 images", cli.num);
+    }
     let todo = points(&cli)?;
     measure_new(&cli, todo, &read_records(&cli.results)?)?;
     let records = read_records(&cli.results)?;
@@ -655,4 +661,22 @@ fn store_default(cli: &Cli, rows: &[&Row], spec: &str) -> Result<()> {
         row.compute_pct()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_checked_before_any_work() {
+        assert!(Point::parse("dpmpp-3m:8@cached:0.985:2").is_ok());
+        for name in deediff_schedules::SCHEDULER_NAMES {
+            assert!(Point::parse(&format!("{name}:8")).is_ok(), "{name}");
+        }
+        let err = format!("{:#}", Point::parse("bogus:5").unwrap_err());
+        assert!(
+            err.contains("--point \"bogus:5\"") && err.contains("unknown scheduler"),
+            "{err}"
+        );
+    }
 }
