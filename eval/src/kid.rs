@@ -14,6 +14,21 @@ pub struct KidOptions {
     pub seed: u64,
 }
 
+impl KidOptions {
+    /// Whether these subsets can be drawn from sets of at least `images` images (the smaller
+    /// set's size): callers with only file lists check before computing any features.
+    pub fn check(&self, images: usize) -> Result<()> {
+        let m = self.subset_size;
+        if m < 2 || m > images || self.subsets == 0 {
+            return Err(Error::Invalid(format!(
+                "KID subset size {m} must be between 2 and the smaller set's {images} images \
+                 (and subsets ≥ 1); pass a smaller --kid-subset-size"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for KidOptions {
     fn default() -> Self {
         KidOptions {
@@ -96,14 +111,8 @@ pub fn kid(a: &Features, b: &Features, opts: &KidOptions) -> Result<Kid> {
             a.dims, b.dims
         )));
     }
+    opts.check(a.n.min(b.n))?;
     let (m, d) = (opts.subset_size, a.dims);
-    if m < 2 || m > a.n.min(b.n) || opts.subsets == 0 {
-        return Err(Error::Invalid(format!(
-            "KID subset size {m} must be between 2 and the smaller set's {} images (and subsets ≥ 1); \
-             pass a smaller --kid-subset-size",
-            a.n.min(b.n)
-        )));
-    }
     let mut rng = SplitMix64(opts.seed);
     let gather = |f: &Features, idx: &[usize]| -> Vec<f32> {
         idx.iter().flat_map(|&i| f.row(i).iter().copied()).collect()

@@ -108,7 +108,10 @@ fn cli_errors_and_stats_files() {
         ],
     );
     assert!(!ok && out.is_empty(), "{out}");
-    assert!(err.contains("fewer than --kid-subset-size 3"), "{err}");
+    assert!(
+        err.contains("KID subset size 3 must be between 2 and"),
+        "{err}"
+    );
     assert_one_line_naming(&err, &two);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -21,6 +21,20 @@ fn txt2img(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `generate` on the embedded model at 2 DDIM steps, batches of 2, with `args`; the shard comes
+/// from the flags alone (no cluster variables).
+fn generate(args: &[&str], out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_generate"))
+        .args(["--steps", "2", "--scheduler", "ddim", "--batch", "2"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .unwrap()
+}
+
 /// Asserts a failed run whose stderr is one `error:` line containing every one of `expect`.
 fn fails_with(o: &Output, expect: &[&str]) -> String {
     let line = deediff_testkit::cli_error(o);
@@ -353,22 +367,7 @@ fn a_non_finite_loss_stops_training_without_writing_a_model() {
 #[test]
 fn generate_without_a_prompt_cycles_through_the_example_prompts() {
     let dir = temp("cycle");
-    let o = Command::new(env!("CARGO_BIN_EXE_generate"))
-        .args([
-            "--num",
-            "3",
-            "--batch",
-            "2",
-            "--steps",
-            "2",
-            "--scheduler",
-            "ddim",
-        ])
-        .args(["--out", dir.to_str().unwrap()])
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("JOB_COMPLETION_INDEX")
-        .output()
-        .unwrap();
+    let o = generate(&["--num", "3"], &dir);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -390,25 +389,7 @@ fn an_ungroundable_prompt_is_refused_before_any_image() {
     let file = dir.join("prompts.txt");
     std::fs::write(&file, "a shirt\nan ankle boot\nzzz qqq\n").unwrap();
     let out = dir.join("samples");
-    let o = Command::new(env!("CARGO_BIN_EXE_generate"))
-        .args([
-            "--num",
-            "6",
-            "--batch",
-            "2",
-            "--steps",
-            "2",
-            "--scheduler",
-            "ddim",
-        ])
-        .arg("--prompts")
-        .arg(&file)
-        .arg("--out")
-        .arg(&out)
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("JOB_COMPLETION_INDEX")
-        .output()
-        .unwrap();
+    let o = generate(&["--num", "6", "--prompts", file.to_str().unwrap()], &out);
     let line = fails_with(&o, &["\"zzz qqq\"", "no word this model knows"]);
     deediff_testkit::assert_one_line_naming(&line, &file);
     let images = std::fs::read_dir(&out).map_or(0, |d| d.count());

@@ -183,7 +183,7 @@ pub fn rerun_on_fallback_isas(name: &str) {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{ISA_ENV}={}: {text}", cap.name());
-        let want = format!("on kernels for isa {}", cap.min(detected()).name());
+        let want = marker(cap.min(detected()));
         assert!(
             text.contains(&want),
             "{ISA_ENV}={}: no `{want}` in {text}",
@@ -194,5 +194,9 @@ pub fn rerun_on_fallback_isas(name: &str) {
 
 /// What a test re-run by [`rerun_on_fallback_isas`] prints: the instruction set its kernels ran on.
 pub fn isa_marker() -> String {
-    format!("on kernels for isa {}", deediff_unet::isa::isa().name())
+    marker(deediff_unet::isa::isa())
+}
+
+fn marker(isa: deediff_unet::isa::Isa) -> String {
+    format!("on kernels for isa {}", isa.name())
 }

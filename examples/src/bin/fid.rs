@@ -222,8 +222,13 @@ fn save_stats(net: &FidInception, dir: &Path, out: &Path, args: &Args) -> Result
 
 /// FID (and KID if asked) between two inputs; the network is loaded only when a folder needs it.
 fn compare(a: &Path, b: &Path, net: impl Fn() -> Result<FidInception>, args: &Args) -> Result<()> {
+    let opts = KidOptions {
+        subset_size: args.kid_subset_size,
+        subsets: args.kid_subsets,
+        seed: args.seed,
+    };
     if args.kid {
-        check_kid_subsets(a, b, args)?;
+        check_kid_subsets(a, b, &opts)?;
     }
     let stats_a = is_npz(a).then(|| load_stats(a, args.dims)).transpose()?;
     let stats_b = is_npz(b).then(|| load_stats(b, args.dims)).transpose()?;
@@ -254,11 +259,6 @@ fn compare(a: &Path, b: &Path, net: impl Fn() -> Result<FidInception>, args: &Ar
             b.display()
         );
     }
-    let opts = KidOptions {
-        subset_size: args.kid_subset_size,
-        subsets: args.kid_subsets,
-        seed: args.seed,
-    };
     let kid = args
         .kid
         .then(|| kid(&features[0], &features[1], &opts))
@@ -271,22 +271,13 @@ fn compare(a: &Path, b: &Path, net: impl Fn() -> Result<FidInception>, args: &Ar
 }
 
 /// KID's subsets must fit both folders: checked on the file lists, before minutes of features.
-fn check_kid_subsets(a: &Path, b: &Path, args: &Args) -> Result<()> {
+fn check_kid_subsets(a: &Path, b: &Path, opts: &KidOptions) -> Result<()> {
     if is_npz(a) || is_npz(b) {
         bail!("--kid needs two image folders (statistics files hold no features)");
     }
-    if args.kid_subsets == 0 || args.kid_subset_size < 2 {
-        bail!("--kid-subsets must be at least 1 and --kid-subset-size at least 2");
-    }
     for dir in [a, b] {
-        let n = list_images(dir)?.len();
-        if n < args.kid_subset_size {
-            bail!(
-                "{}: {n} images, fewer than --kid-subset-size {}; pass a smaller one",
-                dir.display(),
-                args.kid_subset_size
-            );
-        }
+        opts.check(list_images(dir)?.len())
+            .with_context(|| dir.display().to_string())?;
     }
     Ok(())
 }
