@@ -1,6 +1,8 @@
 //! GFLOP/s of every linked matmul kernel at the U-ViT's shapes (the evidence behind
-//! `deediff_unet::matmul::kernel_for`), kernels interleaved round by round so a shared machine's
-//! load hits all of them alike; medians of the rounds.
+//! `deediff_unet::matmul::kernel_for`), and of the packed-panel kernel the linear layers use on
+//! AVX-512 (`deediff_unet::panels`, its weight packed once outside the timing, as a layer keeps
+//! it), kernels interleaved round by round so a shared machine's load hits all of them alike;
+//! medians of the rounds.
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p deediff-unet --bench matmul_shapes [-- --rounds 7] [--json]`
 //! `--json` prints one JSON line per shape (read by `bench/uvit_forward.py`).
@@ -9,6 +11,7 @@ use std::time::Instant;
 
 use deediff_unet::isa::isa;
 use deediff_unet::matmul::{kernel_for, matmul_with, Kernel, Operand, Product};
+use deediff_unet::panels::{self, PanelWeight};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -40,6 +43,9 @@ fn shapes() -> Vec<(&'static str, String, usize, usize, usize, bool)> {
     v
 }
 
+/// The packed-panel kernel's column name.
+const PANELS: &str = "panels";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rounds = args
@@ -57,7 +63,7 @@ fn main() {
         );
         let head: Vec<&str> = kernels.iter().map(|k| k.name()).collect();
         println!(
-            "| model | layer | m×n×k | {} | chosen |\n|---|---|---|{}---|",
+            "| model | layer | m×n×k | {} | {PANELS} | chosen |\n|---|---|---|{}---|---|",
             head.join(" | "),
             "---|".repeat(kernels.len())
         );
@@ -69,8 +75,19 @@ fn main() {
         let flop = 2.0 * (m * n * k) as f64;
         // Enough repetitions per timing for ~2 ms, so timer and scheduler noise stay small.
         let reps = ((2e-3 * 20e9 / flop) as usize).max(1);
-        let mut times = vec![Vec::new(); kernels.len()];
+        // Linear layers (the parallel shapes) run on packed panels where the CPU allows.
+        let packed = (parallel && panels::eligible(n, k)).then(|| PanelWeight::new(&w, n, k));
+        let mut times = vec![Vec::new(); kernels.len() + 1];
         for round in 0..=rounds {
+            if let Some(packed) = &packed {
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    panels::linear(&a, packed, &mut out, false);
+                }
+                if round > 0 {
+                    times[kernels.len()].push(t0.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
             for (ki, &kernel) in kernels.iter().enumerate() {
                 let t0 = Instant::now();
                 for _ in 0..reps {
@@ -94,27 +111,35 @@ fn main() {
                 }
             }
         }
-        let gflops: Vec<f64> = times
+        let gflops: Vec<Option<f64>> = times
             .iter_mut()
             .map(|t| {
                 t.sort_by(f64::total_cmp);
-                flop / t[t.len() / 2] / 1e9
+                Some(flop / *t.get(t.len() / 2)? / 1e9)
             })
             .collect();
-        let chosen = kernel_for(m, n, k);
+        let (chosen, column) = match packed {
+            Some(_) => (PANELS, kernels.len()),
+            None => {
+                let kernel = kernel_for(m, n, k);
+                let column = kernels.iter().position(|&k| k == kernel).unwrap_or(0);
+                (kernel.name(), column)
+            }
+        };
         if json {
-            let best = gflops[kernels.iter().position(|&k| k == chosen).unwrap_or(0)];
             println!(
                 "{}",
                 serde_json::json!({"model": model, "layer": layer, "m": m, "n": n, "k": k,
-                    "parallel": parallel, "kernel": chosen.name(), "gflops": best})
+                    "parallel": parallel, "kernel": chosen, "gflops": gflops[column]})
             );
         } else {
-            let cells: Vec<String> = gflops.iter().map(|g| format!("{g:.1}")).collect();
+            let cells: Vec<String> = gflops
+                .iter()
+                .map(|g| g.map_or("–".into(), |g| format!("{g:.1}")))
+                .collect();
             println!(
-                "| {model} | {layer} | {m}×{n}×{k} | {} | {} |",
-                cells.join(" | "),
-                chosen.name()
+                "| {model} | {layer} | {m}×{n}×{k} | {} | {chosen} |",
+                cells.join(" | ")
             );
         }
     }

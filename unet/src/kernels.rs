@@ -1,7 +1,8 @@
 //! Fused CPU kernels for the inference hot spots: layer-norm, attention (qkv split + scaled
 //! softmax + both products in one pass, [`crate::flash`]), bias + exact GELU, linear layers with
-//! their bias/residual epilogue. The arithmetic lives in [`crate::rowops`] and
-//! [`crate::matmul`], which pick AVX-512, AVX2 or baseline code at run time ([`crate::isa`]).
+//! their bias/residual epilogue. The arithmetic lives in [`crate::rowops`], [`crate::panels`]
+//! (linear layers over packed weights) and [`crate::matmul`] (every other product), which pick
+//! AVX-512, AVX2 or baseline code at run time ([`crate::isa`]).
 //!
 //! candle's element-wise ops are several times slower than PyTorch's on the CPU (GELU-erf
 //! 11–17×, softmax ~5×, layer-norm ~3×), and candle-nn's own `LayerNorm`/`softmax_last_dim` have
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::amx::{self, PackedWeight};
 use crate::matmul::{matmul, Operand, Product};
+use crate::panels::{self, PanelWeight};
 use crate::rowops::{bias_gelu_rows, bias_residual_rows, layer_norm_rows, sigmoid_sum};
 
 /// An output buffer of `len` floats left unfilled: every kernel here writes each element of its
@@ -102,14 +104,14 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// `x·Wᵀ + bias (+ residual)` over the last dimension of `x` (`w` is `[out, in]`, PyTorch
 /// layout). On the inference path bias and residual are written into the output before one gemm
-/// accumulates into it: no separate add passes, no extra buffers. `bf16`: `w` packed for
-/// [`crate::amx`], used instead of the f32 product on the inference path.
+/// accumulates into it: no separate add passes, no extra buffers. `packed`: a copy of `w` for a
+/// faster kernel, used instead of the plain product on the inference path.
 pub fn linear(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
-    bf16: Option<&PackedWeight>,
+    packed: Option<Packed>,
 ) -> Result<Tensor> {
     let all: Vec<&Tensor> = [Some(x), Some(w), bias, residual]
         .into_iter()
@@ -118,7 +120,7 @@ pub fn linear(
     if inference_path(&all) {
         let op = LinearOp {
             bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
-            bf16,
+            packed,
         };
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         return match residual {
@@ -236,9 +238,29 @@ impl CustomOp2 for BiasGeluOp {
     }
 }
 
+/// A linear weight rearranged once for a faster kernel than [`matmul`] (see
+/// [`crate::layers::Linear`], which makes and keeps it).
+#[derive(Clone, Copy, Debug)]
+pub enum Packed<'a> {
+    /// bf16 tiles for AMX ([`crate::amx`], `--dtype bf16`).
+    Bf16(&'a PackedWeight),
+    /// f32 column panels for the AVX-512 / AVX2 kernels of [`crate::panels`].
+    F32(&'a PanelWeight),
+}
+
+impl Packed<'_> {
+    /// Output columns of the packed weight.
+    fn n(self) -> usize {
+        match self {
+            Packed::Bf16(p) => p.n(),
+            Packed::F32(p) => p.n(),
+        }
+    }
+}
+
 struct LinearOp<'a> {
     bias: Option<Vec<f32>>,
-    bf16: Option<&'a PackedWeight>,
+    packed: Option<Packed<'a>>,
 }
 
 impl LinearOp<'_> {
@@ -286,24 +308,26 @@ impl LinearOp<'_> {
                 bias_residual_rows(bias, r, o);
             });
         }
-        if let Some(packed) = self.bf16.filter(|p| p.n() == n) {
-            amx::linear(xs, packed, &mut out, accumulate);
-            return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
+        match self.packed.filter(|p| p.n() == n) {
+            Some(Packed::Bf16(p)) => amx::linear(xs, p, &mut out, accumulate),
+            Some(Packed::F32(p)) => panels::linear(xs, p, &mut out, accumulate),
+            None => {
+                let product = Product {
+                    m,
+                    n,
+                    k,
+                    dst: out.as_mut_ptr(),
+                    dst_ld: n,
+                    accumulate,
+                    lhs: Operand::rows(xs.as_ptr(), k),
+                    rhs: Operand::transposed(ws.as_ptr(), k),
+                    alpha: 1.0,
+                };
+                // SAFETY: `out` is m×n row-major, `xs` m×k row-major, `ws` n×k row-major read
+                // as its transpose; all lengths were checked above.
+                unsafe { matmul(&product, true) };
+            }
         }
-        let product = Product {
-            m,
-            n,
-            k,
-            dst: out.as_mut_ptr(),
-            dst_ld: n,
-            accumulate,
-            lhs: Operand::rows(xs.as_ptr(), k),
-            rhs: Operand::transposed(ws.as_ptr(), k),
-            alpha: 1.0,
-        };
-        // SAFETY: `out` is m×n row-major, `xs` m×k row-major, `ws` n×k row-major read as its
-        // transpose; all lengths were checked above.
-        unsafe { matmul(&product, true) };
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 }

@@ -9,7 +9,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::amx::{self, PackedWeight};
-use crate::kernels;
+use crate::kernels::{self, Packed};
+use crate::panels::{self, PanelWeight};
 
 /// timm's `trunc_normal_(std=0.02)` truncates at ±2 in absolute value, i.e. at 100σ: a plain
 /// normal is the same distribution for all practical purposes.
@@ -30,6 +31,7 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
         weight,
         bias,
         bf16: Arc::default(),
+        f32_panels: Arc::default(),
     })
 }
 
@@ -43,6 +45,10 @@ pub struct Linear {
     /// switched it on (inference only: training never turns bf16 on, so the copy cannot go
     /// stale behind an optimiser step).
     bf16: Arc<OnceLock<PackedWeight>>,
+    /// The weight in [`panels`] layout, packed at the first f32 inference product on an
+    /// AVX-512 CPU. Only weights that record no gradient are packed: a trained `Var` never is,
+    /// so no optimiser step can leave this copy behind.
+    f32_panels: Arc<OnceLock<PanelWeight>>,
 }
 
 impl Linear {
@@ -57,31 +63,46 @@ impl Linear {
 
     /// `residual + x·Wᵀ + b` in one pass (the residual connections of a block).
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let bf16 = self.bf16_weight()?;
-        kernels::linear(x, &self.weight, self.bias.as_ref(), Some(residual), bf16)
+        let packed = self.packed()?;
+        kernels::linear(x, &self.weight, self.bias.as_ref(), Some(residual), packed)
     }
 
-    /// The bf16 tile copy of the weight when bf16 products are on and this layer is eligible.
-    fn bf16_weight(&self) -> Result<Option<&PackedWeight>> {
+    /// The packed copy of the weight the inference product uses: bf16 tiles when bf16 products
+    /// are on and the layer is eligible, else f32 panels where the CPU has the kernel for them.
+    fn packed(&self) -> Result<Option<Packed<'_>>> {
         let w = &self.weight;
         let (n, k) = w.dims2()?;
         let inference = !w.track_op() && w.dtype() == DType::F32 && w.device().is_cpu();
-        if !inference || !amx::eligible(n, k) {
-            return Ok(None);
-        }
-        if self.bf16.get().is_none() {
-            let _ = self
-                .bf16
-                .set(PackedWeight::new(&w.flatten_all()?.to_vec1()?, n, k));
-        }
-        Ok(self.bf16.get())
+        let values = || w.flatten_all()?.to_vec1::<f32>();
+        Ok(if !inference {
+            None
+        } else if amx::eligible(n, k) {
+            Some(Packed::Bf16(once(&self.bf16, || {
+                Ok(PackedWeight::new(&values()?, n, k))
+            })?))
+        } else if panels::eligible(n, k) {
+            Some(Packed::F32(once(&self.f32_panels, || {
+                Ok(PanelWeight::new(&values()?, n, k))
+            })?))
+        } else {
+            None
+        })
     }
+}
+
+/// The value in `cell`, made by `make` the first time (a failure leaves the cell empty).
+fn once<T>(cell: &OnceLock<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let _ = cell.set(make()?);
+    Ok(cell.get().expect("set above or by a concurrent caller"))
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let bf16 = self.bf16_weight()?;
-        kernels::linear(x, &self.weight, self.bias.as_ref(), None, bf16)
+        let packed = self.packed()?;
+        kernels::linear(x, &self.weight, self.bias.as_ref(), None, packed)
     }
 }
 

@@ -1,5 +1,8 @@
-//! The one f32 matrix product every fused kernel calls, on the fastest kernel for the CPU and the
-//! shape, chosen at run time.
+//! The f32 matrix product of every fused kernel whose right operand is not a packed weight
+//! (attention's tiles, the certainty heads, the output head, any layer outside inference), on the
+//! fastest kernel for the CPU and the shape, chosen at run time. The linear layers of an
+//! inference forward multiply by weights packed once for our own kernels instead
+//! ([`crate::panels`]).
 //!
 //! Two kernel families are linked: the `gemm` crate (what candle uses; AVX2+FMA at most) and the
 //! x86 kernels behind faer's `matmul` (`private-gemm-x86`, with 256- and 512-bit variants). faer
