@@ -249,7 +249,6 @@ fn run() -> Result<()> {
         .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
         .collect();
     check_outputs(&outputs)?;
-    prepare_folder(&cli.out)?;
 
     let bundle = load_model(&cli.model, &device)?;
     let cfg = bundle.model.model().config().clone();
@@ -264,6 +263,8 @@ fn run() -> Result<()> {
         None => "--prompt".into(),
     };
     check_prompts(&bundle, &origin, prompts.iter().map(String::as_str))?;
+    // Created only once the inputs are known good, so a refused run leaves nothing behind.
+    prepare_folder(&cli.out)?;
     let condition = |i: usize| -> Condition {
         match (cfg.variant, cfg.num_classes) {
             (Variant::UvitT2i, _) => Condition::Text(prompts[i % prompts.len()].clone()),
