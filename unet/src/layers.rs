@@ -45,8 +45,8 @@ pub struct Linear {
     /// switched it on (inference only: training never turns bf16 on, so the copy cannot go
     /// stale behind an optimiser step).
     bf16: Arc<OnceLock<PackedWeight>>,
-    /// The weight in [`panels`] layout, packed at the first f32 inference product on an
-    /// AVX-512 CPU. Only weights that record no gradient are packed: a trained `Var` never is,
+    /// The weight in [`panels`] layout, packed at the first f32 inference product on a CPU
+    /// with AVX2 or AVX-512 ([`panels::eligible`]). Only weights that record no gradient are packed: a trained `Var` never is,
     /// so no optimiser step can leave this copy behind.
     f32_panels: Arc<OnceLock<PanelWeight>>,
 }

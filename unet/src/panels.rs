@@ -34,6 +34,7 @@ fn rows_per_tile(isa: Isa) -> usize {
         6
     }
 }
+
 /// Depth per pass over the panels: a 14-row tile's activations (14 KiB) stay in L1 (32 KiB on
 /// Zen 4, 48 KiB on Sapphire Rapids) while the panels stream past.
 const KC: usize = 256;
@@ -354,8 +355,8 @@ mod tests {
     use super::*;
 
     /// Every tiling edge (rows not a multiple of 14, columns not of 32, depth not of 256, one
-    /// row) gives the naive product, accumulating or not; a row's bits do not depend on the
-    /// batch around it.
+    /// row, rows split over the threads) gives the naive product, accumulating or not; a row's
+    /// bits do not depend on the batch around it.
     #[test]
     fn panels_match_naive_product_and_rows_are_batch_invariant() {
         let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
@@ -370,6 +371,7 @@ mod tests {
                 (29, 48, 512),
                 (15, 100, 260),
                 (30, 12, 64),
+                (600, 64, 40),
             ] {
                 check_product(isa, m, n, k);
             }
