@@ -137,28 +137,41 @@ def cargo_bench(name, *args, stdin=None, threads=2):
 
 def matmul_table(threads, rounds):
     """Each side's GFLOP/s at the models' matmul shapes: deediff's dispatcher (matmul_shapes bench)
-    and torch (F.linear, same thread count; attention tiles on one thread, as both run them)."""
-    p = cargo_bench("matmul_shapes", "--json", "--rounds", str(rounds), threads=threads)
-    rows = [json.loads(l) for l in p.stdout if l.startswith("{")]
-    if p.wait() != 0:
-        sys.exit("matmul_shapes bench failed")
+    and torch (F.linear, same thread count; attention tiles on one thread, as both run them).
+    The sides alternate sweep by sweep (one timed round of every shape each), so a phase of the
+    machine hits both alike; medians of `rounds` sweeps."""
+    ours, theirs, rows = {}, {}, None
+    for _ in range(rounds):
+        p = cargo_bench("matmul_shapes", "--json", "--rounds", "1", threads=threads)
+        sweep = [json.loads(l) for l in p.stdout if l.startswith("{")]
+        if p.wait() != 0 or not sweep:
+            sys.exit("matmul_shapes bench failed")
+        rows = sweep
+        for r in sweep:
+            key = (r["model"], r["layer"])
+            ours.setdefault(key, []).append(r["gflops"])
+            theirs.setdefault(key, []).append(torch_gflops(r, threads))
+    torch.set_num_threads(threads)
     print("\n| model | layer | m×n×k | deediff kernel | deediff GFLOP/s | PyTorch GFLOP/s | deediff/PyTorch |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        m, n, k = r["m"], r["n"], r["k"]
-        x, w = torch.randn(m, k), torch.randn(n, k)
-        torch.set_num_threads(threads if r["parallel"] else 1)
-        reps = max(1, int(2e-3 * 20e9 / (2 * m * n * k)))
-        ts = []
-        for _ in range(rounds + 1):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                F.linear(x, w)
-            ts.append((time.perf_counter() - t0) / reps)
-        gf = 2 * m * n * k / statistics.median(ts[1:]) / 1e9
-        print(f"| {r['model']} | {r['layer']} | {m}×{n}×{k} | {r['kernel']} | {r['gflops']:.1f} | {gf:.1f} | "
-              f"{r['gflops'] / gf:.2f} |")
-    torch.set_num_threads(threads)
+        key = (r["model"], r["layer"])
+        g, gf = statistics.median(ours[key]), statistics.median(theirs[key])
+        print(f"| {r['model']} | {r['layer']} | {r['m']}×{r['n']}×{r['k']} | {r['kernel']} | {g:.1f} | {gf:.1f} | "
+              f"{g / gf:.2f} |")
+
+
+def torch_gflops(r, threads):
+    """F.linear's GFLOP/s at one shape: a warm-up and one timing of ~2 ms of repetitions."""
+    m, n, k = r["m"], r["n"], r["k"]
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    torch.set_num_threads(threads if r["parallel"] else 1)
+    reps = max(1, int(2e-3 * 20e9 / (2 * m * n * k)))
+    F.linear(x, w)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        F.linear(x, w)
+    return 2 * m * n * k * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main():

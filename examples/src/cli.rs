@@ -203,13 +203,39 @@ pub const DEFAULT_SCHEDULER: &str = "dpmpp-2m";
 
 /// A model loaded from `ModelArgs`, with its text encoder and (latent models) its decoder.
 pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
+    set_dtype(args, device)?;
+    complete(load_denoiser(args, device)?, args, device)
+}
+
+/// [`load_model`] from a model file already in memory (`origin` names it in errors), for a
+/// command that also writes those bytes back changed.
+pub fn load_model_bytes(
+    args: &ModelArgs,
+    bytes: Vec<u8>,
+    origin: &str,
+    device: &Device,
+) -> Result<ModelBundle> {
+    set_dtype(args, device)?;
+    complete(
+        ModelBundle::from_bytes(bytes, origin, device)?,
+        args,
+        device,
+    )
+}
+
+/// Applies `--dtype`.
+fn set_dtype(args: &ModelArgs, device: &Device) -> Result<()> {
     if args.dtype == Dtype::Bf16 {
         if !device.is_cpu() {
             bail!("--dtype bf16: runs on the CPU's AMX tiles only; use --dtype f32 with --device cuda");
         }
         deediff_unet::amx::set_bf16(true)?;
     }
-    let mut bundle = load_denoiser(args, device)?;
+    Ok(())
+}
+
+/// Adds the text encoder and the latent decoder `args` name or the model needs.
+fn complete(mut bundle: ModelBundle, args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
     let cfg = bundle.model.model().config().clone();
     if args.text_encoder.is_some() || (cfg.variant == Variant::UvitT2i && bundle.text.is_none()) {
         let path = resolve(args.text_encoder.as_deref(), &CLIP_VIT_L14)?;

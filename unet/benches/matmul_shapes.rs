@@ -20,11 +20,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// threads), one attention tile product per task for attention (single-threaded, as it runs).
 fn shapes() -> Vec<(&'static str, String, usize, usize, usize, bool)> {
     let mut v = Vec::new();
-    // (model, tokens, D, attention tile rows, head dim)
-    for (model, s, d, tile, dh) in [
-        ("uvit_s2", 257, 512, 86, 64),
-        ("small_p4", 65, 256, 65, 32),
-        ("default", 59, 128, 59, 32),
+    // (model, tokens, D, attention tile rows, head dim, patches, patch values p²·C)
+    for (model, s, d, tile, dh, patches, pd) in [
+        ("uvit_s2", 257, 512, 86, 64, 256, 12),
+        ("small_p4", 65, 256, 65, 32, 64, 48),
+        ("default", 59, 128, 59, 32, 49, 16),
     ] {
         for batch in [1, 16] {
             let m = s * batch;
@@ -35,7 +35,8 @@ fn shapes() -> Vec<(&'static str, String, usize, usize, usize, bool)> {
             v.push((model, name("fc1"), m, 4 * d, d, true));
             v.push((model, name("fc2"), m, d, 4 * d, true));
             v.push((model, name("skip_linear"), m, d, 2 * d, true));
-            v.push((model, name("decoder/head"), m, 16, d, true));
+            // The output head and each certainty head: patch tokens only.
+            v.push((model, name("decoder/head"), patches * batch, pd, d, true));
         }
         v.push((model, "attn q·kᵀ tile".into(), tile, tile, dh, false));
         v.push((model, "attn p·v tile".into(), tile, dh, tile, false));

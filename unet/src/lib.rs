@@ -22,6 +22,7 @@ pub mod layers;
 pub mod macs;
 pub mod matmul;
 pub mod model_file;
+pub mod narrow;
 pub mod panels;
 pub mod pretrained;
 pub mod pretrained_text;

@@ -13,6 +13,7 @@
 //! [`kernel_for`].
 
 use crate::isa::{isa, Isa};
+use crate::narrow;
 
 /// A strided f32 operand: element `(i, j)` lives at `ptr + i·rs + j·cs` (in elements).
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +57,8 @@ pub enum Kernel {
     /// single-threaded product: for few rows (one image's tokens) faer's own splitting leaves
     /// its threads waiting on each other.
     Faer512Cols,
+    /// Dot products along the depth for few output columns ([`crate::narrow`], AVX-512).
+    Narrow,
 }
 
 impl Kernel {
@@ -65,6 +68,7 @@ impl Kernel {
             Kernel::Faer256 => "faer-avx2",
             Kernel::Faer512 => "faer-avx512",
             Kernel::Faer512Cols => "faer-avx512-cols",
+            Kernel::Narrow => "narrow-avx512",
         }
     }
 
@@ -76,6 +80,7 @@ impl Kernel {
                 Kernel::Faer256,
                 Kernel::Faer512,
                 Kernel::Faer512Cols,
+                Kernel::Narrow,
             ],
             Isa::Avx2 => vec![Kernel::Gemm, Kernel::Faer256],
             Isa::Generic => vec![Kernel::Gemm],
@@ -94,7 +99,8 @@ const SMALL_MNK: usize = 32 * 32 * 32;
 /// 10–20 % faster.
 const FEW_ROWS: usize = 512;
 
-/// Products narrower than this (the output head's `n = p²·C`) run on `gemm` at every ISA.
+/// Products narrower than this (the output head's and the certainty heads' `n = p²·C`) run on
+/// [`Kernel::Narrow`] with AVX-512, on `gemm` otherwise.
 const NARROW_N: usize = 32;
 
 /// The kernel [`matmul`] uses for an `m × k` by `k × n` product.
@@ -103,14 +109,16 @@ const NARROW_N: usize = 32;
 ///   Rapids (2026-11-30, `matmul_shapes`) 1.5–1.9× `gemm` at every U-ViT shape with `n ≥ 128`,
 ///   e.g. 292–309 vs 156–174 GFLOP/s at U-ViT-S/2 batch 16, and 1.8–2× on attention tiles; but
 ///   on the output head's narrow products (`n` = 16 patch values) `gemm` is 1.0–4× faster
-///   (its register tile fits `n`; faer pads to 48), so those stay on `gemm`.
+///   (its register tile fits `n`; faer pads to 48), and [`Kernel::Narrow`] 1.4–2.7× `gemm`
+///   there (scratch harness, 2026-12-01, Emerald Rapids), so those run on it.
 /// - AVX2: `gemm`, the kernel every layer used before. faer's 256-bit kernels are linked and
 ///   `matmul_shapes` compares them per shape; measured only under `DEEDIFF_ISA=avx2` on the
 ///   Sapphire Rapids (within ±20 % of `gemm`, either way by shape), not yet on an AMD EPYC.
 /// - generic: `gemm`, which dispatches on its own (it cannot be capped below AVX2 from outside).
 pub fn kernel_for(m: usize, n: usize, k: usize) -> Kernel {
-    let small = m.saturating_mul(n).saturating_mul(k) < SMALL_MNK || n < NARROW_N;
+    let small = m.saturating_mul(n).saturating_mul(k) < SMALL_MNK;
     match isa() {
+        Isa::Avx512 if !small && n < NARROW_N => Kernel::Narrow,
         Isa::Avx512 if !small && m < FEW_ROWS => Kernel::Faer512Cols,
         Isa::Avx512 if !small => Kernel::Faer512,
         _ => Kernel::Gemm,
@@ -128,8 +136,8 @@ pub unsafe fn matmul(p: &Product, parallel: bool) {
     unsafe { matmul_with(kernel_for(p.m, p.n, p.k), p, parallel) }
 }
 
-/// [`matmul`] on a given kernel (benchmarks compare them). A kernel above the current [`isa`]
-/// falls back to `gemm`.
+/// [`matmul`] on a given kernel (benchmarks compare them). A kernel above the current [`isa`],
+/// or [`Kernel::Narrow`] on operands not contiguous along the depth, falls back to `gemm`.
 ///
 /// # Safety
 /// As [`matmul`].
@@ -145,6 +153,7 @@ pub unsafe fn matmul_with(kernel: Kernel, p: &Product, parallel: bool) {
     // SAFETY (all three): the caller guarantees the operands of `p`.
     match (kernel, faer_instr(kernel)) {
         // On one thread (e.g. attention tiles inside a rayon task) there is nothing to split.
+        (Kernel::Narrow, _) if narrow::fits(p) => unsafe { narrow::product(p, threads) },
         (Kernel::Faer512Cols, _) if threads > 1 => unsafe { p.by_columns(threads) },
         (_, Some(instr)) if p.k > 0 => unsafe { p.faer(instr, threads) },
         _ => unsafe { p.gemm(threads) },

@@ -17,7 +17,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use clap::{Args, Parser, Subcommand};
 use deediff_examples::cli::{
-    build_pipeline, load_model, ModelArgs, SamplingArgs, DEFAULT_SCHEDULER,
+    build_pipeline, load_model, load_model_bytes, ModelArgs, SamplingArgs, DEFAULT_SCHEDULER,
 };
 use deediff_sampler::{Condition, ModelBundle};
 use deediff_train::filled_heads::{fit_filled_heads, BlockFit, FitOptions};
@@ -167,14 +167,14 @@ fn filled(num: usize, batch: usize, updates: usize, common: &Common) -> Result<(
             "<embedded default model>".to_string(),
         ),
     };
-    let mut metadata = model_file::read_metadata(&bytes, &origin)?;
-    if !metadata.contains_key(key::UVIT_CONFIG) {
+    if !model_file::read_metadata(&bytes, &origin)?.contains_key(key::UVIT_CONFIG) {
         bail!(
             "{origin}: not a deediff model file (filled heads are written into model files only)"
         );
     }
     let device = Device::Cpu;
-    let bundle = load_model(model, &device)?;
+    let bundle = load_model_bytes(model, bytes.clone(), &origin, &device)?;
+    let mut metadata = bundle.metadata.clone();
     let cfg = bundle.model.model().config().clone();
     let conditions = conditions(&bundle, num)?;
     let seeds = common.seeds(num);
