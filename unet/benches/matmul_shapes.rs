@@ -1,8 +1,8 @@
 //! GFLOP/s of every linked matmul kernel at the U-ViT's shapes (the evidence behind
 //! `deediff_unet::matmul::kernel_for`), and of the packed-panel kernel the linear layers use on
-//! AVX2 and AVX-512 (`deediff_unet::panels`, its weight packed once outside the timing, as a layer keeps
-//! it), kernels interleaved round by round so a shared machine's load hits all of them alike;
-//! medians of the rounds.
+//! AVX2 and AVX-512 (`deediff_unet::panels`, its weight packed once outside the timing, as a
+//! layer keeps it), kernels interleaved round by round so a shared machine's load hits all of
+//! them alike; medians of the rounds.
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p deediff-unet --bench matmul_shapes [-- --rounds 7] [--json]`
 //! `--json` prints one JSON line per shape (read by `bench/uvit_forward.py`).

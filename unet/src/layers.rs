@@ -46,8 +46,8 @@ pub struct Linear {
     /// stale behind an optimiser step).
     bf16: Arc<OnceLock<PackedWeight>>,
     /// The weight in [`panels`] layout, packed at the first f32 inference product on a CPU
-    /// with AVX2 or AVX-512 ([`panels::eligible`]). Only weights that record no gradient are packed: a trained `Var` never is,
-    /// so no optimiser step can leave this copy behind.
+    /// with AVX2 or AVX-512 ([`panels::eligible`]). Only weights that record no gradient are
+    /// packed: a trained `Var` never is, so no optimiser step can leave this copy behind.
     f32_panels: Arc<OnceLock<PanelWeight>>,
 }
 

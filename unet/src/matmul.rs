@@ -319,6 +319,55 @@ impl Product {
     }
 }
 
+/// What the tests of every product kernel share (this module's, [`crate::panels`]',
+/// [`crate::narrow`]'s).
+#[cfg(test)]
+pub(crate) mod checks {
+    /// An `m × k` activation and an `n × k` weight (PyTorch layout) of small distinct values.
+    pub fn operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let w = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+            .collect();
+        (a, w)
+    }
+
+    /// `linear(x, w, dst, accumulate)` (`x` any number of rows of [`operands`]' `a`, `dst` of
+    /// ones, row-major) gives `alpha · x·wᵀ` (+ 1 when accumulating) for `m` rows, accumulating
+    /// or not, and the last row alone gives the bits it had in the batch.
+    pub fn rows_match_naive_and_alone(
+        label: &str,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        linear: impl Fn(&[f32], &[f32], &mut [f32], bool),
+    ) {
+        let (a, w) = operands(m, n, k);
+        for accumulate in [false, true] {
+            let mut dst = vec![1f32; m * n];
+            linear(&a, &w, &mut dst, accumulate);
+            for (i, row) in dst.chunks(n).enumerate() {
+                for (j, &got) in row.iter().enumerate() {
+                    let dot: f32 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
+                    let want = alpha * dot + if accumulate { 1.0 } else { 0.0 };
+                    assert!(
+                        (got - want).abs() < 1e-3,
+                        "{label} {m}×{n}×{k} ({i},{j}) {got} {want}"
+                    );
+                }
+            }
+            let mut alone = vec![1f32; n];
+            linear(&a[(m - 1) * k..], &w, &mut alone, accumulate);
+            assert_eq!(
+                alone,
+                dst[(m - 1) * n..],
+                "{label} {m}×{n}×{k}: last row alone"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,13 +376,8 @@ mod tests {
     #[test]
     fn kernels_match_naive_product() {
         let (m, n, k) = (37, 29, 70);
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
-            .collect();
         // `b` stored as the transpose (n × k), as linear weights are.
-        let b: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
-            .collect();
+        let (a, b) = checks::operands(m, n, k);
         let want =
             |i: usize, j: usize| -> f32 { (0..k).map(|l| a[i * k + l] * b[j * k + l]).sum() };
         for kernel in Kernel::available() {

@@ -186,7 +186,8 @@ impl Product {
 #[target_feature(enable = "avx512f")]
 fn sums4(acc: &[__m512; OUTS]) -> __m512 {
     let [a0, a1, a2, a3] = *acc;
-    // Lanes 4q + {0, 1, 2, 3} of `y` hold the partial sums of outputs {0, 1, 2, 3} over lanes 4q..4q + 4.
+    // Lanes 4q + {0, 1, 2, 3} of `y` hold the partial sums of outputs {0, 1, 2, 3} over
+    // lanes 4q..4q + 4.
     let x0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
     let x1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
     let y = _mm512_add_ps(
@@ -201,7 +202,7 @@ fn sums4(acc: &[__m512; OUTS]) -> __m512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matmul::Operand;
+    use crate::matmul::{checks, Operand};
 
     /// Every tiling edge (rows not a multiple of 4, outputs not of 4, depth not of 16, one
     /// row, rows split over the threads) gives the naive product with `alpha` and accumulate;
@@ -220,40 +221,20 @@ mod tests {
             )));
             return;
         }
-        for (m, n, k) in [
+        for shape in [
             (37, 12, 70),
             (1, 1, 16),
             (6, 13, 15),
             (4096, 12, 512),
             (5, 16, 128),
         ] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
-                .collect();
-            for accumulate in [false, true] {
-                let mut dst = vec![1f32; m * n];
-                let p = product_of(&a, &w, &mut dst, m, n, k, accumulate);
-                // SAFETY: operands sized m × k, n × k, m × n above.
+            let linear = |x: &[f32], w: &[f32], dst: &mut [f32], accumulate: bool| {
+                let (n, k) = (shape.1, shape.2);
+                let p = product_of(x, w, dst, x.len() / k, n, k, accumulate);
+                // SAFETY: `x` holds whole rows of depth k, `w` n × k, `dst` those rows × n.
                 unsafe { product(&p, 2) };
-                for (i, row) in dst.chunks(n).enumerate() {
-                    for (j, &got) in row.iter().enumerate() {
-                        let dot: f32 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
-                        let want = 0.5 * dot + if accumulate { 1.0 } else { 0.0 };
-                        assert!(
-                            (got - want).abs() < 1e-3,
-                            "{m}×{n}×{k} ({i},{j}) {got} {want}"
-                        );
-                    }
-                }
-                let mut alone = vec![1f32; n];
-                let p = product_of(&a[(m - 1) * k..], &w, &mut alone, 1, n, k, accumulate);
-                // SAFETY: one row.
-                unsafe { product(&p, 1) };
-                assert_eq!(alone, dst[(m - 1) * n..], "{m}×{n}×{k}: last row alone");
-            }
+            };
+            checks::rows_match_naive_and_alone("narrow", shape, 0.5, linear);
         }
     }
 

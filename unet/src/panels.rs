@@ -403,33 +403,12 @@ mod tests {
     }
 
     fn check_product(isa: Isa, m: usize, n: usize, k: usize) {
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
-            .collect();
+        let (_, w) = crate::matmul::checks::operands(m, n, k);
         let packed = PanelWeight::new(&w, n, k);
-        for accumulate in [false, true] {
-            let mut dst = vec![1f32; m * n];
-            linear_on(isa, &a, &packed, &mut dst, accumulate);
-            for (i, row) in dst.chunks(n).enumerate() {
-                for (j, &got) in row.iter().enumerate() {
-                    let want: f32 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum::<f32>()
-                        + if accumulate { 1.0 } else { 0.0 };
-                    assert!(
-                        (got - want).abs() < 1e-3,
-                        "{isa:?} {m}×{n}×{k} ({i},{j}) {got} {want}"
-                    );
-                }
-            }
-            let mut alone = vec![1f32; n];
-            linear_on(isa, &a[(m - 1) * k..], &packed, &mut alone, accumulate);
-            assert_eq!(
-                alone,
-                dst[(m - 1) * n..],
-                "{isa:?} {m}×{n}×{k}: last row alone"
-            );
-        }
+        let label = format!("{isa:?}");
+        let linear = |x: &[f32], _: &[f32], dst: &mut [f32], accumulate: bool| {
+            linear_on(isa, x, &packed, dst, accumulate)
+        };
+        crate::matmul::checks::rows_match_naive_and_alone(&label, (m, n, k), 1.0, linear);
     }
 }
