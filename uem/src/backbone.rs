@@ -9,7 +9,8 @@ use crate::policy::ExitRule;
 /// A transformer denoiser run block by block. Between blocks its whole state is the token
 /// tensor `h [B, S, D]` plus [`Backbone::Pass`], the backbone's own per-pass state (U-ViT: the
 /// long-skip stack), which the driver shrinks with [`Backbone::retain_rows`] as samples leave.
-pub trait Backbone {
+/// `Sync`: evaluations run on rayon's worker threads ([`deediff_unet::pool`]).
+pub trait Backbone: Sync {
     /// Per-pass state between blocks.
     type Pass;
 

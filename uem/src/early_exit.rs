@@ -185,7 +185,8 @@ impl<B: Backbone> EarlyExit<B> {
 
     /// One network evaluation of a run: every pass of `passes` under `policy`, the guided
     /// prediction and the exits of every pass (conditional first). Image `k`'s conditional pass
-    /// keeps its cache in slot `k` of `state`, its unconditional pass in slot `B + k`.
+    /// keeps its cache in slot `k` of `state`, its unconditional pass in slot `B + k`. Runs on a
+    /// rayon worker ([`deediff_unet::pool`]).
     pub fn evaluate(
         &self,
         state: &mut RunState,
@@ -195,14 +196,16 @@ impl<B: Backbone> EarlyExit<B> {
         policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
         policy.validate().map_err(candle_core::Error::msg)?;
-        state.begin_evaluation();
-        let slots: Vec<usize> = (0..x.dim(0)?).collect();
-        let out = match passes.guidance {
-            None => self.pass(state, &slots, x, t, passes.cond, policy)?,
-            Some(g) => self.guided(state, x, t, passes.cond, &g, policy)?,
-        };
-        state.note_peak();
-        Ok(out)
+        deediff_unet::pool::on_worker(|| {
+            state.begin_evaluation();
+            let slots: Vec<usize> = (0..x.dim(0)?).collect();
+            let out = match passes.guidance {
+                None => self.pass(state, &slots, x, t, passes.cond, policy)?,
+                Some(g) => self.guided(state, x, t, passes.cond, &g, policy)?,
+            };
+            state.note_peak();
+            Ok(out)
+        })
     }
 
     /// Both passes of a guided evaluation, combined.

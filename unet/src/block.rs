@@ -2,6 +2,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::attention::Attention;
 use crate::kernels;
@@ -70,7 +71,34 @@ impl Block {
     }
 
     /// `skip` is ignored by blocks without `skip_linear`, as in the official code.
+    ///
+    /// On the CPU the batch runs as one part per thread, split by sample, each part through the
+    /// whole block: a block is ten kernels, and splitting each of them over the threads makes the
+    /// threads meet after every one. Interleaved in one process (Emerald Rapids, 2 threads),
+    /// whole-block parts ran the embedded model's forward 7–29 % faster (batch 32 … 2; most at
+    /// small batches, where per-sample exits run their last blocks) and U-ViT-S/2's 11 % at
+    /// batch 16. Every kernel computes a row the same in any batch, so neither the numbers nor
+    /// a sample's independence of its batch change. A part's own kernels still spread over idle
+    /// threads (rayon steals), which evens out unequal parts.
     pub fn forward(&self, x: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let parts = b.min(rayon::current_num_threads());
+        if parts < 2 || x.track_op() || !x.device().is_cpu() {
+            return self.forward_part(x, skip);
+        }
+        let outs = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let (s, n) = (p * b / parts, (p + 1) * b / parts - p * b / parts);
+                let skip = skip.map(|t| t.narrow(0, s, n)).transpose()?;
+                self.forward_part(&x.narrow(0, s, n)?, skip.as_ref())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&outs, 0)
+    }
+
+    /// [`Self::forward`] on one part of the batch.
+    fn forward_part(&self, x: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
         let x = match (&self.skip_linear, skip) {
             (Some(lin), Some(s)) => lin.forward(&Tensor::cat(&[x, s], 2)?)?,
             (Some(_), None) => candle_core::bail!("out-block called without a skip tensor"),

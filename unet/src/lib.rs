@@ -24,6 +24,7 @@ pub mod matmul;
 pub mod model_file;
 pub mod narrow;
 pub mod panels;
+pub mod pool;
 pub mod pretrained;
 pub mod pretrained_text;
 mod rowops;

@@ -57,7 +57,8 @@ pub enum Kernel {
     /// single-threaded product: for few rows (one image's tokens) faer's own splitting leaves
     /// its threads waiting on each other.
     Faer512Cols,
-    /// Dot products along the depth for few output columns ([`crate::narrow`], AVX-512).
+    /// Dot products along the depth for few output columns ([`crate::narrow`]: an AVX-512 tile,
+    /// plain loops elsewhere).
     Narrow,
 }
 
@@ -68,7 +69,7 @@ impl Kernel {
             Kernel::Faer256 => "faer-avx2",
             Kernel::Faer512 => "faer-avx512",
             Kernel::Faer512Cols => "faer-avx512-cols",
-            Kernel::Narrow => "narrow-avx512",
+            Kernel::Narrow => "narrow",
         }
     }
 
@@ -82,8 +83,8 @@ impl Kernel {
                 Kernel::Faer512Cols,
                 Kernel::Narrow,
             ],
-            Isa::Avx2 => vec![Kernel::Gemm, Kernel::Faer256],
-            Isa::Generic => vec![Kernel::Gemm],
+            Isa::Avx2 => vec![Kernel::Gemm, Kernel::Faer256, Kernel::Narrow],
+            Isa::Generic => vec![Kernel::Gemm, Kernel::Narrow],
         }
     }
 }
@@ -100,7 +101,10 @@ const SMALL_MNK: usize = 32 * 32 * 32;
 const FEW_ROWS: usize = 512;
 
 /// Products narrower than this (the output head's and the certainty heads' `n = p²·C`) run on
-/// [`Kernel::Narrow`] with AVX-512, on `gemm` otherwise.
+/// [`Kernel::Narrow`] on every CPU and at any size: a choice that depended on the rows `m`, or a
+/// kernel whose blocking does, would give a sample's output head other bits alone than in a
+/// batch (the tiny products `gemm`'s small path would take cost well under a microsecond
+/// either way).
 const NARROW_N: usize = 32;
 
 /// The kernel [`matmul`] uses for an `m × k` by `k × n` product.
@@ -115,10 +119,13 @@ const NARROW_N: usize = 32;
 ///   `matmul_shapes` compares them per shape; measured only under `DEEDIFF_ISA=avx2` on the
 ///   Sapphire Rapids (within ±20 % of `gemm`, either way by shape), not yet on an AMD EPYC.
 /// - generic: `gemm`, which dispatches on its own (it cannot be capped below AVX2 from outside).
+/// - Narrow products ([`NARROW_N`]) on [`Kernel::Narrow`] whatever the CPU.
 pub fn kernel_for(m: usize, n: usize, k: usize) -> Kernel {
+    if n < NARROW_N {
+        return Kernel::Narrow;
+    }
     let small = m.saturating_mul(n).saturating_mul(k) < SMALL_MNK;
     match isa() {
-        Isa::Avx512 if !small && n < NARROW_N => Kernel::Narrow,
         Isa::Avx512 if !small && m < FEW_ROWS => Kernel::Faer512Cols,
         Isa::Avx512 if !small => Kernel::Faer512,
         _ => Kernel::Gemm,

@@ -12,7 +12,11 @@
 //! 80–113; `cargo bench -p deediff-unet --bench matmul_shapes` keeps the comparison.
 //!
 //! A row's sum does not depend on the rows around it (the same order alone, in a full tile or in
-//! the tail), so a sample gives identical bits alone or in any batch.
+//! the tail), so a sample gives identical bits alone or in any batch. Without AVX-512 the same
+//! dot products run as plain loops over 8-lane partial sums ([`portable_pair`], compiled for AVX2
+//! and for the baseline): slower, but just as independent of the batch, which a GEMM whose
+//! blocking follows the row count is not (`gemm` gave a sample's output head other last bits
+//! alone than in a batch of three).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -30,10 +34,13 @@ const OUTS: usize = 4;
 /// image (49 × 16 × 128) ran 3× slower split over two threads than on one.
 const PARALLEL_MACS: usize = 1 << 20;
 
-/// Whether [`product`] can run `p`: on AVX-512, with the activations' rows and the weight's
-/// rows (`rhs` read as a transposed `[n, k]` weight) contiguous along the depth.
+/// Partial sums per output in [`portable_pair`] (one AVX2 vector).
+const LANES: usize = 8;
+
+/// Whether [`product`] can run `p`: the activations' rows and the weight's rows (`rhs` read as a
+/// transposed `[n, k]` weight) contiguous along the depth.
 pub fn fits(p: &Product) -> bool {
-    isa() == Isa::Avx512 && p.lhs.cs == 1 && p.rhs.rs == 1 && p.k > 0
+    p.lhs.cs == 1 && p.rhs.rs == 1 && p.k > 0
 }
 
 /// `p.dst = (p.accumulate ? p.dst : 0) + p.alpha · p.lhs · p.rhs`, rows split over up to
@@ -42,7 +49,10 @@ pub fn fits(p: &Product) -> bool {
 /// # Safety
 /// As [`crate::matmul::matmul`]; and [`fits`]`(p)`.
 pub unsafe fn product(p: &Product, threads: usize) {
-    assert!(fits(p), "narrow product on {:?} without AVX-512", p);
+    assert!(
+        fits(p),
+        "narrow product on operands strided along the depth: {p:?}"
+    );
     let threads = if p.m * p.n * p.k < PARALLEL_MACS {
         1
     } else {
@@ -67,6 +77,10 @@ impl Product {
     /// # Safety
     /// As [`product`], for these rows.
     unsafe fn rows(&self, r0: usize, count: usize) {
+        if isa() != Isa::Avx512 {
+            // SAFETY: passed on.
+            return unsafe { self.portable_rows(r0, count) };
+        }
         let full = count / ROWS * ROWS;
         // SAFETY: passed on; every tile lies inside rows r0..r0 + count.
         unsafe {
@@ -174,10 +188,84 @@ impl Product {
         }
     }
 
-    /// Off x86-64 [`fits`] is false: nothing calls this.
+    /// Off x86-64 [`isa`] is never AVX-512: nothing calls this.
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn tile<const R: usize>(&self, _: usize) {
-        unreachable!("narrow products exist on x86-64 only")
+        unreachable!("the AVX-512 tile exists on x86-64 only")
+    }
+
+    /// Rows `r0..r0 + count` on [`portable_pair`], two at a time (a last odd row is paired with
+    /// itself).
+    ///
+    /// # Safety
+    /// As [`Product::rows`], without the AVX-512 requirement.
+    unsafe fn portable_rows(&self, r0: usize, count: usize) {
+        let (n, k) = (self.n, self.k);
+        let mut sums = vec![0f32; 2 * n];
+        // SAFETY: the weight's n rows of depth k start `rhs.cs` apart; the activations' rows
+        // r0.. of depth k start `lhs.rs` apart; `dst`'s rows are `dst_ld` apart and these rows
+        // belong to this task alone (caller).
+        unsafe {
+            let w = std::slice::from_raw_parts(self.rhs.ptr, (n - 1) * self.rhs.cs as usize + k);
+            let a = |i: usize| {
+                std::slice::from_raw_parts(self.lhs.ptr.offset(i as isize * self.lhs.rs), k)
+            };
+            for i in (r0..r0 + count).step_by(2) {
+                let pair = (i + 1 < r0 + count) as usize;
+                portable_pair(a(i), a(i + pair), w, self.rhs.cs as usize, &mut sums);
+                for (r, sums) in sums.chunks_exact(n).take(1 + pair).enumerate() {
+                    let out =
+                        std::slice::from_raw_parts_mut(self.dst.add((i + r) * self.dst_ld), n);
+                    for (d, &s) in out.iter_mut().zip(sums) {
+                        let s = self.alpha * s;
+                        *d = if self.accumulate { *d + s } else { s };
+                    }
+                }
+            }
+        }
+    }
+}
+
+crate::isa::multiversion! {
+    /// `sums[r·n + j]` = row `a_r` · weight row `j` (rows of `w` are `ws` apart, `n` =
+    /// `sums.len() / 2`): per [`OUTS`] outputs, [`LANES`] partial sums each along the depth —
+    /// eight independent chains, so the adds overlap — then a fixed tree per output. Each row
+    /// has its own sums, so its bits do not depend on the other row.
+    fn portable_pair(a0: &[f32], a1: &[f32], w: &[f32], ws: usize, sums: &mut [f32]) {
+        let (n, k) = (sums.len() / 2, a0.len());
+        let full = k - k % LANES;
+        for j0 in (0..n).step_by(OUTS) {
+            // Outputs past `n` repeat the last one; their sums are never stored.
+            let rows: [&[f32]; OUTS] = std::array::from_fn(|j| &w[(j0 + j).min(n - 1) * ws..][..k]);
+            let (mut acc0, mut acc1) = ([[0f32; LANES]; OUTS], [[0f32; LANES]; OUTS]);
+            for p in (0..full).step_by(LANES) {
+                let c0: &[f32; LANES] = a0[p..][..LANES].try_into().expect("LANES");
+                let c1: &[f32; LANES] = a1[p..][..LANES].try_into().expect("LANES");
+                for ((acc0, acc1), row) in acc0.iter_mut().zip(&mut acc1).zip(&rows) {
+                    let wc: &[f32; LANES] = row[p..][..LANES].try_into().expect("LANES");
+                    for l in 0..LANES {
+                        acc0[l] += c0[l] * wc[l];
+                    }
+                    for l in 0..LANES {
+                        acc1[l] += c1[l] * wc[l];
+                    }
+                }
+            }
+            let mut acc = [acc0, acc1];
+            for (acc, a) in acc.iter_mut().zip([a0, a1]) {
+                for (acc, row) in acc.iter_mut().zip(&rows) {
+                    for (l, p) in (full..k).enumerate() {
+                        acc[l] += a[p] * row[p];
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (j, acc) in acc.iter().enumerate().take(n - j0) {
+                    let [s0, s1, s2, s3, s4, s5, s6, s7] = *acc;
+                    sums[r * n + j0 + j] = ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7));
+                }
+            }
+        }
     }
 }
 
@@ -209,18 +297,6 @@ mod tests {
     /// a row's bits do not depend on the rows around it.
     #[test]
     fn narrow_matches_naive_product_and_rows_are_batch_invariant() {
-        if isa() != Isa::Avx512 {
-            assert!(!fits(&product_of(
-                &[1.0],
-                &[1.0],
-                &mut [0.0],
-                1,
-                1,
-                1,
-                false
-            )));
-            return;
-        }
         for shape in [
             (37, 12, 70),
             (1, 1, 16),
@@ -236,6 +312,15 @@ mod tests {
             };
             checks::rows_match_naive_and_alone("narrow", shape, 0.5, linear);
         }
+        eprintln!("narrow products checked {}", deediff_testkit::isa_marker());
+    }
+
+    /// The same checks on the plain-loop rows (AVX2 and baseline builds).
+    #[test]
+    fn narrow_on_fallback_kernels() {
+        deediff_testkit::rerun_on_fallback_isas(
+            "narrow::tests::narrow_matches_naive_product_and_rows_are_batch_invariant",
+        );
     }
 
     fn product_of(

@@ -209,13 +209,16 @@ impl UVit {
         }
     }
 
-    /// Full-depth forward (the official output with no early exit).
+    /// Full-depth forward (the official output with no early exit), run on a rayon worker
+    /// ([`crate::pool`]).
     pub fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        let mut h = self.embed(x, t, cond)?;
-        let mut skips = Vec::with_capacity(self.cfg.num_in_blocks());
-        for i in 0..self.num_blocks() {
-            h = self.block(i, &h, &mut skips)?;
-        }
-        self.decode(&h)
+        crate::pool::on_worker(|| {
+            let mut h = self.embed(x, t, cond)?;
+            let mut skips = Vec::with_capacity(self.cfg.num_in_blocks());
+            for i in 0..self.num_blocks() {
+                h = self.block(i, &h, &mut skips)?;
+            }
+            self.decode(&h)
+        })
     }
 }

@@ -81,6 +81,42 @@ fn forward_matches_reference_tensors_on_fallback_kernels() {
     deediff_testkit::rerun_on_fallback_isas("forward_matches_reference_tensors");
 }
 
+/// A sample's output does not depend on its batch: blocks run a batch as one part per thread
+/// (`Block::forward`) and every kernel computes a row the same in any batch, so each sample of a
+/// reference batch run alone gives the batch's bits exactly. Not on the baseline kernels
+/// (`DEEDIFF_ISA=generic`, no CPU here lacks AVX2): their linear layers run on `gemm`, whose
+/// blocking follows the row count, so the last bits may differ there.
+#[test]
+fn each_sample_alone_gives_its_bits_in_the_batch() {
+    use candle_core::Tensor;
+    use deediff_unet::isa::{isa, Isa};
+    let tol = if isa() >= Isa::Avx2 { 0.0 } else { 1e-5 };
+    for case in deediff_testkit::cases() {
+        let model = deediff_testkit::load(&case.weights[0]).model;
+        let (x, t, cond) = (case.get("x_t"), case.get("timesteps"), case.conditioning());
+        let batch = model.forward(x, t, &cond).unwrap();
+        for k in 0..x.dim(0).unwrap() {
+            let idx = Tensor::new(&[k as u32], x.device()).unwrap();
+            let pick = |v: &Tensor| v.index_select(&idx, 0).unwrap();
+            let alone = model
+                .forward(&pick(x), &pick(t), &cond.index_select(&idx).unwrap())
+                .unwrap();
+            let d = deediff_testkit::max_abs_diff(&alone, &pick(&batch));
+            assert!(d <= tol, "{}: sample {k} alone differs by {d}", case.name);
+        }
+    }
+    eprintln!(
+        "batch independence checked {}",
+        deediff_testkit::isa_marker()
+    );
+}
+
+/// The fallback kernels keep a sample's bits independent of its batch too.
+#[test]
+fn each_sample_alone_gives_its_bits_in_the_batch_on_fallback_kernels() {
+    deediff_testkit::rerun_on_fallback_isas("each_sample_alone_gives_its_bits_in_the_batch");
+}
+
 /// The differentiable path (VarMap-backed model, no fused kernels) gives the same output, and
 /// gradients reach the layer-norm, MLP and embedding parameters.
 #[test]
