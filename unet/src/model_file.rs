@@ -90,7 +90,8 @@ pub fn metadata(
 
 /// Writes `tensors` with `metadata` to `path` via `<path>.tmp` and a rename, so an interrupted
 /// write never leaves a broken file in place of the previous good one (model files and training
-/// checkpoints alike).
+/// checkpoints alike). The folder must exist: a missing one is an error naming the file, as the
+/// tools' own output checks refuse it before any work.
 pub fn write_atomic(
     path: &Path,
     tensors: Vec<(String, Tensor)>,
@@ -102,12 +103,6 @@ pub fn write_atomic(
             origin,
             "exists and is not a regular file; refusing to replace it",
         ));
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
     }
     let mut tmp = PathBuf::from(path);
     tmp.as_mut_os_string().push(".tmp");

@@ -72,8 +72,29 @@ fn is_npz(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "npz")
 }
 
-fn folder_features(net: &FidInception, dir: &Path, args: &Args) -> Result<Features> {
-    let files = list_images(dir)?;
+/// One side of a comparison: a statistics file, or the images of a folder (listed once, so the
+/// KID check and the features see the same files).
+enum Input {
+    Stats(Stats),
+    Images(Vec<PathBuf>),
+}
+
+impl Input {
+    fn read(p: &Path, dims: usize) -> Result<Self> {
+        Ok(if is_npz(p) {
+            Self::Stats(load_stats(p, dims)?)
+        } else {
+            Self::Images(list_images(p)?)
+        })
+    }
+}
+
+fn folder_features(
+    net: &FidInception,
+    dir: &Path,
+    files: &[PathBuf],
+    args: &Args,
+) -> Result<Features> {
     if files.len() < 2 {
         bail!(
             "{}: needs at least 2 images for statistics, found {}",
@@ -88,7 +109,7 @@ fn folder_features(net: &FidInception, dir: &Path, args: &Args) -> Result<Featur
         .progress_chars("=> "),
     );
     bar.set_prefix(dir.display().to_string());
-    let f = net.features_files(&files, args.dims, args.batch_size, &mut |k| {
+    let f = net.features_files(files, args.dims, args.batch_size, &mut |k| {
         bar.inc(k as u64)
     })?;
     bar.finish();
@@ -207,7 +228,7 @@ fn merge(out: &Path, paths: &[PathBuf]) -> Result<()> {
 
 /// `--save-stats`: the mergeable statistics of one folder.
 fn save_stats(net: &FidInception, dir: &Path, out: &Path, args: &Args) -> Result<()> {
-    let f = folder_features(net, dir, args)?;
+    let f = folder_features(net, dir, &list_images(dir)?, args)?;
     let mut m = Moments::new(f.dims);
     m.add_features(&f)?;
     m.save(out)?;
@@ -227,24 +248,26 @@ fn compare(a: &Path, b: &Path, net: impl Fn() -> Result<FidInception>, args: &Ar
         subsets: args.kid_subsets,
         seed: args.seed,
     };
+    let inputs = [
+        (a, Input::read(a, args.dims)?),
+        (b, Input::read(b, args.dims)?),
+    ];
     if args.kid {
-        check_kid_subsets(a, b, &opts)?;
+        check_kid_subsets(&inputs, &opts)?;
     }
-    let stats_a = is_npz(a).then(|| load_stats(a, args.dims)).transpose()?;
-    let stats_b = is_npz(b).then(|| load_stats(b, args.dims)).transpose()?;
-    let model = if stats_a.is_none() || stats_b.is_none() {
-        Some(net()?)
-    } else {
-        None
-    };
+    let model = inputs
+        .iter()
+        .any(|(_, i)| matches!(i, Input::Images(_)))
+        .then(net)
+        .transpose()?;
     let mut features = Vec::new();
     let mut stats = Vec::new();
-    for (p, s) in [(a, stats_a), (b, stats_b)] {
-        stats.push(match s {
-            Some(s) => s,
-            None => {
-                let f =
-                    folder_features(model.as_ref().expect("model loaded for folders"), p, args)?;
+    for (p, input) in inputs {
+        stats.push(match input {
+            Input::Stats(s) => s,
+            Input::Images(files) => {
+                let net = model.as_ref().expect("model loaded for folders");
+                let f = folder_features(net, p, &files, args)?;
                 let s = Stats::from_features(&f)?;
                 features.push(f);
                 s
@@ -271,12 +294,12 @@ fn compare(a: &Path, b: &Path, net: impl Fn() -> Result<FidInception>, args: &Ar
 }
 
 /// KID's subsets must fit both folders: checked on the file lists, before minutes of features.
-fn check_kid_subsets(a: &Path, b: &Path, opts: &KidOptions) -> Result<()> {
-    if is_npz(a) || is_npz(b) {
-        bail!("--kid needs two image folders (statistics files hold no features)");
-    }
-    for dir in [a, b] {
-        opts.check(list_images(dir)?.len())
+fn check_kid_subsets(inputs: &[(&Path, Input)], opts: &KidOptions) -> Result<()> {
+    for (dir, input) in inputs {
+        let Input::Images(files) = input else {
+            bail!("--kid needs two image folders (statistics files hold no features)");
+        };
+        opts.check(files.len())
             .with_context(|| dir.display().to_string())?;
     }
     Ok(())
