@@ -204,7 +204,12 @@ impl UVit {
         let out = self.decoder_pred.forward(&self.norm.forward(&patches)?)?;
         let img = unpatchify(&out, self.cfg.in_chans)?;
         match &self.final_layer {
-            Some(conv) => conv.forward(&img),
+            Some(conv) => {
+                let bias = conv
+                    .bias()
+                    .ok_or_else(|| candle_core::Error::msg("final_layer has a bias"))?;
+                crate::kernels::conv3x3(&img, conv.weight(), bias)
+            }
             None => Ok(img),
         }
     }
