@@ -1,7 +1,8 @@
 //! What a per-sample exit pays per block as its batch shrinks: the embedded default model's
 //! block times and one certainty head's time (`CertaintyHeads::sample_means`, read after every
 //! block of an exit pass) at batches of 32 … 1 images, medians of 60 (random input and context,
-//! timestep 500).
+//! timestep 500). Timed on a rayon worker, where an exit pass runs (`deediff_unet::pool`): from
+//! the main thread every parallel kernel adds two thread hand-offs.
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p deediff-examples --bench block_rows`
 
@@ -23,6 +24,7 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    deediff_unet::pool::park_candle_workers();
     deediff_unet::alloc::keep_freed_pages();
     let dev = Device::Cpu;
     let bundle = ModelBundle::default_model(&dev)?;
@@ -49,20 +51,7 @@ fn main() -> anyhow::Result<()> {
             (images, cfg.num_clip_token, cfg.clip_dim),
             &dev,
         )?);
-        let mut blocks = vec![Vec::new(); n];
-        let mut head = Vec::new();
-        for _ in 0..REPEATS {
-            let mut h = Backbone::embed(model, &x, &t, &c)?;
-            let mut pass = Backbone::start_pass(model, images);
-            for (i, times) in blocks.iter_mut().enumerate() {
-                let start = Instant::now();
-                h = Backbone::block(model, i, &h, &mut pass)?;
-                times.push(start.elapsed().as_secs_f64());
-                let start = Instant::now();
-                heads.sample_means(i, &h)?.to_vec1::<f32>()?;
-                head.push(start.elapsed().as_secs_f64());
-            }
-        }
+        let (blocks, head) = deediff_unet::pool::on_worker(|| time_pass(model, heads, &x, &t, &c))?;
         let ms: Vec<f64> = blocks.into_iter().map(median_ms).collect();
         let total: f64 = ms.iter().sum();
         let head = median_ms(head);
@@ -77,4 +66,30 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// [`REPEATS`] passes of every block then its head: the seconds of each block and of every head.
+fn time_pass(
+    model: &deediff_unet::UVit,
+    heads: &deediff_uem::CertaintyHeads,
+    x: &Tensor,
+    t: &Tensor,
+    c: &Conditioning,
+) -> anyhow::Result<(Vec<Vec<f64>>, Vec<f64>)> {
+    let n = Backbone::num_blocks(model);
+    let mut blocks = vec![Vec::new(); n];
+    let mut head = Vec::new();
+    for _ in 0..REPEATS {
+        let mut h = Backbone::embed(model, x, t, c)?;
+        let mut pass = Backbone::start_pass(model, x.dim(0)?);
+        for (i, times) in blocks.iter_mut().enumerate() {
+            let start = Instant::now();
+            h = Backbone::block(model, i, &h, &mut pass)?;
+            times.push(start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            heads.sample_means(i, &h)?.to_vec1::<f32>()?;
+            head.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok((blocks, head))
 }

@@ -56,6 +56,7 @@ fn target(n: usize) -> f64 {
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res<()> {
+    deediff_unet::pool::park_candle_workers();
     deediff_unet::alloc::keep_freed_pages();
     let repeats: usize = std::env::args()
         .skip(1)
