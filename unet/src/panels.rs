@@ -385,8 +385,8 @@ mod tests {
     use super::*;
 
     /// Every tiling edge (rows not a multiple of 14, columns not of 32, depth not of 256, one
-    /// row, rows split over the threads, row tiles copied at aliasing depths) gives the naive product, accumulating or not; a row's
-    /// bits do not depend on the batch around it.
+    /// row, rows split over the threads, row tiles copied at aliasing depths) gives the naive
+    /// product, accumulating or not; a row's bits do not depend on the batch around it.
     #[test]
     fn panels_match_naive_product_and_rows_are_batch_invariant() {
         let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
