@@ -116,8 +116,10 @@ const NARROW_N: usize = 32;
 ///   (its register tile fits `n`; faer pads to 48), and [`Kernel::Narrow`] 1.4–2.7× `gemm`
 ///   there (scratch harness, 2026-12-01, Emerald Rapids), so those run on it.
 /// - AVX2: `gemm`, the kernel every layer used before. faer's 256-bit kernels are linked and
-///   `matmul_shapes` compares them per shape; measured only under `DEEDIFF_ISA=avx2` on the
-///   Sapphire Rapids (within ±20 % of `gemm`, either way by shape), not yet on an AMD EPYC.
+///   `matmul_shapes` compares them per shape; measured only under `DEEDIFF_ISA=avx2` on CPUs
+///   that have AVX-512: the Sapphire Rapids (within ±20 % of `gemm`, either way by shape) and a
+///   Zen 4 EPYC (2026-12-02: 0.95–1.27× `gemm`, attention tiles included). No AVX2-only CPU,
+///   where this choice applies, has been drawn to decide it.
 /// - generic: `gemm`, which dispatches on its own (it cannot be capped below AVX2 from outside).
 /// - Narrow products ([`NARROW_N`]) on [`Kernel::Narrow`] whatever the CPU.
 pub fn kernel_for(m: usize, n: usize, k: usize) -> Kernel {
