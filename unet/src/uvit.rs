@@ -205,9 +205,9 @@ impl UVit {
         let img = unpatchify(&out, self.cfg.in_chans)?;
         match &self.final_layer {
             Some(conv) => {
-                let bias = conv
-                    .bias()
-                    .ok_or_else(|| candle_core::Error::msg("final_layer has a bias"))?;
+                let bias = conv.bias().ok_or_else(|| {
+                    candle_core::Error::msg("final_layer: a 3×3 conv without a bias")
+                })?;
                 crate::kernels::conv3x3(&img, conv.weight(), bias)
             }
             None => Ok(img),
