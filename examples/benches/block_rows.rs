@@ -1,6 +1,7 @@
 //! What a per-sample exit pays per block as its batch shrinks: the embedded default model's
-//! block times and one certainty head's time (`CertaintyHeads::sample_means`, read after every
-//! block of an exit pass) at batches of 32 … 1 images, medians of 60 (random input and context,
+//! block times, one certainty head's time (`CertaintyHeads::sample_means`, read after every
+//! block of an exit pass), and the embed and output head every pass pays however early it stops,
+//! at batches of 32 … 1 images, medians of 60 (random input and context,
 //! timestep 500). Timed on a rayon worker, where an exit pass runs (`deediff_unet::pool`): from
 //! the main thread every parallel kernel adds two thread hand-offs.
 //!
@@ -33,10 +34,10 @@ fn main() -> anyhow::Result<()> {
     let cfg = model.config();
     let n = Backbone::num_blocks(model);
     println!(
-        "| images | block ms (0 … {}) | all blocks ms / image | head ms | head / mean block |",
+        "| images | embed ms | block ms (0 … {}) | all blocks ms / image | head ms | head / mean block | decode ms |",
         n - 1
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for images in [32usize, 16, 8, 4, 2, 1] {
         let x = Tensor::randn(
             0f32,
@@ -51,12 +52,13 @@ fn main() -> anyhow::Result<()> {
             (images, cfg.num_clip_token, cfg.clip_dim),
             &dev,
         )?);
-        let (blocks, head) = deediff_unet::pool::on_worker(|| time_pass(model, heads, &x, &t, &c))?;
-        let ms: Vec<f64> = blocks.into_iter().map(median_ms).collect();
+        let times = deediff_unet::pool::on_worker(|| time_pass(model, heads, &x, &t, &c))?;
+        let ms: Vec<f64> = times.blocks.into_iter().map(median_ms).collect();
         let total: f64 = ms.iter().sum();
-        let head = median_ms(head);
+        let head = median_ms(times.head);
+        let (embed, decode) = (median_ms(times.embed), median_ms(times.decode));
         println!(
-            "| {images} | {} | {:.3} | {head:.3} | {:.1} % |",
+            "| {images} | {embed:.3} | {} | {:.3} | {head:.3} | {:.1} % | {decode:.3} |",
             ms.iter()
                 .map(|m| format!("{m:.2}"))
                 .collect::<Vec<_>>()
@@ -68,28 +70,46 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// [`REPEATS`] passes of every block then its head: the seconds of each block and of every head.
+/// Seconds of every timed repeat, per part of a pass.
+#[derive(Default)]
+struct Times {
+    embed: Vec<f64>,
+    blocks: Vec<Vec<f64>>,
+    head: Vec<f64>,
+    decode: Vec<f64>,
+}
+
+/// `f`'s result and its seconds appended to `times`.
+fn timed<T>(times: &mut Vec<f64>, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    times.push(start.elapsed().as_secs_f64());
+    out
+}
+
+/// [`REPEATS`] passes: the embed, every block then its head, the output head on the last block.
 fn time_pass(
     model: &deediff_unet::UVit,
     heads: &deediff_uem::CertaintyHeads,
     x: &Tensor,
     t: &Tensor,
     c: &Conditioning,
-) -> anyhow::Result<(Vec<Vec<f64>>, Vec<f64>)> {
+) -> anyhow::Result<Times> {
     let n = Backbone::num_blocks(model);
-    let mut blocks = vec![Vec::new(); n];
-    let mut head = Vec::new();
+    let mut all = Times {
+        blocks: vec![Vec::new(); n],
+        ..Times::default()
+    };
     for _ in 0..REPEATS {
-        let mut h = Backbone::embed(model, x, t, c)?;
+        let mut h = timed(&mut all.embed, || Backbone::embed(model, x, t, c))?;
         let mut pass = Backbone::start_pass(model, x.dim(0)?);
-        for (i, times) in blocks.iter_mut().enumerate() {
-            let start = Instant::now();
-            h = Backbone::block(model, i, &h, &mut pass)?;
-            times.push(start.elapsed().as_secs_f64());
-            let start = Instant::now();
-            heads.sample_means(i, &h)?.to_vec1::<f32>()?;
-            head.push(start.elapsed().as_secs_f64());
+        for (i, times) in all.blocks.iter_mut().enumerate() {
+            h = timed(times, || Backbone::block(model, i, &h, &mut pass))?;
+            timed(&mut all.head, || {
+                heads.sample_means(i, &h)?.to_vec1::<f32>()
+            })?;
         }
+        timed(&mut all.decode, || Backbone::decode(model, &h))?;
     }
-    Ok((blocks, head))
+    Ok(all)
 }

@@ -83,20 +83,11 @@ impl PatchEmbed {
         })
     }
 
-    /// `[B, C, H, W]` → `[B, L, D]`, tokens in row-major patch order.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let p = self.patch;
-        let (gh, gw) = (h / p, w / p);
-        let patches = x
-            .reshape((b, c, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b * gh * gw, c * p * p))?;
-        patches
-            .matmul(&self.weight_t)?
-            .broadcast_add(&self.bias)?
-            .reshape((b, gh * gw, ()))
+    /// `[B, C, H, W]` → `[B, L, D]`, tokens in row-major patch order, each with its row of
+    /// `positions [L, D]` added (the patch tokens' share of the position embedding).
+    pub fn forward(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let bias_pos = positions.broadcast_add(&self.bias)?;
+        crate::kernels::patch_embed(x, &self.weight_t, &bias_pos, self.patch)
     }
 }
 

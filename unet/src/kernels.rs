@@ -150,6 +150,32 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)
 }
 
+/// `Conv2d(C→D, kernel p, stride p)` of `x [B, C, H, W]` as patch tokens `[B, L, D]` (row-major
+/// patch order), each token starting from its own row of `bias_pos [L, D]` (the conv's bias plus
+/// the token's position embedding): `wt [C·p·p, D]` is the conv weight flattened in its (C, p1,
+/// p2) order and transposed. candle's version (a strided patch copy, a `gemm` of depth C·p·p,
+/// the bias, then the position add on its own thread pool) took ~0.2 ms of the embedded model's
+/// 0.3 ms embed at batch 16, paid by every pass however early it exits; here each token is a
+/// few vector row updates.
+pub fn patch_embed(x: &Tensor, wt: &Tensor, bias_pos: &Tensor, patch: usize) -> Result<Tensor> {
+    if inference_path(&[x, wt, bias_pos]) {
+        return x.contiguous()?.apply_op3_no_bwd(
+            &wt.contiguous()?,
+            &bias_pos.contiguous()?,
+            &PatchEmbedOp { patch },
+        );
+    }
+    let (b, c, h, w) = x.dims4()?;
+    let (gh, gw) = (h / patch, w / patch);
+    x.reshape((b, c, gh, patch, gw, patch))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .contiguous()?
+        .reshape((b * gh * gw, c * patch * patch))?
+        .matmul(wt)?
+        .reshape((b, gh * gw, ()))?
+        .broadcast_add(bias_pos)
+}
+
 /// Per-sample mean of `sigmoid(x·Wᵀ + bias)` over the tokens `skip..S` of `x [B, S, D]` and
 /// every output of `w [P, D]`: a certainty head's score, decided on after every block of an
 /// early-exit pass. On the inference path each sample's tokens go through one small product and
@@ -454,6 +480,93 @@ impl CustomOp3 for LinearOp<'_> {
     }
 }
 
+struct PatchEmbedOp {
+    patch: usize,
+}
+
+impl CustomOp3 for PatchEmbedOp {
+    fn name(&self) -> &'static str {
+        "deediff-patch-embed"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let bias_pos = f32_slice(s3, l3, self.name())?;
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let (k, d) = l2.shape().dims2()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p.max(1), w / p.max(1));
+        let (l, d_pos) = l3.shape().dims2()?;
+        if p == 0 || h % p != 0 || w % p != 0 || k != c * p * p || l != gh * gw || d_pos != d {
+            candle_core::bail!(
+                "patch-embed: input {:?}, patch {p}, weight [{k}, {d}], bias+positions {:?}",
+                l1.dims(),
+                l3.dims()
+            );
+        }
+        // SAFETY: every token row (b·L rows of width d, `out.len()`) is written by one task.
+        let mut out = unsafe { output_buffer(b * l * d) };
+        out.par_chunks_mut(gw * d.max(1))
+            .enumerate()
+            .for_each(|(row, tokens)| {
+                let (n, gy) = (row / gh, row % gh);
+                let mut pixels = Vec::with_capacity(k);
+                for (gx, dst) in tokens.chunks_exact_mut(d).enumerate() {
+                    pixels.clear();
+                    for ch in 0..c {
+                        for py in 0..p {
+                            let row = ((n * c + ch) * h + gy * p + py) * w + gx * p;
+                            pixels.extend_from_slice(&x[row..][..p]);
+                        }
+                    }
+                    patch_token(&pixels, wt, &bias_pos[(gy * gw + gx) * d..][..d], dst);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
+    }
+}
+
+crate::isa::multiversion! {
+    /// `dst = start + Σ_i pixels[i] · wt[i]` (rows of `wt` of width `dst.len()`), in `i` order.
+    /// Whole blocks of [`PATCH_COLUMNS`] columns are summed in a fixed-size local array, which
+    /// the compiler keeps in vector registers, instead of a load and store of `dst` for every
+    /// pixel; the last partial block, if any, goes column by column.
+    fn patch_token(pixels: &[f32], wt: &[f32], start: &[f32], dst: &mut [f32]) {
+        const W: usize = PATCH_COLUMNS;
+        let n = dst.len();
+        let whole = n / W * W;
+        for j in (0..whole).step_by(W) {
+            let mut acc: [f32; W] = start[j..j + W].try_into().expect("W values");
+            for (i, &v) in pixels.iter().enumerate() {
+                let w: &[f32; W] = wt[i * n + j..][..W].try_into().expect("W values");
+                for c in 0..W {
+                    acc[c] += v * w[c];
+                }
+            }
+            dst[j..j + W].copy_from_slice(&acc);
+        }
+        for j in whole..n {
+            dst[j] = start[j];
+            for (i, &v) in pixels.iter().enumerate() {
+                dst[j] += v * wt[i * n + j];
+            }
+        }
+    }
+}
+
+/// Output columns per block of [`patch_token`]: four AVX-512 or eight AVX2 registers, enough
+/// independent sums to hide the add latency.
+const PATCH_COLUMNS: usize = 64;
+
 struct SigmoidMeansOp {
     skip: usize,
 }
@@ -549,6 +662,17 @@ mod tests {
             check(
                 conv3x3(&img, &k, &kb)?,
                 conv3x3(img_var.as_tensor(), &k, &kb)?,
+                1e-5,
+            )?;
+        }
+        for (c, p, hw, d) in [(1, 4, 28, 128), (3, 2, 6, 8), (4, 1, 3, 5)] {
+            let img = Tensor::randn(0f32, 1.0, (2, c, hw, hw), &dev)?;
+            let wt = Tensor::randn(0f32, 0.3, (c * p * p, d), &dev)?;
+            let bias_pos = Tensor::randn(0f32, 0.3, ((hw / p) * (hw / p), d), &dev)?;
+            let img_var = candle_core::Var::from_tensor(&img)?;
+            check(
+                patch_embed(&img, &wt, &bias_pos, p)?,
+                patch_embed(img_var.as_tensor(), &wt, &bias_pos, p)?,
                 1e-5,
             )?;
         }

@@ -146,16 +146,17 @@ impl UVit {
     /// dtype) → token sequence `[B, extras+L, D]` with `pos_embed` added (the input of block 0).
     /// Errors if `cond` does not match the variant.
     pub fn embed(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        let patches = self.patch_embed.forward(x)?;
+        let (e, l) = (self.extras(), self.cfg.num_patches());
+        let pos = self.pos_embed.squeeze(0)?;
+        let patches = self.patch_embed.forward(x, &pos.narrow(0, e, l)?)?;
         let time = self.time_embed.forward(t)?.unsqueeze(1)?;
-        let tokens = match (cond, &self.label_emb, &self.context_embed) {
-            (Conditioning::None, None, None) => Tensor::cat(&[&time, &patches], 1)?,
+        let extras = match (cond, &self.label_emb, &self.context_embed) {
+            (Conditioning::None, None, None) => time,
             (Conditioning::Class(y), Some(emb), None) => {
-                let label = emb.forward(y)?.unsqueeze(1)?;
-                Tensor::cat(&[&label, &time, &patches], 1)?
+                Tensor::cat(&[&emb.forward(y)?.unsqueeze(1)?, &time], 1)?
             }
             (Conditioning::Context(c), None, Some(lin)) => {
-                Tensor::cat(&[&time, &lin.forward(c)?, &patches], 1)?
+                Tensor::cat(&[&time, &lin.forward(c)?], 1)?
             }
             _ => candle_core::bail!(
                 "conditioning {} does not match this model (variant {:?}, num_classes {:?})",
@@ -168,7 +169,10 @@ impl UVit {
                 self.cfg.num_classes
             ),
         };
-        tokens.broadcast_add(&self.pos_embed)
+        Tensor::cat(
+            &[&extras.broadcast_add(&pos.narrow(0, 0, e)?)?, &patches],
+            1,
+        )
     }
 
     /// Runs block `i` (0-based, execution order) on `h [B, S, D]`. In-blocks push their output onto
