@@ -317,11 +317,13 @@ impl Checkpoint {
             .filter(|k| !self.shapes.contains_key(*k))
             .map(String::as_str)
             .collect();
-        let extra: Vec<&str> = self
+        // Names read from the file, escaped: a damaged one may hold a newline or other control
+        // characters, and the error must stay one line.
+        let extra: Vec<String> = self
             .shapes
             .keys()
             .filter(|k| !expected.contains_key(*k))
-            .map(String::as_str)
+            .map(|k| k.escape_debug().to_string())
             .collect();
         let wrong: Vec<String> = expected
             .iter()

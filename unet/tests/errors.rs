@@ -61,6 +61,18 @@ fn safetensors_missing_and_misshaped_tensors_are_named() {
     let msg = load_err(&path, &hints);
     assert!(msg.contains(&format!("missing {removed}")), "{msg}");
 
+    // A damaged name (here a newline in it, as a flipped byte makes) is quoted, not printed
+    // raw: `load_err` checks that the message stays one line.
+    tensors.insert("out_blocks.0.mlp.fc2.bi\nas".into(), w.clone());
+    let path = tmp("renamed.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let msg = load_err(&path, &hints);
+    assert!(
+        msg.contains("unexpected out_blocks.0.mlp.fc2.bi\\nas"),
+        "{msg}"
+    );
+    tensors.remove("out_blocks.0.mlp.fc2.bi\nas");
+
     tensors.insert(removed.into(), w);
     let bad = "in_blocks.1.attn.proj.weight";
     let d = tensors[bad].dim(0).unwrap();
