@@ -153,7 +153,11 @@ fn a_partial_set_of_filled_heads_is_refused() {
         "deediff-partial-{}.safetensors",
         std::process::id()
     ));
-    deediff_unet::model_file::write_atomic(&path, tensors, metadata).unwrap();
+    std::fs::write(
+        &path,
+        deediff_unet::model_file::serialize(tensors, metadata).unwrap(),
+    )
+    .unwrap();
     let err = ModelBundle::load(&path, &dev)
         .map(drop)
         .unwrap_err()

@@ -13,6 +13,12 @@ pub enum Error {
     /// A checkpoint or pretrained file whose content does not fit the trainer.
     #[error("{path}: {msg}")]
     Load { path: PathBuf, msg: String },
+    /// A checkpoint or model file that cannot be written.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A data file that cannot be read.
     #[error("{path}: cannot read: {source}")]
     Read {

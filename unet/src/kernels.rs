@@ -515,17 +515,17 @@ impl CustomOp3 for PatchEmbedOp {
         }
         // SAFETY: every token row (b·L rows of width d, `out.len()`) is written by one task.
         let mut out = unsafe { output_buffer(b * l * d) };
-        out.par_chunks_mut(gw * d.max(1))
+        out.par_chunks_mut((gw * d).max(1))
             .enumerate()
-            .for_each(|(row, tokens)| {
-                let (n, gy) = (row / gh, row % gh);
+            .for_each(|(patch_row, tokens)| {
+                let (n, gy) = (patch_row / gh, patch_row % gh);
                 let mut pixels = Vec::with_capacity(k);
                 for (gx, dst) in tokens.chunks_exact_mut(d).enumerate() {
                     pixels.clear();
                     for ch in 0..c {
                         for py in 0..p {
-                            let row = ((n * c + ch) * h + gy * p + py) * w + gx * p;
-                            pixels.extend_from_slice(&x[row..][..p]);
+                            let first = ((n * c + ch) * h + gy * p + py) * w + gx * p;
+                            pixels.extend_from_slice(&x[first..][..p]);
                         }
                     }
                     patch_token(&pixels, wt, &bias_pos[(gy * gw + gx) * d..][..d], dst);
@@ -665,7 +665,8 @@ mod tests {
                 1e-5,
             )?;
         }
-        for (c, p, hw, d) in [(1, 4, 28, 128), (3, 2, 6, 8), (4, 1, 3, 5)] {
+        // Widths with whole blocks of `PATCH_COLUMNS` only, with a remainder, and below one.
+        for (c, p, hw, d) in [(1, 4, 28, 128), (2, 2, 4, 70), (3, 2, 6, 8), (4, 1, 3, 5)] {
             let img = Tensor::randn(0f32, 1.0, (2, c, hw, hw), &dev)?;
             let wt = Tensor::randn(0f32, 0.3, (c * p * p, d), &dev)?;
             let bias_pos = Tensor::randn(0f32, 0.3, ((hw / p) * (hw / p), d), &dev)?;

@@ -9,8 +9,8 @@
 //! are carried as text here and interpreted by those crates.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 
 use candle_core::Tensor;
 
@@ -88,42 +88,20 @@ pub fn metadata(
     Ok(meta)
 }
 
-/// Writes `tensors` with `metadata` to `path` via `<path>.tmp` and a rename, so an interrupted
-/// write never leaves a broken file in place of the previous good one (model files and training
-/// checkpoints alike). The folder must exist: a missing one is an error naming the file, as the
-/// tools' own output checks refuse it before any work.
-pub fn write_atomic(
-    path: &Path,
+/// `tensors` (made contiguous) with `metadata` as the bytes of a safetensors file. The tools
+/// write them through one atomic writer (`deediff_eval::atomic`: a temporary file per process,
+/// synced, renamed over the target, the folder synced), so an interrupted or failed write never
+/// leaves a broken file in place of the previous good one.
+pub fn serialize(
     tensors: Vec<(String, Tensor)>,
     metadata: HashMap<String, String>,
-) -> Result<()> {
-    let origin = &path.display();
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(invalid(
-            origin,
-            "exists and is not a regular file; refusing to replace it",
-        ));
-    }
-    let mut tmp = PathBuf::from(path);
-    tmp.as_mut_os_string().push(".tmp");
+) -> Result<Vec<u8>> {
     let tensors: Vec<(String, Tensor)> = tensors
         .into_iter()
         .map(|(n, t)| Ok((n, t.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
-    let bytes = safetensors::serialize(tensors, Some(metadata))
-        .map_err(|e| invalid(origin, format!("cannot serialise safetensors: {e}")))?;
-    // Written, flushed and synced before the rename: a full disk is an error here, never a
-    // truncated file in place of the previous good one.
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        invalid(origin, format!("cannot write: {e}"))
-    })
+    safetensors::serialize(tensors, Some(metadata))
+        .map_err(|e| candle_core::Error::msg(format!("cannot serialise safetensors: {e}")).into())
 }
 
 /// The string metadata of a safetensors file held in memory; `origin` names it in errors.

@@ -10,6 +10,7 @@
 //! Calibration images are the model's example prompts (or its classes) in turn, seeds from
 //! `--seed` on.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -215,7 +216,8 @@ fn filled(num: usize, batch: usize, updates: usize, common: &Common) -> Result<(
         "heldout": fit.blocks,
     });
     metadata.insert(key::FILLED_HEADS.to_string(), how.to_string());
-    model_file::write_atomic(out, tensors, metadata)?;
+    let bytes = model_file::serialize(tensors, metadata)?;
+    deediff_examples::write_checked(out, "model file", |w| w.write_all(&bytes))?;
     println!("{}: filled-exit heads written", out.display());
     Ok(())
 }

@@ -652,7 +652,8 @@ fn store_default(cli: &Cli, rows: &[&Row], spec: &str) -> Result<()> {
     metadata.insert(key::SAMPLING_DEFAULTS.to_string(), defaults.to_json());
     // Written atomically: an interrupted write leaves the previous model file in place.
     let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)?;
-    model_file::write_atomic(&path, tensors.into_iter().collect(), metadata)?;
+    let bytes = model_file::serialize(tensors.into_iter().collect(), metadata)?;
+    deediff_examples::write_checked(&path, "model file", |w| w.write_all(&bytes))?;
     eprintln!(
         "{}: sampling defaults {} (FID {:.2} at {:.1} % of DDIM 25's compute)",
         path.display(),

@@ -1,6 +1,6 @@
-//! Training checkpoints and exported models, both written atomically through the model-file
-//! module ([`deediff_unet::model_file`]), so an interrupted write never leaves a broken file
-//! behind.
+//! Training checkpoints and exported models, both serialised by the model-file module
+//! ([`deediff_unet::model_file`]) and written atomically ([`deediff_eval::atomic`]), so an
+//! interrupted write never leaves a broken file behind.
 //!
 //! A checkpoint holds the parameters under their model names, `ema.<name>`, `adam.m.<name>`,
 //! `adam.v.<name>`, and metadata `format`, `step`, `ema_updates`, `train_config` (JSON). An
@@ -8,6 +8,7 @@
 //! [`model_file::metadata`] writes.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use candle_core::Device;
@@ -27,6 +28,21 @@ fn load_err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
+/// `tensors` with `meta` written to `path` atomically.
+fn write(
+    path: &Path,
+    tensors: Vec<(String, candle_core::Tensor)>,
+    meta: HashMap<String, String>,
+) -> Result<(), Error> {
+    let bytes = model_file::serialize(tensors, meta)?;
+    deediff_eval::atomic::write_atomic(path, |w| w.write_all(&bytes)).map_err(|source| {
+        Error::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<String, Error> {
     Ok(serde_json::to_string(v).map_err(candle_core::Error::wrap)?)
 }
@@ -43,7 +59,7 @@ impl Trainer {
             (EMA_UPDATES.to_string(), self.ema.updates().to_string()),
             (key::TRAIN_CONFIG.to_string(), json(&self.cfg)?),
         ]);
-        Ok(model_file::write_atomic(path, tensors, meta)?)
+        write(path, tensors, meta)
     }
 
     /// Rebuilds a trainer from a checkpoint written by [`Trainer::save_checkpoint`]. `adjust`
@@ -118,10 +134,6 @@ impl Trainer {
         )
         .map_err(candle_core::Error::wrap)?;
         meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        Ok(model_file::write_atomic(
-            path,
-            self.ema.averaged("")?,
-            meta,
-        )?)
+        write(path, self.ema.averaged("")?, meta)
     }
 }
