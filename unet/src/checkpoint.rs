@@ -79,10 +79,11 @@ impl Checkpoint {
             Some("pth" | "pt" | "bin" | "ckpt")
         );
         let (source, shapes): (Source, BTreeMap<_, _>) = if is_pth {
-            // candle's pickle reader can overflow (a panic in debug builds) on crafted opcodes
-            // (e.g. a LONG1 of more than 8 bytes): a damaged file is an error, not a crash.
-            let pth = std::panic::catch_unwind(|| PthTensors::new(&path, None))
-                .map_err(|_| read_err("malformed PyTorch pickle".into()))?
+            // candle's pickle reader panics on some damaged files (an overflow on a LONG1 of
+            // more than 8 bytes in debug builds, an out-of-range `Vec::remove` in
+            // `rebuild_args`): a damaged file is an error, not a crash.
+            let pth = quietly(|| PthTensors::new(&path, None))
+                .ok_or_else(|| read_err("malformed PyTorch pickle".into()))?
                 .map_err(|e| read_err(one_line(&e)))?;
             let shapes = pth
                 .tensor_infos()
@@ -548,6 +549,20 @@ pub fn expected_tensors(cfg: &UVitConfig, head_prefixes: &[&str]) -> Vec<(String
     out
 }
 
+/// `f()`, or `None` if it panicked, without the panic's message: a user who gave a damaged file
+/// gets one line naming it, not a "thread panicked at …" report from inside candle first. The
+/// panic hook is process-wide, so it is swapped under a lock (two loaders cannot leave the
+/// silent one behind), and a panic on another thread during `f` goes unreported.
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _swap = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    out.ok()
+}
+
 /// candle errors may carry backtraces, multi-line context or their own copy of the path (which
 /// our messages already lead with); keep the first line of the innermost error.
 pub fn one_line(e: &candle_core::Error) -> String {
@@ -558,4 +573,29 @@ pub fn one_line(e: &candle_core::Error) -> String {
         e = inner;
     }
     e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Panics of this test that reached the installed hook (other tests' panics not counted).
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+
+    /// A panic inside `quietly` is `None` and reaches no hook; the hook installed before it is
+    /// back afterwards.
+    #[test]
+    fn quietly_swallows_a_panic_and_restores_the_hook() {
+        std::panic::set_hook(Box::new(|info| {
+            if info.payload().downcast_ref::<&str>() == Some(&"quietly-test") {
+                SEEN.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        assert_eq!(super::quietly(|| 7), Some(7));
+        assert_eq!(super::quietly(|| -> i32 { panic!("quietly-test") }), None);
+        assert_eq!(SEEN.load(Ordering::SeqCst), 0, "the panic reached the hook");
+        let _ = std::panic::catch_unwind(|| panic!("quietly-test"));
+        let _ = std::panic::take_hook();
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1, "the hook was not restored");
+    }
 }
