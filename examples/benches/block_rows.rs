@@ -1,9 +1,9 @@
 //! What a per-sample exit pays per block as its batch shrinks: the embedded default model's
 //! block times, one certainty head's time (`CertaintyHeads::sample_means`, read after every
-//! block of an exit pass), and the embed and output head every pass pays however early it stops,
-//! at batches of 32 … 1 images, medians of 60 (random input and context,
-//! timestep 500). Timed on a rayon worker, where an exit pass runs (`deediff_unet::pool`): from
-//! the main thread every parallel kernel adds two thread hand-offs.
+//! block of an exit pass), and the embed and output head every pass pays however early it
+//! stops, at batches of 32 … 1 images, medians of 60 (random input and context, timestep 500).
+//! Timed on a rayon worker, where an exit pass runs (`deediff_unet::pool`): from the main thread
+//! every parallel kernel adds two thread hand-offs.
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p deediff-examples --bench block_rows`
 
