@@ -61,9 +61,11 @@ fn inference_path(ts: &[&Tensor]) -> bool {
 /// variance).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if inference_path(&[x, weight, bias]) {
-        return x
-            .contiguous()?
-            .apply_op3_no_bwd(weight, bias, &LayerNormOp { eps: eps as f32 });
+        return x.contiguous()?.apply_op3_no_bwd(
+            weight,
+            bias,
+            &Fused3(LayerNormOp { eps: eps as f32 }),
+        );
     }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
@@ -144,7 +146,7 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if inference_path(&[x, w, bias]) {
         return x
             .contiguous()?
-            .apply_op3_no_bwd(&w.contiguous()?, bias, &Conv3x3Op);
+            .apply_op3_no_bwd(&w.contiguous()?, bias, &Fused3(Conv3x3Op));
     }
     let y = x.conv2d(w, 1, 1, 1, 1)?;
     y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)
@@ -162,7 +164,7 @@ pub fn patch_embed(x: &Tensor, wt: &Tensor, bias_pos: &Tensor, patch: usize) -> 
         return x.contiguous()?.apply_op3_no_bwd(
             &wt.contiguous()?,
             &bias_pos.contiguous()?,
-            &PatchEmbedOp { patch },
+            &Fused3(PatchEmbedOp { patch }),
         );
     }
     let (b, c, h, w) = x.dims4()?;
@@ -186,7 +188,7 @@ pub fn sigmoid_linear_means(x: &Tensor, w: &Tensor, bias: &Tensor, skip: usize) 
     if inference_path(&[x, w, bias]) {
         return x
             .contiguous()?
-            .apply_op3_no_bwd(w, bias, &SigmoidMeansOp { skip });
+            .apply_op3_no_bwd(w, bias, &Fused3(SigmoidMeansOp { skip }));
     }
     let tokens = x.narrow(1, skip, x.dim(1)?.saturating_sub(skip))?;
     let y = linear(&tokens, w, Some(bias), None, None)?;
@@ -210,13 +212,20 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
     }
 }
 
-struct LayerNormOp {
-    eps: f32,
+/// A fused op over three f32 inputs. [`Fused3`] makes it a candle `CustomOp3`: it reads each
+/// input's contiguous values (an error naming the op otherwise), so an op is only its kernel.
+trait ThreeInputs {
+    const NAME: &'static str;
+
+    /// The output from the inputs' values and layouts.
+    fn cpu(&self, values: [&[f32]; 3], layouts: [&Layout; 3]) -> Result<(CpuStorage, Shape)>;
 }
 
-impl CustomOp3 for LayerNormOp {
+struct Fused3<T>(T);
+
+impl<T: ThreeInputs> CustomOp3 for Fused3<T> {
     fn name(&self) -> &'static str {
-        "deediff-layer-norm"
+        T::NAME
     }
 
     fn cpu_fwd(
@@ -228,9 +237,23 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let w = f32_slice(s2, l2, self.name())?;
-        let b = f32_slice(s3, l3, self.name())?;
+        let values = [
+            f32_slice(s1, l1, T::NAME)?,
+            f32_slice(s2, l2, T::NAME)?,
+            f32_slice(s3, l3, T::NAME)?,
+        ];
+        self.0.cpu(values, [l1, l2, l3])
+    }
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl ThreeInputs for LayerNormOp {
+    const NAME: &'static str = "deediff-layer-norm";
+
+    fn cpu(&self, [x, w, b]: [&[f32]; 3], [l1, _, _]: [&Layout; 3]) -> Result<(CpuStorage, Shape)> {
         let d = l1.dims().last().copied().unwrap_or(0);
         if w.len() != d || b.len() != d {
             candle_core::bail!(
@@ -281,23 +304,14 @@ impl CustomOp2 for BiasGeluOp {
 
 struct Conv3x3Op;
 
-impl CustomOp3 for Conv3x3Op {
-    fn name(&self) -> &'static str {
-        "deediff-conv3x3"
-    }
+impl ThreeInputs for Conv3x3Op {
+    const NAME: &'static str = "deediff-conv3x3";
 
-    fn cpu_fwd(
+    fn cpu(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        [x, w, bias]: [&[f32]; 3],
+        [l1, l2, _]: [&Layout; 3],
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let w = f32_slice(s2, l2, self.name())?;
-        let bias = f32_slice(s3, l3, self.name())?;
         let (b, c, h, wd) = l1.shape().dims4()?;
         let (co, ci, kh, kw) = l2.shape().dims4()?;
         if ci != c || (kh, kw) != (3, 3) || bias.len() != co {
@@ -484,23 +498,14 @@ struct PatchEmbedOp {
     patch: usize,
 }
 
-impl CustomOp3 for PatchEmbedOp {
-    fn name(&self) -> &'static str {
-        "deediff-patch-embed"
-    }
+impl ThreeInputs for PatchEmbedOp {
+    const NAME: &'static str = "deediff-patch-embed";
 
-    fn cpu_fwd(
+    fn cpu(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        [x, wt, bias_pos]: [&[f32]; 3],
+        [l1, l2, l3]: [&Layout; 3],
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let bias_pos = f32_slice(s3, l3, self.name())?;
         let (b, c, h, w) = l1.shape().dims4()?;
         let (k, d) = l2.shape().dims2()?;
         let p = self.patch;
@@ -571,23 +576,14 @@ struct SigmoidMeansOp {
     skip: usize,
 }
 
-impl CustomOp3 for SigmoidMeansOp {
-    fn name(&self) -> &'static str {
-        "deediff-sigmoid-linear-means"
-    }
+impl ThreeInputs for SigmoidMeansOp {
+    const NAME: &'static str = "deediff-sigmoid-linear-means";
 
-    fn cpu_fwd(
+    fn cpu(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        [xs, ws, bias]: [&[f32]; 3],
+        [l1, l2, _]: [&Layout; 3],
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(s1, l1, self.name())?;
-        let ws = f32_slice(s2, l2, self.name())?;
-        let bias = f32_slice(s3, l3, self.name())?;
         let (b, s, d) = l1.shape().dims3()?;
         let (p, k) = l2.shape().dims2()?;
         if k != d || bias.len() != p || self.skip >= s {
