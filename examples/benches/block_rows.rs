@@ -26,7 +26,7 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     deediff_unet::pool::park_candle_workers();
-    deediff_unet::alloc::keep_freed_pages();
+    deediff_unet::alloc::tune();
     let dev = Device::Cpu;
     let bundle = ModelBundle::default_model(&dev)?;
     let (model, heads) = (bundle.model.model(), bundle.model.heads());

@@ -57,7 +57,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res<()> {
     deediff_unet::pool::park_candle_workers();
-    deediff_unet::alloc::keep_freed_pages();
+    deediff_unet::alloc::tune();
     let repeats: usize = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))

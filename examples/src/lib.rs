@@ -122,14 +122,14 @@ pub fn check_seed_range(seed: u64, count: usize) -> Result<()> {
 }
 
 /// A command-line tool's `main`: applies the allocator and thread settings
-/// ([`keep_freed_pages`], [`park_candle_workers`]), runs `run`, and on error prints one line (the
-/// error and its causes, outermost first) and exits with status 1.
+/// ([`tune`], [`park_candle_workers`]), runs `run`, and on error prints one line (the error and
+/// its causes, outermost first) and exits with status 1.
 ///
-/// [`keep_freed_pages`]: deediff_unet::alloc::keep_freed_pages
+/// [`tune`]: deediff_unet::alloc::tune
 /// [`park_candle_workers`]: deediff_unet::pool::park_candle_workers
 pub fn main(run: impl FnOnce() -> anyhow::Result<()>) {
     deediff_unet::pool::park_candle_workers();
-    deediff_unet::alloc::keep_freed_pages();
+    deediff_unet::alloc::tune();
     if let Err(e) = run() {
         eprintln!("error: {}", deediff_eval::error::error_line(e.as_ref()));
         std::process::exit(1);

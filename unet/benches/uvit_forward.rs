@@ -172,7 +172,7 @@ fn serve(dir: &Path) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     // As every deediff tool does at start-up.
     deediff_unet::pool::park_candle_workers();
-    deediff_unet::alloc::keep_freed_pages();
+    deediff_unet::alloc::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = args
         .iter()
