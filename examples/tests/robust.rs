@@ -149,6 +149,18 @@ fn model_with_zero_heads(path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
+/// An official `.pth` test checkpoint whose `FloatStorage` class name reads `FloatStoragf`.
+fn pth_with_unknown_storage() -> Vec<u8> {
+    let src = deediff_testkit::reference_dir("uvit").join("uvit_cond.weights.pth");
+    let mut bytes = std::fs::read(src).unwrap();
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"FloatStorage")
+        .expect("the checkpoint names FloatStorage");
+    bytes[at + 11] = b'f';
+    bytes
+}
+
 #[test]
 fn damaged_model_files_say_what_is_wrong_with_them() {
     let dir = temp("models");
@@ -182,6 +194,13 @@ fn damaged_model_files_say_what_is_wrong_with_them() {
             "garbage.pth",
             b"PK\x03\x04garbage zip".repeat(10),
             &["cannot read checkpoint"],
+        ),
+        (
+            // One flipped byte in the storage class every tensor refers to: candle's reader
+            // reported each tensor on stderr (with a backtrace under RUST_BACKTRACE).
+            "storage.pth",
+            pth_with_unknown_storage(),
+            &["tensor ", "unsupported storage type FloatStoragf"],
         ),
     ];
     for (name, bytes, expect) in cases {

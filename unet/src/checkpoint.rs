@@ -82,9 +82,12 @@ impl Checkpoint {
             // candle's pickle reader panics on some damaged files (an overflow on a LONG1 of
             // more than 8 bytes in debug builds, an out-of-range `Vec::remove` in
             // `rebuild_args`): a damaged file is an error, not a crash.
-            let pth = quietly(|| PthTensors::new(&path, None))
-                .ok_or_else(|| read_err("malformed PyTorch pickle".into()))?
-                .map_err(|e| read_err(one_line(&e)))?;
+            let pth = quietly(|| {
+                check_pth_entries(&path)?;
+                PthTensors::new(&path, None).map_err(|e| one_line(&e))
+            })
+            .ok_or_else(|| read_err("malformed PyTorch pickle".into()))?
+            .map_err(read_err)?;
             let shapes = pth
                 .tensor_infos()
                 .iter()
@@ -561,6 +564,57 @@ fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
     let out = std::panic::catch_unwind(f);
     std::panic::set_hook(hook);
     out.ok()
+}
+
+/// candle's `.pth` reader prints a line to stderr (with a backtrace under `RUST_BACKTRACE`) for
+/// every state-dict entry it cannot read and leaves the entry out, so a damaged file used to print
+/// one such report per tensor before our error. The entries are read first with candle's own
+/// pickle objects, and the first bad one is the error, by name.
+fn check_pth_entries(path: &Path) -> std::result::Result<(), String> {
+    use candle_core::pickle::{Object, Stack};
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    let names = zip.file_names().collect::<std::result::Result<Vec<_>, _>>();
+    let pickles: Vec<String> = names
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|f| f.ends_with("data.pkl"))
+        .map(String::from)
+        .collect();
+    for name in pickles {
+        let dir = PathBuf::from(name.trim_end_matches(".pkl"));
+        let entry = zip.by_name(&name).map_err(|e| e.to_string())?;
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut std::io::BufReader::new(entry))
+            .map_err(|e| one_line(&e))?;
+        // A TorchScript module keeps its state dict as the arguments of a `__torch__.Module`.
+        let state = match stack.finalize().map_err(|e| one_line(&e))? {
+            Object::Build { callable, args } => match *callable {
+                Object::Reduce { callable, .. }
+                    if matches!(&*callable, Object::Class { module_name, class_name }
+                        if module_name == "__torch__" && class_name == "Module") =>
+                {
+                    *args
+                }
+                _ => continue,
+            },
+            obj => obj,
+        };
+        let Object::Dict(entries) = state else {
+            continue;
+        };
+        for (key, value) in entries {
+            let label = match &key {
+                Object::Unicode(k) => k.escape_debug().to_string(),
+                other => format!("{other:?}"),
+            };
+            value
+                .into_tensor_info(key, &dir)
+                .map_err(|e| format!("tensor {label}: {}", one_line(&e)))?;
+        }
+    }
+    Ok(())
 }
 
 /// candle errors may carry backtraces, multi-line context or their own copy of the path (which
