@@ -58,6 +58,18 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     line.lines().map(str::trim).collect::<Vec<_>>().join(" ")
 }
 
+/// candle errors may carry backtraces, multi-line context or their own copy of the path (which
+/// our messages already lead with); keep the first line of the innermost error.
+pub fn one_line(e: &candle_core::Error) -> String {
+    let mut e = e;
+    while let candle_core::Error::WithPath { inner, .. }
+    | candle_core::Error::WithBacktrace { inner, .. } = e
+    {
+        e = inner;
+    }
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 /// With `RUST_BACKTRACE` set, candle appends the backtrace it captured to an error's text: a
 /// newline, then frames numbered from `0:`. The one-line message keeps what comes before.
 pub(crate) fn without_backtrace(text: &str) -> &str {

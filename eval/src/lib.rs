@@ -37,6 +37,7 @@ pub mod import;
 pub mod inception;
 pub mod kid;
 pub mod npz;
+pub mod pth;
 pub mod resize;
 pub mod stats;
 pub mod weights;

@@ -145,9 +145,9 @@ fn read_safetensors(path: &Path) -> Result<StateDict> {
     Ok(sd)
 }
 
-/// pytorch-fid's `.pth` (a torch pickle), read with candle's pickle reader.
+/// pytorch-fid's `.pth` (a torch pickle), read with candle's pickle reader ([`crate::pth`]).
 fn read_pth(path: &Path) -> Result<StateDict> {
-    let tensors = candle_core::pickle::read_all(path).map_err(|e| {
+    let tensors = crate::pth::read_all(path).map_err(|e| {
         Error::file(
             path,
             format!("not a safetensors file or torch .pth state dict: {e}"),

@@ -51,6 +51,17 @@ fn cli_errors_and_stats_files() {
     assert!(!ok);
     assert_one_line_naming(&err, &one);
 
+    // A `.pth` whose tensors candle's reader cannot read: one line, not a report per tensor.
+    let damaged = dir.join("damaged.pth");
+    std::fs::write(&damaged, deediff_testkit::pth_with_unknown_storage()).unwrap();
+    let (ok, _, err) = fid(&damaged, &[&one, &two]);
+    assert!(!ok);
+    assert_one_line_naming(&err, &damaged);
+    assert!(
+        err.contains("unsupported storage type FloatStoragf"),
+        "{err}"
+    );
+
     let s64 = dir.join("s64.npz");
     let (ok, out, err) = fid(
         &weights,

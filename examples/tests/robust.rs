@@ -149,18 +149,6 @@ fn model_with_zero_heads(path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
-/// An official `.pth` test checkpoint whose `FloatStorage` class name reads `FloatStoragf`.
-fn pth_with_unknown_storage() -> Vec<u8> {
-    let src = deediff_testkit::reference_dir("uvit").join("uvit_cond.weights.pth");
-    let mut bytes = std::fs::read(src).unwrap();
-    let at = bytes
-        .windows(12)
-        .position(|w| w == b"FloatStorage")
-        .expect("the checkpoint names FloatStorage");
-    bytes[at + 11] = b'f';
-    bytes
-}
-
 #[test]
 fn damaged_model_files_say_what_is_wrong_with_them() {
     let dir = temp("models");
@@ -199,7 +187,7 @@ fn damaged_model_files_say_what_is_wrong_with_them() {
             // One flipped byte in the storage class every tensor refers to: candle's reader
             // reported each tensor on stderr (with a backtrace under RUST_BACKTRACE).
             "storage.pth",
-            pth_with_unknown_storage(),
+            deediff_testkit::pth_with_unknown_storage(),
             &["tensor ", "unsupported storage type FloatStoragf"],
         ),
     ];
@@ -218,6 +206,12 @@ fn damaged_model_files_say_what_is_wrong_with_them() {
         let line = fails_with(&o, expect);
         assert!(line.contains(path.to_str().unwrap()), "{line}");
         assert!(!line.contains("--trained-with"), "{line}");
+        // Nothing else on stderr either (a reader's own reports, warnings).
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr).lines().count(),
+            1,
+            "{name}"
+        );
     }
     let zero = dir.join("zero-heads.safetensors");
     model_with_zero_heads(&zero);

@@ -45,6 +45,19 @@ pub fn reference_dir(kind: &str) -> PathBuf {
     dir
 }
 
+/// The official-format `.pth` test checkpoint with its `FloatStorage` class name changed to
+/// `FloatStoragf`, so candle's reader can read no tensor of it (it printed a report per tensor).
+pub fn pth_with_unknown_storage() -> Vec<u8> {
+    let src = reference_dir("uvit").join("uvit_cond.weights.pth");
+    let mut bytes = std::fs::read(src).unwrap();
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"FloatStorage")
+        .expect("the checkpoint names FloatStorage");
+    bytes[at + 11] = b'f';
+    bytes
+}
+
 /// One reference config: its io tensors and the weight files present for it.
 pub struct Case {
     pub name: String,

@@ -17,7 +17,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
-use crate::checkpoint::{one_line, Checkpoint};
+use crate::{one_line, Checkpoint};
 use crate::{Error, Result};
 
 /// The latent scale of Stable Diffusion 1.x's autoencoder (`scaling_factor` in diffusers).

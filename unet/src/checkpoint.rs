@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use crate::config::{UVitConfig, Variant};
 use crate::model_file::{CERTAINTY_HEAD_PREFIX, FILLED_HEAD_PREFIX};
 use crate::uvit::UVit;
-use crate::{Error, Result};
+use crate::{one_line, Error, Result};
 
 /// Constructor arguments that tensor shapes cannot reveal. Unset fields are looked up in a JSON
 /// config beside the checkpoint (`<stem>.config.json`, the stem without `.weights`, or
@@ -79,15 +79,7 @@ impl Checkpoint {
             Some("pth" | "pt" | "bin" | "ckpt")
         );
         let (source, shapes): (Source, BTreeMap<_, _>) = if is_pth {
-            // candle's pickle reader panics on some damaged files (an overflow on a LONG1 of
-            // more than 8 bytes in debug builds, an out-of-range `Vec::remove` in
-            // `rebuild_args`): a damaged file is an error, not a crash.
-            let pth = quietly(|| {
-                check_pth_entries(&path)?;
-                PthTensors::new(&path, None).map_err(|e| one_line(&e))
-            })
-            .ok_or_else(|| read_err("malformed PyTorch pickle".into()))?
-            .map_err(read_err)?;
+            let pth = deediff_eval::pth::open(&path).map_err(read_err)?;
             let shapes = pth
                 .tensor_infos()
                 .iter()
@@ -550,106 +542,4 @@ pub fn expected_tensors(cfg: &UVitConfig, head_prefixes: &[&str]) -> Vec<(String
         }
     }
     out
-}
-
-/// `f()`, or `None` if it panicked, without the panic's message: a user who gave a damaged file
-/// gets one line naming it, not a "thread panicked at …" report from inside candle first. The
-/// panic hook is process-wide, so it is swapped under a lock (two loaders cannot leave the
-/// silent one behind), and a panic on another thread during `f` goes unreported.
-fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
-    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _swap = HOOK.lock().unwrap_or_else(|e| e.into_inner());
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let out = std::panic::catch_unwind(f);
-    std::panic::set_hook(hook);
-    out.ok()
-}
-
-/// candle's `.pth` reader prints a line to stderr (with a backtrace under `RUST_BACKTRACE`) for
-/// every state-dict entry it cannot read and leaves the entry out, so a damaged file used to print
-/// one such report per tensor before our error. The entries are read first with candle's own
-/// pickle objects, and the first bad one is the error, by name.
-fn check_pth_entries(path: &Path) -> std::result::Result<(), String> {
-    use candle_core::pickle::{Object, Stack};
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
-    let names = zip.file_names().collect::<std::result::Result<Vec<_>, _>>();
-    let pickles: Vec<String> = names
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|f| f.ends_with("data.pkl"))
-        .map(String::from)
-        .collect();
-    for name in pickles {
-        let dir = PathBuf::from(name.trim_end_matches(".pkl"));
-        let entry = zip.by_name(&name).map_err(|e| e.to_string())?;
-        let mut stack = Stack::empty();
-        stack
-            .read_loop(&mut std::io::BufReader::new(entry))
-            .map_err(|e| one_line(&e))?;
-        // A TorchScript module keeps its state dict as the arguments of a `__torch__.Module`.
-        let state = match stack.finalize().map_err(|e| one_line(&e))? {
-            Object::Build { callable, args } => match *callable {
-                Object::Reduce { callable, .. }
-                    if matches!(&*callable, Object::Class { module_name, class_name }
-                        if module_name == "__torch__" && class_name == "Module") =>
-                {
-                    *args
-                }
-                _ => continue,
-            },
-            obj => obj,
-        };
-        let Object::Dict(entries) = state else {
-            continue;
-        };
-        for (key, value) in entries {
-            let label = match &key {
-                Object::Unicode(k) => k.escape_debug().to_string(),
-                other => format!("{other:?}"),
-            };
-            value
-                .into_tensor_info(key, &dir)
-                .map_err(|e| format!("tensor {label}: {}", one_line(&e)))?;
-        }
-    }
-    Ok(())
-}
-
-/// candle errors may carry backtraces, multi-line context or their own copy of the path (which
-/// our messages already lead with); keep the first line of the innermost error.
-pub fn one_line(e: &candle_core::Error) -> String {
-    let mut e = e;
-    while let candle_core::Error::WithPath { inner, .. }
-    | candle_core::Error::WithBacktrace { inner, .. } = e
-    {
-        e = inner;
-    }
-    e.to_string().lines().next().unwrap_or_default().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Panics of this test that reached the installed hook (other tests' panics not counted).
-    static SEEN: AtomicUsize = AtomicUsize::new(0);
-
-    /// A panic inside `quietly` is `None` and reaches no hook; the hook installed before it is
-    /// back afterwards.
-    #[test]
-    fn quietly_swallows_a_panic_and_restores_the_hook() {
-        std::panic::set_hook(Box::new(|info| {
-            if info.payload().downcast_ref::<&str>() == Some(&"quietly-test") {
-                SEEN.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
-        assert_eq!(super::quietly(|| 7), Some(7));
-        assert_eq!(super::quietly(|| -> i32 { panic!("quietly-test") }), None);
-        assert_eq!(SEEN.load(Ordering::SeqCst), 0, "the panic reached the hook");
-        let _ = std::panic::catch_unwind(|| panic!("quietly-test"));
-        let _ = std::panic::take_hook();
-        assert_eq!(SEEN.load(Ordering::SeqCst), 1, "the hook was not restored");
-    }
 }

@@ -32,8 +32,9 @@ pub mod text_encoder;
 pub mod uvit;
 
 pub use autoencoder::LatentDecoder;
-pub use checkpoint::{one_line, Checkpoint, ConfigHints, LoadedUVit};
+pub use checkpoint::{Checkpoint, ConfigHints, LoadedUVit};
 pub use config::{UVitConfig, Variant};
+pub use deediff_eval::error::one_line;
 pub use error::{Error, Result};
 pub use macs::MacCounts;
 pub use pretrained_text::{PretrainedText, Tokens};

@@ -17,8 +17,8 @@ use candle_transformers::models::clip::text_model::{
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::checkpoint::{one_line, Checkpoint};
 use crate::config::{UVitConfig, Variant};
+use crate::{one_line, Checkpoint};
 use crate::{Error, Result};
 
 /// The network behind a [`PretrainedText`] encoder.
