@@ -153,6 +153,18 @@ fn missing_parts_name_the_files_needed() {
         !o.status.success() && e.contains("4-channel latents"),
         "{e}"
     );
+
+    // A damaged autoencoder: one line that names it once.
+    let damaged = tmp.join("damaged_vae.pth");
+    std::fs::write(&damaged, deediff_testkit::pth_with_unknown_storage()).unwrap();
+    let o = txt2img(
+        &model,
+        &["--prompt", "a cat", "--vae", damaged.to_str().unwrap()],
+        &tmp,
+    );
+    let line = deediff_testkit::cli_error(&o);
+    assert_eq!(line.matches(damaged.to_str().unwrap()).count(), 1, "{line}");
+    assert!(line.contains("unsupported storage type"), "{line}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

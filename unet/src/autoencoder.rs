@@ -43,8 +43,8 @@ impl LatentDecoder {
         let path = path.as_ref();
         let weights = weights_file(path)?;
         let json = read_config(&weights)?;
-        let ckpt =
-            Checkpoint::open(&weights).map_err(|e| Error::pretrained(&weights, e.to_string()))?;
+        // Its errors name the file already.
+        let ckpt = Checkpoint::open(&weights)?;
         let names = diffusers_names(ckpt.shapes().keys());
         let bad = |reason: String| Error::pretrained(&weights, reason);
         let config = infer_config(ckpt.shapes(), &names, json.as_ref()).map_err(bad)?;

@@ -89,9 +89,8 @@ impl PretrainedText {
         let config = read_json(&config_file)?;
         let tokenizer_file = dir.join("tokenizer.json");
         let tokenizer = read_tokenizer(&tokenizer_file)?;
-        let vb = Checkpoint::open(&weights)
-            .map_err(|e| Error::pretrained(&weights, e.to_string()))?
-            .into_var_builder(device);
+        // Its errors name the file already.
+        let vb = Checkpoint::open(&weights)?.into_var_builder(device);
         let built = build_backbone(&config, vb).map_err(|e| e.blame(&config_file, &weights))?;
         let pad = pad_token(&dir).unwrap_or_else(|| built.default_pad.to_string());
         let pad_id = tokenizer.token_to_id(&pad).ok_or_else(|| {
