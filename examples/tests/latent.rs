@@ -154,6 +154,30 @@ fn missing_parts_name_the_files_needed() {
         "{e}"
     );
 
+    // Text-encoder weights without their config.json: one line naming where it was looked for.
+    let lonely = tmp.join("lonely");
+    std::fs::create_dir_all(&lonely).unwrap();
+    std::fs::copy(
+        latent.join("clip/model.safetensors"),
+        lonely.join("model.safetensors"),
+    )
+    .unwrap();
+    let o = txt2img(
+        &model,
+        &[
+            "--prompt",
+            "a cat",
+            "--text-encoder",
+            lonely.join("model.safetensors").to_str().unwrap(),
+        ],
+        &tmp,
+    );
+    let line = deediff_testkit::cli_error(&o);
+    assert!(
+        line.contains(lonely.join("config.json").to_str().unwrap()) && line.contains("missing"),
+        "{line}"
+    );
+
     // A damaged autoencoder: one line that names it once.
     let damaged = tmp.join("damaged_vae.pth");
     std::fs::write(&damaged, deediff_testkit::pth_with_unknown_storage()).unwrap();

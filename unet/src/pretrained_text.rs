@@ -236,7 +236,9 @@ fn pad_token(dir: &Path) -> Option<String> {
 /// The folder and weights file of a pretrained encoder given as either.
 fn locate_weights(path: &Path) -> Result<(PathBuf, PathBuf)> {
     if path.is_file() {
-        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // A bare file name's parent is "", which would print `config.json` without a folder.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new(".")).to_path_buf();
         return Ok((dir, path.to_path_buf()));
     }
     let weights = ["model.safetensors", "pytorch_model.bin"]
@@ -250,6 +252,12 @@ fn locate_weights(path: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn read_json(file: &Path) -> Result<serde_json::Value> {
+    if !file.is_file() {
+        return Err(Error::pretrained(
+            file,
+            "missing: the text encoder needs its Hugging Face config.json beside its weights",
+        ));
+    }
     let text = std::fs::read_to_string(file).map_err(|e| Error::pretrained(file, e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| Error::pretrained(file, format!("invalid JSON: {e}")))
 }
