@@ -34,10 +34,11 @@ pub fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
     names
         .into_iter()
         .map(|name| {
+            let label = name.escape_debug();
             let t = quietly(|| pth.get(name))
-                .ok_or_else(|| format!("tensor {}: malformed", name.escape_debug()))?
-                .map_err(|e| format!("tensor {}: {}", name.escape_debug(), one_line(&e)))?
-                .ok_or_else(|| format!("tensor {}: not found", name.escape_debug()))?;
+                .ok_or_else(|| format!("tensor {label}: malformed"))?
+                .map_err(|e| format!("tensor {label}: {}", one_line(&e)))?
+                .ok_or_else(|| format!("tensor {label}: not found"))?;
             Ok((name.clone(), t))
         })
         .collect()
