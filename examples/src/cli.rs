@@ -102,7 +102,8 @@ pub struct SamplingArgs {
     /// per-sample, official, full, static:K, cached[:T[:R]] (cache-filled exits, a full pass at
     /// least every R evaluations, decided by the model's filled-exit heads when it has them),
     /// cached-trunc[:T[:R]] (the same, decided by the truncation heads), deepcache:N[:M] or l2c
-    /// (see ExitPolicy). Default: the model's (metadata `sampling_defaults`), else per-sample.
+    /// (see ExitPolicy). Default: the model's (metadata `sampling_defaults`), else per-sample
+    /// for a model with certainty heads and full for one without.
     #[arg(long)]
     pub policy: Option<String>,
     /// Timesteps LO ≤ t ≤ HI (0 = clean … 999 = noise) that follow their own policy,
@@ -179,18 +180,25 @@ impl SamplingArgs {
 
     /// Every setting the flags leave open taken from the model's recommended ones
     /// (`sampling_defaults`): scheduler, steps, and the policy unless `--threshold` or
-    /// `--budget` asks for per-sample exits.
-    pub fn with_defaults(&self, defaults: Option<&SamplingDefaults>) -> Self {
-        let Some(d) = defaults else {
-            return self.clone();
-        };
+    /// `--budget` asks for per-sample exits. A model without certainty heads (a plain official
+    /// U-ViT checkpoint) and without recommendations samples at full depth: per-sample exits,
+    /// the default otherwise, would need heads it does not have.
+    pub fn with_defaults(&self, defaults: Option<&SamplingDefaults>, has_heads: bool) -> Self {
         let exits_asked = self.threshold.is_some() || self.budget.is_some();
+        let fallback = match (defaults, has_heads) {
+            (Some(d), _) => Some(d.policy.clone()),
+            (None, false) => Some("full".to_string()),
+            (None, true) => None,
+        };
         Self {
-            scheduler: self.scheduler.clone().or_else(|| Some(d.scheduler.clone())),
-            steps: self.steps.or(Some(d.steps)),
+            scheduler: self
+                .scheduler
+                .clone()
+                .or_else(|| defaults.map(|d| d.scheduler.clone())),
+            steps: self.steps.or(defaults.map(|d| d.steps)),
             policy: match exits_asked {
                 true => self.policy.clone(),
-                false => self.policy.clone().or_else(|| Some(d.policy.clone())),
+                false => self.policy.clone().or(fallback),
             },
             ..self.clone()
         }
@@ -392,7 +400,8 @@ pub fn build_pipeline(
     args: &SamplingArgs,
     device: &Device,
 ) -> Result<Pipeline> {
-    let args = &args.with_defaults(bundle.sampling_defaults.as_ref());
+    let has_heads = bundle.model.heads().is_some();
+    let args = &args.with_defaults(bundle.sampling_defaults.as_ref(), has_heads);
     let scheduler = match &args.scheduler_config {
         Some(path) => SchedulerConfig::from_file(path)?,
         None => SchedulerConfig::by_name(

@@ -120,3 +120,47 @@ fn a_bad_default_is_one_error_naming_the_file() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A plain U-ViT checkpoint (no certainty heads, no recommended settings) samples at full depth
+/// when no policy is asked for, where per-sample exits (the default for a model with heads)
+/// would need heads it lacks; asking for exits still names what is missing.
+#[test]
+fn a_checkpoint_without_heads_samples_at_full_depth_unless_exits_are_asked_for() {
+    let dir = std::env::temp_dir().join(format!("deediff-no-heads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = deediff_testkit::fixtures().join("uvit/uvit_cond.weights.safetensors");
+    let bytes = std::fs::read(src).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let all = file.tensors();
+    let plain: Vec<_> = all
+        .iter()
+        .filter(|(name, _)| !name.starts_with("lte_classifer."))
+        .cloned()
+        .collect();
+    assert!(plain.len() < all.len(), "the fixture has heads to strip");
+    let model = dir.join("plain.safetensors");
+    std::fs::write(&model, safetensors::serialize(plain, None).unwrap()).unwrap();
+    let report = dir.join("report.json");
+    let txt2img = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_txt2img"))
+            .args(["--model", model.to_str().unwrap(), "--class", "1"])
+            .args(["--num-heads", "4", "--trained-with", "ddpm-linear"])
+            .args(["--scheduler", "ddim", "--steps", "2"])
+            .args(["--out", dir.join("x.png").to_str().unwrap()])
+            .args(["--report", report.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = txt2img(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["mean_blocks"].as_f64(), r["num_blocks"].as_f64(), "{r}");
+    let o = txt2img(&["--threshold", "0.9"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no certainty heads"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

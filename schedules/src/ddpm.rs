@@ -166,12 +166,7 @@ impl Solver for DdpmRun {
         }
         self.x = prev;
         self.i += 1;
-        Ok(Some(StepInfo {
-            index: self.i - 1,
-            order: 1,
-            pred_x0: Some(x0),
-            t: None,
-        }))
+        Ok(Some(StepInfo::with_x0(self.i - 1, x0)))
     }
 
     fn sample(&self) -> &[f64] {

@@ -301,12 +301,7 @@ impl Solver for DpmMultistepRun {
         let t = sch.level(i + 1);
         self.x = multistep_update(form, &self.x, s0, t, &history, weight, z.as_deref());
         self.i += 1;
-        Ok(Some(StepInfo {
-            index: i,
-            order,
-            pred_x0: None,
-            t: None,
-        }))
+        Ok(Some(StepInfo::of_order(i, order)))
     }
 
     fn sample(&self) -> &[f64] {

@@ -275,12 +275,7 @@ impl Solver for DpmSinglestepRun {
         };
         self.x = x;
         self.i += 1;
-        Ok(Some(StepInfo {
-            index: i,
-            order,
-            pred_x0: None,
-            t: None,
-        }))
+        Ok(Some(StepInfo::of_order(i, order)))
     }
 
     fn sample(&self) -> &[f64] {

@@ -244,12 +244,7 @@ impl Solver for Run {
         }
         self.i += 1;
         self.input = scale(&self.x, p.sigmas[self.i]);
-        Ok(Some(StepInfo {
-            index: i,
-            order: step.order(),
-            pred_x0: None,
-            t: None,
-        }))
+        Ok(Some(StepInfo::of_order(i, step.order())))
     }
 
     fn sample(&self) -> &[f64] {

@@ -244,12 +244,7 @@ impl Solver for EulerRun {
         if self.i < sch.timesteps.len() {
             self.input = sch.scale_input(&self.x, self.i);
         }
-        Ok(Some(StepInfo {
-            index: i,
-            order: 1,
-            pred_x0: Some(x0),
-            t: None,
-        }))
+        Ok(Some(StepInfo::with_x0(i, x0)))
     }
 
     fn sample(&self) -> &[f64] {

@@ -73,6 +73,38 @@ pub struct StepInfo {
     pub t: Option<f64>,
 }
 
+impl StepInfo {
+    /// A step of a multistep or singlestep solver, which returns neither x₀ nor a time.
+    pub(crate) fn of_order(index: usize, order: usize) -> Self {
+        Self {
+            index,
+            order,
+            pred_x0: None,
+            t: None,
+        }
+    }
+
+    /// A first-order diffusers step that returns its `pred_original_sample`.
+    pub(crate) fn with_x0(index: usize, x0: Vec<f64>) -> Self {
+        Self {
+            index,
+            order: 1,
+            pred_x0: Some(x0),
+            t: None,
+        }
+    }
+
+    /// A U-ViT step, which reports the continuous time it reached.
+    pub(crate) fn at_time(index: usize, order: usize, t: f64) -> Self {
+        Self {
+            index,
+            order,
+            pred_x0: None,
+            t: Some(t),
+        }
+    }
+}
+
 /// A solver in flight (internal; wrapped by [`crate::Run`]).
 pub(crate) trait Solver: Send {
     /// The next evaluation the solver needs, or `None` when it is finished.

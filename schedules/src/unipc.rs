@@ -378,12 +378,7 @@ impl Solver for UniPcRun {
         let next = p.base_update(&self.x, s_i, t, &c, m0, &res);
         self.last_sample = Some(std::mem::replace(&mut self.x, next));
         self.i += 1;
-        Ok(Some(StepInfo {
-            index: i,
-            order,
-            pred_x0: None,
-            t: None,
-        }))
+        Ok(Some(StepInfo::of_order(i, order)))
     }
 
     fn sample(&self) -> &[f64] {

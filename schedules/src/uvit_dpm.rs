@@ -459,12 +459,7 @@ impl UvitDpmRun {
         self.pending = None;
         self.phase = 0;
         self.k += 1;
-        Some(StepInfo {
-            index: self.k - 1,
-            order: step.order,
-            pred_x0: None,
-            t: Some(step.t),
-        })
+        Some(StepInfo::at_time(self.k - 1, step.order, step.t))
     }
 
     fn multi(&mut self, m: Vec<f64>, grid: &[f64], order: usize, max_order: usize) -> StepInfo {
@@ -486,12 +481,7 @@ impl UvitDpmRun {
         let weight = p.config.solver_type.d1_weight();
         self.x = multistep_update(form, &self.x, l0, lt, &history, weight, None);
         self.k += 1;
-        StepInfo {
-            index: k,
-            order,
-            pred_x0: None,
-            t: Some(grid[k + 1]),
-        }
+        StepInfo::at_time(k, order, grid[k + 1])
     }
 }
 

@@ -177,12 +177,7 @@ impl Solver for UvitEmRun {
         }
         self.x = x;
         self.k += 1;
-        Ok(Some(StepInfo {
-            index: self.k - 1,
-            order: 1,
-            pred_x0: None,
-            t: Some(s),
-        }))
+        Ok(Some(StepInfo::at_time(self.k - 1, 1, s)))
     }
 
     fn sample(&self) -> &[f64] {

@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use deediff_unet::embedding::unpatchify;
 use deediff_unet::kernels;
-use deediff_unet::layers::{linear, Linear};
+use deediff_unet::layers::{linear_unpacked, Linear};
 use deediff_unet::model_file::{CERTAINTY_HEAD_PREFIX, FILLED_HEAD_PREFIX};
 use deediff_unet::UVitConfig;
 
@@ -38,7 +38,7 @@ impl CertaintyHeads {
     fn with_prefix(cfg: &UVitConfig, vb: VarBuilder, prefix: &str) -> Result<Self> {
         let vb = vb.pp(prefix);
         let heads = (0..cfg.num_blocks())
-            .map(|n| linear(cfg.embed_dim, cfg.patch_dim(), true, vb.pp(n).pp("lte")))
+            .map(|n| linear_unpacked(cfg.embed_dim, cfg.patch_dim(), true, vb.pp(n).pp("lte")))
             .collect::<Result<_>>()?;
         Ok(Self {
             heads,
@@ -83,9 +83,9 @@ impl CertaintyHeads {
     /// unpatchify is skipped): what an exit rule reads after every block, in one fused kernel.
     pub fn sample_means(&self, i: usize, h: &Tensor) -> Result<Tensor> {
         let head = self.head(i)?;
-        let bias = head
-            .bias()
-            .ok_or_else(|| candle_core::Error::msg("certainty heads have a bias"))?;
-        kernels::sigmoid_linear_means(&h.detach(), head.weight(), bias, self.extras)
+        let (Some(weight), Some(bias)) = (head.weight(), head.bias()) else {
+            candle_core::bail!("certainty heads have a bias and an unpacked weight")
+        };
+        kernels::sigmoid_linear_means(&h.detach(), weight, bias, self.extras)
     }
 }

@@ -146,6 +146,11 @@ impl PackedWeight {
         self.n
     }
 
+    /// Depth (input columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// The 16 × (32 bf16) tile of columns `16·group..+16` at depth `d..d + 32`.
     fn tile(&self, group: usize, d: usize) -> *const u16 {
         self.data[group * 16 * self.k + d * 16..].as_ptr()

@@ -11,8 +11,8 @@
 //! otherwise, so one model definition serves both the sampler and the trainer.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module,
-    Result, Shape, Tensor, D,
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout,
+    Module, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 
@@ -134,6 +134,30 @@ pub fn linear(
     match residual {
         Some(r) => r + y,
         None => Ok(y),
+    }
+}
+
+/// [`linear`] with only a packed weight (an inference weight packed at load, its `[out, in]`
+/// tensor dropped): always the inference path, so `x`, `bias` and `residual` must be f32 on the
+/// CPU.
+pub fn packed_linear(
+    x: &Tensor,
+    packed: Packed,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let all: Vec<&Tensor> = [Some(x), bias, residual].into_iter().flatten().collect();
+    if !inference_path(&all) {
+        candle_core::bail!("linear: a packed weight takes f32 CPU inputs without gradients");
+    }
+    let op = PackedLinearOp(LinearOp {
+        bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
+        packed: Some(packed),
+    });
+    let x = x.contiguous()?;
+    match residual {
+        Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
+        None => x.apply_op1_no_bwd(&op),
     }
 }
 
@@ -377,11 +401,11 @@ pub enum Packed<'a> {
 }
 
 impl Packed<'_> {
-    /// Output columns of the packed weight.
-    fn n(self) -> usize {
+    /// `[out, in]` of the packed weight.
+    fn dims(self) -> (usize, usize) {
         match self {
-            Packed::Bf16(p) => p.n(),
-            Packed::F32(p) => p.n(),
+            Packed::Bf16(p) => (p.n(), p.k()),
+            Packed::F32(p) => (p.n(), p.k()),
         }
     }
 }
@@ -394,15 +418,20 @@ struct LinearOp<'a> {
 impl LinearOp<'_> {
     const NAME: &'static str = "deediff-linear";
 
+    /// `w`: the plain weight, absent when only [`Self::packed`] holds it.
     fn run(
         &self,
         x: (&CpuStorage, &Layout),
-        w: (&CpuStorage, &Layout),
+        w: Option<(&CpuStorage, &Layout)>,
         residual: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(x.0, x.1, Self::NAME)?;
-        let ws = f32_slice(w.0, w.1, Self::NAME)?;
-        let (n, k) = w.1.shape().dims2()?;
+        let ws = w.map(|(s, l)| f32_slice(s, l, Self::NAME)).transpose()?;
+        let (n, k) = match (w, self.packed) {
+            (Some((_, l)), _) => l.shape().dims2()?,
+            (None, Some(p)) => p.dims(),
+            (None, None) => candle_core::bail!("linear: no weight"),
+        };
         let dims = x.1.dims();
         if dims.last() != Some(&k) || self.bias.as_ref().is_some_and(|b| b.len() != n) {
             candle_core::bail!("linear: input {dims:?} vs weight [{n}, {k}]");
@@ -436,10 +465,11 @@ impl LinearOp<'_> {
                 bias_residual_rows(bias, r, o);
             });
         }
-        match self.packed.filter(|p| p.n() == n) {
-            Some(Packed::Bf16(p)) => amx::linear(xs, p, &mut out, accumulate),
-            Some(Packed::F32(p)) => panels::linear(xs, p, &mut out, accumulate),
-            None => {
+        match (self.packed.filter(|p| p.dims() == (n, k)), ws) {
+            (Some(Packed::Bf16(p)), _) => amx::linear(xs, p, &mut out, accumulate),
+            (Some(Packed::F32(p)), _) => panels::linear(xs, p, &mut out, accumulate),
+            (None, None) => candle_core::bail!("linear: packed weight is not [{n}, {k}]"),
+            (None, Some(ws)) => {
                 let product = Product {
                     m,
                     n,
@@ -472,7 +502,7 @@ impl CustomOp2 for LinearOp<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), None)
+        self.run((s1, l1), Some((s2, l2)), None)
     }
 }
 
@@ -490,7 +520,36 @@ impl CustomOp3 for LinearOp<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+        self.run((s1, l1), Some((s2, l2)), Some((s3, l3)))
+    }
+}
+
+/// [`LinearOp`] over a packed weight alone: `x`, or `x` and the residual.
+struct PackedLinearOp<'a>(LinearOp<'a>);
+
+impl CustomOp1 for PackedLinearOp<'_> {
+    fn name(&self) -> &'static str {
+        LinearOp::NAME
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), None, None)
+    }
+}
+
+impl CustomOp2 for PackedLinearOp<'_> {
+    fn name(&self) -> &'static str {
+        LinearOp::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.0.run((s1, l1), None, Some((s2, l2)))
     }
 }
 

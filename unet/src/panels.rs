@@ -4,13 +4,13 @@
 //! A linear layer multiplies by the same weight at every step of every image, yet a library
 //! GEMM packs it again on every call: at one image of U-ViT-S/2 (257 rows) faer's packing was
 //! 8.7 % of the forward and its kernels, blocked for large products, reached 175–200 GFLOP/s where
-//! MKL reached 220 (Sapphire Rapids, 2 threads). Here the weight is rearranged once, at the first
-//! product, into panels of 32 output columns laid out depth-major — exactly the order the
+//! MKL reached 220 (Sapphire Rapids, 2 threads). Here the weight is rearranged once, at load
+//! ([`crate::layers::linear`]), into panels of 32 output columns laid out depth-major — exactly the order the
 //! register tile reads them — and the activations are read in place: each register tile keeps
 //! its accumulators in registers and broadcasts the activations straight from memory into the
 //! FMAs (AVX-512: 14 rows × 32 columns, 28 of the 32 registers; AVX2: 6 rows × 16 columns, 12
-//! of 16, each panel in two halves). The panel copy costs one more weight's worth of memory
-//! while a model samples in f32.
+//! of 16, each panel in two halves). The loaded copy is dropped once packed, so the panels are
+//! the only copy of the weight.
 //!
 //! Every output row is the same sum in the same order whatever the batch, the thread count or
 //! the row's place in a tile, so a sample gives identical bits alone or in any batch.
@@ -72,6 +72,27 @@ impl PanelWeight {
     /// Output columns.
     pub fn n(&self) -> usize {
         self.n
+    }
+
+    /// Depth (input columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The weight back in `n × k` row-major order (PyTorch layout), for the bf16 tiles of a
+    /// layer whose loaded copy was dropped.
+    pub fn unpack(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut w = vec![0f32; n * k];
+        w.par_chunks_mut(k.max(1))
+            .enumerate()
+            .for_each(|(row, out)| {
+                let panel = &self.data[row / NR * NR * k..];
+                for (p, v) in out.iter_mut().enumerate() {
+                    *v = panel[p * NR + row % NR];
+                }
+            });
+        w
     }
 
     fn panels(&self) -> usize {
@@ -406,6 +427,15 @@ mod tests {
             ] {
                 check_product(isa, m, n, k);
             }
+        }
+    }
+
+    /// Packing then unpacking gives the weight back, a partial last panel included.
+    #[test]
+    fn unpack_inverts_new() {
+        for (n, k) in [(32, 1), (80, 300), (33, 7)] {
+            let w: Vec<f32> = (0..n * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+            assert_eq!(PanelWeight::new(&w, n, k).unpack(), w, "{n} × {k}");
         }
     }
 

@@ -179,7 +179,8 @@ fn filled(num: usize, batch: usize, updates: usize, common: &Common) -> Result<(
     let cfg = bundle.model.model().config().clone();
     let conditions = conditions(&bundle, num)?;
     let seeds = common.seeds(num);
-    let args = sampling.with_defaults(bundle.sampling_defaults.as_ref());
+    let has_heads = bundle.model.heads().is_some();
+    let args = sampling.with_defaults(bundle.sampling_defaults.as_ref(), has_heads);
     let pipeline = build_pipeline(bundle, &args, &device)?;
     let scheduler = args.scheduler.as_deref().unwrap_or(DEFAULT_SCHEDULER);
     eprintln!(
