@@ -3,10 +3,10 @@
 //! `QUERY_BLOCK × KEY_TILE` tile is ever stored (the S/2 model's 257×257 per head used to be),
 //! and the tile stays in L1/L2 between its two products.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use crate::kernels::DisjointOut;
+use crate::kernels::{DisjointOut, FusedOp};
 use crate::matmul::{matmul, Operand, Product};
 use crate::rowops::{online_softmax_rows, scale_into};
 
@@ -91,13 +91,10 @@ impl Task<'_> {
     }
 }
 
-impl CustomOp1 for AttentionOp {
-    fn name(&self) -> &'static str {
-        "deediff-attention"
-    }
+impl FusedOp<1> for AttentionOp {
+    const NAME: &'static str = "deediff-attention";
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = crate::kernels::f32_slice(storage, layout, self.name())?;
+    fn cpu(&self, [qkv]: [&[f32]; 1], [layout]: [&Layout; 1]) -> Result<(CpuStorage, Shape)> {
         let (b, s, d3) = layout.shape().dims3()?;
         let (d, h) = (d3 / 3, self.num_heads);
         if d3 % 3 != 0 || h == 0 || d % h != 0 {

@@ -64,7 +64,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         return x.contiguous()?.apply_op3_no_bwd(
             weight,
             bias,
-            &Fused3(LayerNormOp { eps: eps as f32 }),
+            &Fused(LayerNormOp { eps: eps as f32 }),
         );
     }
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -80,10 +80,10 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
     if inference_path(&[qkv]) {
         return qkv
             .contiguous()?
-            .apply_op1_no_bwd(&crate::flash::AttentionOp {
+            .apply_op1_no_bwd(&Fused(crate::flash::AttentionOp {
                 num_heads,
                 scale: scale as f32,
-            });
+            }));
     }
     let (b, s, d3) = qkv.dims3()?;
     let (d, h) = (d3 / 3, num_heads);
@@ -99,7 +99,7 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
 /// `nn.GELU()` after `fc1`.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if inference_path(&[x, bias]) {
-        return x.contiguous()?.apply_op2_no_bwd(bias, &BiasGeluOp);
+        return x.contiguous()?.apply_op2_no_bwd(bias, &Fused(BiasGeluOp));
     }
     x.broadcast_add(bias)?.gelu_erf()
 }
@@ -120,10 +120,10 @@ pub fn linear(
         .flatten()
         .collect();
     if inference_path(&all) {
-        let op = LinearOp {
+        let op = Fused(LinearOp {
             bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
             packed,
-        };
+        });
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         return match residual {
             Some(r) => x.apply_op3_no_bwd(&w, &r.contiguous()?, &op),
@@ -150,10 +150,10 @@ pub fn packed_linear(
     if !inference_path(&all) {
         candle_core::bail!("linear: a packed weight takes f32 CPU inputs without gradients");
     }
-    let op = PackedLinearOp(LinearOp {
+    let op = Fused(PackedLinearOp(LinearOp {
         bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
         packed: Some(packed),
-    });
+    }));
     let x = x.contiguous()?;
     match residual {
         Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
@@ -170,7 +170,7 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if inference_path(&[x, w, bias]) {
         return x
             .contiguous()?
-            .apply_op3_no_bwd(&w.contiguous()?, bias, &Fused3(Conv3x3Op));
+            .apply_op3_no_bwd(&w.contiguous()?, bias, &Fused(Conv3x3Op));
     }
     let y = x.conv2d(w, 1, 1, 1, 1)?;
     y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)
@@ -188,7 +188,7 @@ pub fn patch_embed(x: &Tensor, wt: &Tensor, bias_pos: &Tensor, patch: usize) -> 
         return x.contiguous()?.apply_op3_no_bwd(
             &wt.contiguous()?,
             &bias_pos.contiguous()?,
-            &Fused3(PatchEmbedOp { patch }),
+            &Fused(PatchEmbedOp { patch }),
         );
     }
     let (b, c, h, w) = x.dims4()?;
@@ -212,7 +212,7 @@ pub fn sigmoid_linear_means(x: &Tensor, w: &Tensor, bias: &Tensor, skip: usize) 
     if inference_path(&[x, w, bias]) {
         return x
             .contiguous()?
-            .apply_op3_no_bwd(w, bias, &Fused3(SigmoidMeansOp { skip }));
+            .apply_op3_no_bwd(w, bias, &Fused(SigmoidMeansOp { skip }));
     }
     let tokens = x.narrow(1, skip, x.dim(1)?.saturating_sub(skip))?;
     let y = linear(&tokens, w, Some(bias), None, None)?;
@@ -226,7 +226,7 @@ fn rows_per_task(width: usize) -> usize {
     (16_384 / width.max(1)).max(1)
 }
 
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let (start, end) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::msg(format!("{what}: input must be contiguous")))?;
@@ -236,18 +236,60 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
     }
 }
 
-/// A fused op over three f32 inputs. [`Fused3`] makes it a candle `CustomOp3`: it reads each
-/// input's contiguous values (an error naming the op otherwise), so an op is only its kernel.
-trait ThreeInputs {
+/// A fused op over `N` f32 inputs. [`Fused`] makes it a candle `CustomOp1`/`2`/`3`: it reads
+/// each input's contiguous values (an error naming the op otherwise), so an op is only its kernel.
+pub(crate) trait FusedOp<const N: usize> {
     const NAME: &'static str;
 
     /// The output from the inputs' values and layouts.
-    fn cpu(&self, values: [&[f32]; 3], layouts: [&Layout; 3]) -> Result<(CpuStorage, Shape)>;
+    fn cpu(&self, values: [&[f32]; N], layouts: [&Layout; N]) -> Result<(CpuStorage, Shape)>;
 }
 
-struct Fused3<T>(T);
+pub(crate) struct Fused<T>(pub T);
 
-impl<T: ThreeInputs> CustomOp3 for Fused3<T> {
+impl<T> Fused<T> {
+    fn run<const N: usize>(
+        &self,
+        inputs: [(&CpuStorage, &Layout); N],
+    ) -> Result<(CpuStorage, Shape)>
+    where
+        T: FusedOp<N>,
+    {
+        let mut values = [&[][..]; N];
+        for (v, (s, l)) in values.iter_mut().zip(inputs) {
+            *v = f32_slice(s, l, T::NAME)?;
+        }
+        self.0.cpu(values, inputs.map(|(_, l)| l))
+    }
+}
+
+impl<T: FusedOp<1>> CustomOp1 for Fused<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run([(s1, l1)])
+    }
+}
+
+impl<T: FusedOp<2>> CustomOp2 for Fused<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run([(s1, l1), (s2, l2)])
+    }
+}
+
+impl<T: FusedOp<3>> CustomOp3 for Fused<T> {
     fn name(&self) -> &'static str {
         T::NAME
     }
@@ -261,12 +303,7 @@ impl<T: ThreeInputs> CustomOp3 for Fused3<T> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let values = [
-            f32_slice(s1, l1, T::NAME)?,
-            f32_slice(s2, l2, T::NAME)?,
-            f32_slice(s3, l3, T::NAME)?,
-        ];
-        self.0.cpu(values, [l1, l2, l3])
+        self.run([(s1, l1), (s2, l2), (s3, l3)])
     }
 }
 
@@ -274,7 +311,7 @@ struct LayerNormOp {
     eps: f32,
 }
 
-impl ThreeInputs for LayerNormOp {
+impl FusedOp<3> for LayerNormOp {
     const NAME: &'static str = "deediff-layer-norm";
 
     fn cpu(&self, [x, w, b]: [&[f32]; 3], [l1, _, _]: [&Layout; 3]) -> Result<(CpuStorage, Shape)> {
@@ -298,20 +335,10 @@ impl ThreeInputs for LayerNormOp {
 
 struct BiasGeluOp;
 
-impl CustomOp2 for BiasGeluOp {
-    fn name(&self) -> &'static str {
-        "deediff-bias-gelu"
-    }
+impl FusedOp<2> for BiasGeluOp {
+    const NAME: &'static str = "deediff-bias-gelu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let bias = f32_slice(s2, l2, self.name())?;
+    fn cpu(&self, [x, bias]: [&[f32]; 2], [l1, _]: [&Layout; 2]) -> Result<(CpuStorage, Shape)> {
         let d = l1.dims().last().copied().unwrap_or(0);
         if bias.len() != d {
             candle_core::bail!("bias-gelu: width {d} but bias {}", bias.len());
@@ -328,7 +355,7 @@ impl CustomOp2 for BiasGeluOp {
 
 struct Conv3x3Op;
 
-impl ThreeInputs for Conv3x3Op {
+impl FusedOp<3> for Conv3x3Op {
     const NAME: &'static str = "deediff-conv3x3";
 
     fn cpu(
@@ -415,24 +442,24 @@ struct LinearOp<'a> {
     packed: Option<Packed<'a>>,
 }
 
-impl LinearOp<'_> {
-    const NAME: &'static str = "deediff-linear";
+/// The name of both linear ops.
+const LINEAR: &str = "deediff-linear";
 
+impl LinearOp<'_> {
     /// `w`: the plain weight, absent when only [`Self::packed`] holds it.
     fn run(
         &self,
-        x: (&CpuStorage, &Layout),
-        w: Option<(&CpuStorage, &Layout)>,
-        residual: Option<(&CpuStorage, &Layout)>,
+        (xs, xl): (&[f32], &Layout),
+        w: Option<(&[f32], &Layout)>,
+        residual: Option<(&[f32], &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(x.0, x.1, Self::NAME)?;
-        let ws = w.map(|(s, l)| f32_slice(s, l, Self::NAME)).transpose()?;
+        let ws = w.map(|(v, _)| v);
         let (n, k) = match (w, self.packed) {
             (Some((_, l)), _) => l.shape().dims2()?,
             (None, Some(p)) => p.dims(),
             (None, None) => candle_core::bail!("linear: no weight"),
         };
-        let dims = x.1.dims();
+        let dims = xl.dims();
         if dims.last() != Some(&k) || self.bias.as_ref().is_some_and(|b| b.len() != n) {
             candle_core::bail!("linear: input {dims:?} vs weight [{n}, {k}]");
         }
@@ -442,8 +469,7 @@ impl LinearOp<'_> {
             *last = n;
         }
         let res = residual
-            .map(|(s, l)| {
-                let r = f32_slice(s, l, Self::NAME)?;
+            .map(|(r, l)| {
                 if r.len() != m * n {
                     candle_core::bail!("linear: residual {:?} vs output {out_dims:?}", l.dims());
                 }
@@ -490,66 +516,44 @@ impl LinearOp<'_> {
     }
 }
 
-impl CustomOp2 for LinearOp<'_> {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+/// `x` and the plain weight.
+impl FusedOp<2> for LinearOp<'_> {
+    const NAME: &'static str = LINEAR;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), Some((s2, l2)), None)
+    fn cpu(&self, [x, w]: [&[f32]; 2], [lx, lw]: [&Layout; 2]) -> Result<(CpuStorage, Shape)> {
+        self.run((x, lx), Some((w, lw)), None)
     }
 }
 
-impl CustomOp3 for LinearOp<'_> {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+/// `x`, the plain weight and the residual.
+impl FusedOp<3> for LinearOp<'_> {
+    const NAME: &'static str = LINEAR;
 
-    fn cpu_fwd(
+    fn cpu(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        [x, w, r]: [&[f32]; 3],
+        [lx, lw, lr]: [&Layout; 3],
     ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), Some((s2, l2)), Some((s3, l3)))
+        self.run((x, lx), Some((w, lw)), Some((r, lr)))
     }
 }
 
 /// [`LinearOp`] over a packed weight alone: `x`, or `x` and the residual.
 struct PackedLinearOp<'a>(LinearOp<'a>);
 
-impl CustomOp1 for PackedLinearOp<'_> {
-    fn name(&self) -> &'static str {
-        LinearOp::NAME
-    }
+impl FusedOp<1> for PackedLinearOp<'_> {
+    const NAME: &'static str = LINEAR;
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.0.run((s1, l1), None, None)
+    fn cpu(&self, [x]: [&[f32]; 1], [lx]: [&Layout; 1]) -> Result<(CpuStorage, Shape)> {
+        self.0.run((x, lx), None, None)
     }
 }
 
-impl CustomOp2 for PackedLinearOp<'_> {
-    fn name(&self) -> &'static str {
-        LinearOp::NAME
-    }
+impl FusedOp<2> for PackedLinearOp<'_> {
+    const NAME: &'static str = LINEAR;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.0.run((s1, l1), None, Some((s2, l2)))
+    fn cpu(&self, [x, r]: [&[f32]; 2], [lx, lr]: [&Layout; 2]) -> Result<(CpuStorage, Shape)> {
+        self.0.run((x, lx), None, Some((r, lr)))
     }
 }
 
@@ -557,7 +561,7 @@ struct PatchEmbedOp {
     patch: usize,
 }
 
-impl ThreeInputs for PatchEmbedOp {
+impl FusedOp<3> for PatchEmbedOp {
     const NAME: &'static str = "deediff-patch-embed";
 
     fn cpu(
@@ -635,7 +639,7 @@ struct SigmoidMeansOp {
     skip: usize,
 }
 
-impl ThreeInputs for SigmoidMeansOp {
+impl FusedOp<3> for SigmoidMeansOp {
     const NAME: &'static str = "deediff-sigmoid-linear-means";
 
     fn cpu(
