@@ -219,7 +219,7 @@ pub fn load_model(args: &ModelArgs, device: &Device) -> Result<ModelBundle> {
 /// command that also writes those bytes back changed.
 pub fn load_model_bytes(
     args: &ModelArgs,
-    bytes: Vec<u8>,
+    bytes: &[u8],
     origin: &str,
     device: &Device,
 ) -> Result<ModelBundle> {

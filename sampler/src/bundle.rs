@@ -69,33 +69,41 @@ impl ModelBundle {
         Ok(model_file::is_model_file(file))
     }
 
-    /// Reads a model file written by the trainer's export.
+    /// Reads a model file written by the trainer's export. The file is mapped, not read into
+    /// memory: each layer copies its weights out of the mapping as it is built, so loading
+    /// never holds the whole file and the model in memory at once.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| {
+        let origin = path.display().to_string();
+        let cannot = |e: std::io::Error| {
             Error::Unet(deediff_unet::Error::ModelFile {
-                origin: path.display().to_string(),
+                origin: origin.clone(),
                 reason: format!("cannot read model file: {e}"),
             })
-        })?;
-        Self::from_bytes(bytes, &path.display().to_string(), device)
+        };
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        // SAFETY: mapped read-only; like every mmap user (and the checkpoint loader) we assume
+        // the file is not truncated while the model is built from it (deediff's own writers
+        // replace a file by renaming a new one over it, which leaves this mapping intact).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(cannot)?;
+        Self::from_bytes(&map, &origin, device)
     }
 
     /// The embedded default model.
     #[cfg(feature = "default-model")]
     pub fn default_model(device: &Device) -> Result<Self> {
-        Self::from_bytes(DEFAULT_MODEL.to_vec(), "<embedded default model>", device)
+        Self::from_bytes(DEFAULT_MODEL, "<embedded default model>", device)
     }
 
     /// Parses a model file held in memory; `origin` names it in errors.
-    pub fn from_bytes(bytes: Vec<u8>, origin: &str, device: &Device) -> Result<Self> {
+    pub fn from_bytes(bytes: &[u8], origin: &str, device: &Device) -> Result<Self> {
         let bad = |reason: String| {
             Error::Unet(deediff_unet::Error::ModelFile {
                 origin: origin.to_string(),
                 reason,
             })
         };
-        let header = Header::read(&bytes, origin)?;
+        let header = Header::read(bytes, origin)?;
         let scheduler_config = SchedulerConfig::from_diffusers_json(&header.scheduler_config)
             .map_err(|e| bad(format!("bad {}: {e}", key::SCHEDULER_CONFIG)))?;
         let training =
@@ -113,7 +121,7 @@ impl ModelBundle {
         // candle errors can carry a backtrace (RUST_BACKTRACE): the message is its first line.
         let candle_bad = |e: candle_core::Error| bad(deediff_unet::one_line(&e));
         let vb =
-            VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(candle_bad)?;
+            VarBuilder::from_slice_safetensors(bytes, DType::F32, device).map_err(candle_bad)?;
         let model = UVit::new(&header.uvit, vb.clone()).map_err(candle_bad)?;
         let heads = CertaintyHeads::new(&header.uvit, vb.clone()).map_err(candle_bad)?;
         let filled = header

@@ -121,13 +121,13 @@ fn with_exit_threshold(value: &str) -> Vec<u8> {
 #[test]
 fn the_models_own_exit_threshold_is_the_default_policy() {
     let dev = Device::Cpu;
-    let bundle = ModelBundle::from_bytes(with_exit_threshold("0.8"), "m", &dev).unwrap();
+    let bundle = ModelBundle::from_bytes(&with_exit_threshold("0.8"), "m", &dev).unwrap();
     assert_eq!(bundle.exit_threshold, Some(0.8));
     let scheduler = SchedulerConfig::by_name("ddim", bundle.training.betas()).unwrap();
     let p = Pipeline::from_bundle(bundle, scheduler, 3, dev.clone()).unwrap();
     assert_eq!(p.policy().to_string(), "per-sample:0.8");
     for bad in ["1.5", "zero"] {
-        let err = ModelBundle::from_bytes(with_exit_threshold(bad), "m.safetensors", &dev)
+        let err = ModelBundle::from_bytes(&with_exit_threshold(bad), "m.safetensors", &dev)
             .err()
             .unwrap()
             .to_string();

@@ -174,7 +174,7 @@ fn filled(num: usize, batch: usize, updates: usize, common: &Common) -> Result<(
         );
     }
     let device = Device::Cpu;
-    let bundle = load_model_bytes(model, bytes.clone(), &origin, &device)?;
+    let bundle = load_model_bytes(model, &bytes, &origin, &device)?;
     let mut metadata = bundle.metadata.clone();
     let cfg = bundle.model.model().config().clone();
     let conditions = conditions(&bundle, num)?;
