@@ -69,24 +69,12 @@ impl ModelBundle {
         Ok(model_file::is_model_file(file))
     }
 
-    /// Reads a model file written by the trainer's export. The file is mapped, not read into
-    /// memory: each layer copies its weights out of the mapping as it is built, so loading
-    /// never holds the whole file and the model in memory at once.
+    /// Reads a model file written by the trainer's export (mapped, see
+    /// [`model_file::map_file`]).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
-        let origin = path.display().to_string();
-        let cannot = |e: std::io::Error| {
-            Error::Unet(deediff_unet::Error::ModelFile {
-                origin: origin.clone(),
-                reason: format!("cannot read model file: {e}"),
-            })
-        };
-        let file = std::fs::File::open(path).map_err(cannot)?;
-        // SAFETY: mapped read-only; like every mmap user (and the checkpoint loader) we assume
-        // the file is not truncated while the model is built from it (deediff's own writers
-        // replace a file by renaming a new one over it, which leaves this mapping intact).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(cannot)?;
-        Self::from_bytes(&map, &origin, device)
+        let map = model_file::map_file(path)?;
+        Self::from_bytes(&map, &path.display().to_string(), device)
     }
 
     /// The embedded default model.

@@ -111,13 +111,24 @@ pub fn read_metadata(bytes: &[u8], origin: &str) -> Result<HashMap<String, Strin
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
-/// [`read_metadata`] of the file at `path`.
+/// [`read_metadata`] of the file at `path` (only its header is read from disk).
 pub fn read_metadata_file(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+    read_metadata(&map_file(path)?, &path.display().to_string())
+}
+
+/// The file at `path` mapped read-only, so that a reader touches only the bytes it uses: the
+/// header alone for the metadata, and each tensor once as a model copies it into its layers —
+/// loading a model never holds the whole file and the model in memory at once.
+pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source: e,
-    })?;
-    read_metadata(&bytes, &path.display().to_string())
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: mapped read-only; like every mmap user (and candle's `MmapedSafetensors`, which the
+    // checkpoint loader uses) we assume the file is not truncated while it is mapped. deediff's
+    // own writers replace a file by renaming a new one over it, which leaves a mapping intact.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
 }
 
 /// Whether the file behind `file` is a model file (safetensors whose metadata has

@@ -5,12 +5,12 @@
 //! GEMM packs it again on every call: at one image of U-ViT-S/2 (257 rows) faer's packing was
 //! 8.7 % of the forward and its kernels, blocked for large products, reached 175–200 GFLOP/s where
 //! MKL reached 220 (Sapphire Rapids, 2 threads). Here the weight is rearranged once, at load
-//! ([`crate::layers::linear`]), into panels of 32 output columns laid out depth-major — exactly the order the
-//! register tile reads them — and the activations are read in place: each register tile keeps
-//! its accumulators in registers and broadcasts the activations straight from memory into the
-//! FMAs (AVX-512: 14 rows × 32 columns, 28 of the 32 registers; AVX2: 6 rows × 16 columns, 12
-//! of 16, each panel in two halves). The loaded copy is dropped once packed, so the panels are
-//! the only copy of the weight.
+//! ([`crate::layers::linear`]), into panels of 32 output columns laid out depth-major — exactly
+//! the order the register tile reads them — and the activations are read in place: each register
+//! tile keeps its accumulators in registers and broadcasts the activations straight from memory
+//! into the FMAs (AVX-512: 14 rows × 32 columns, 28 of the 32 registers; AVX2: 6 rows × 16
+//! columns, 12 of 16, each panel in two halves). The loaded copy is dropped once packed, so the
+//! panels are the only copy of the weight.
 //!
 //! Every output row is the same sum in the same order whatever the batch, the thread count or
 //! the row's place in a tile, so a sample gives identical bits alone or in any batch.
