@@ -252,23 +252,25 @@ fn locate_weights(path: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn read_json(file: &Path) -> Result<serde_json::Value> {
-    if !file.is_file() {
-        return Err(Error::pretrained(
-            file,
-            "missing: the text encoder needs its Hugging Face config.json beside its weights",
-        ));
-    }
+    present(file, "its Hugging Face config.json beside its weights")?;
     let text = std::fs::read_to_string(file).map_err(|e| Error::pretrained(file, e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| Error::pretrained(file, format!("invalid JSON: {e}")))
 }
 
-fn read_tokenizer(file: &Path) -> Result<Tokenizer> {
-    if !file.is_file() {
-        return Err(Error::pretrained(
+/// Ok when `file` exists; otherwise one error naming it and what the encoder needs (`needs`),
+/// rather than the bare "No such file or directory" of the read that would follow.
+fn present(file: &Path, needs: &str) -> Result<()> {
+    match file.is_file() {
+        true => Ok(()),
+        false => Err(Error::pretrained(
             file,
-            "missing: the text encoder needs its Hugging Face tokenizer.json",
-        ));
+            format!("missing: the text encoder needs {needs}"),
+        )),
     }
+}
+
+fn read_tokenizer(file: &Path) -> Result<Tokenizer> {
+    present(file, "its Hugging Face tokenizer.json")?;
     Tokenizer::from_file(file).map_err(|e| Error::pretrained(file, e.to_string()))
 }
 

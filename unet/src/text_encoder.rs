@@ -255,8 +255,9 @@ impl TextEncoder {
             origin: path.display().to_string(),
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let meta = model_file::read_metadata(&bytes, &path.display().to_string())?;
+        // Mapped: only the header and the encoder's own tensors are read, not the U-ViT's.
+        let map = model_file::map_file(path)?;
+        let meta = model_file::read_metadata(&map, &path.display().to_string())?;
         let json = meta.get(TEXT_ENCODER_CONFIG).ok_or_else(|| {
             err(format!(
                 "no {TEXT_ENCODER_CONFIG} metadata (not a text-to-image model?)"
@@ -264,8 +265,7 @@ impl TextEncoder {
         })?;
         let cfg: TextEncoderConfig = serde_json::from_str(json)
             .map_err(|e| err(format!("bad {TEXT_ENCODER_CONFIG} metadata: {e}")))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let vb = VarBuilder::from_slice_safetensors(&map, DType::F32, device)?;
         Self::new(&cfg, vb.pp(TEXT_ENCODER_PREFIX)).map_err(|e| err(e.to_string()))
     }
 
