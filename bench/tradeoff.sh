@@ -9,10 +9,10 @@
 #
 #   bench/tradeoff.sh --num 1000 --point 'dpmpp-2m:10@per-sample:0.97'   # one point
 #   bench/tradeoff.sh --num 1000                                          # table + plot only
-#   # BENCHMARKS.md's table and docs/tradeoff.png:
-#   bench/tradeoff.sh --num 1000 --fid-max 120 \
-#       --frontier ddim:5,7,10,13,17,25,35,50 --frontier dpmpp-2m:5,7,10,13,17,25 \
-#       --frontier dpmpp-3m:5,7,10,15 --frontier unipc:5,7,10,15
+#   # a frontier, several step counts per solver at full depth:
+#   bench/tradeoff.sh --num 1000 --frontier dpmpp-3m:6,7,8,9,10 --frontier unipc:6,7,10
+# BENCHMARKS.md's table and docs/tradeoff.png: each row's command is in the table's last column
+# (bench/l2c/ holds the schedules of its l2c= rows); `bench/tradeoff.sh --num 1000` redraws both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}

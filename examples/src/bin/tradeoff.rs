@@ -29,6 +29,7 @@ use deediff_train::data::captions::CONCEPTS;
 use deediff_train::data::idx::load_idx;
 use deediff_uem::{ExitPolicy, ReuseSchedule};
 use deediff_unet::model_file::{self, key};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -62,10 +63,15 @@ struct Cli {
     cache: PathBuf,
     #[arg(long, default_value_t = 1.0)]
     guidance: f64,
+    /// Image k of a point uses seed `first_seed + k`: another value draws another sample of the
+    /// same point (its own rows, its own table and plot), to tell a setting from a lucky draw.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
     /// Where the plot goes.
     #[arg(long, default_value = "docs/tradeoff.png")]
     plot: PathBuf,
-    /// Upper end of the plot's FID axis (points above it are left out of the plot, not the table).
+    /// Upper end of the overview's FID axis (default: 15 % above the worst full-depth point);
+    /// points above it sit on its top edge, the table has their FID.
     #[arg(long)]
     fid_max: Option<f64>,
     /// Store this measured point (a `--point` spec at this N) in the model file's metadata as
@@ -178,6 +184,9 @@ struct Row {
     num: usize,
     guidance: f64,
     model: String,
+    /// The seed of image 0 (rows written before the flag existed used 0).
+    #[serde(default)]
+    first_seed: u64,
     /// Network evaluations per image (solver steps × evaluations per step).
     evals: usize,
     mean_blocks: f64,
@@ -198,6 +207,7 @@ impl Row {
             method: point.method(),
             num: cli.num,
             guidance: cli.guidance,
+            first_seed: cli.first_seed,
             model: model_name(cli),
             evals,
             mean_blocks: report.mean_blocks(),
@@ -213,14 +223,24 @@ impl Row {
         100.0 * self.compute / 25.0
     }
 
+    /// Whether the row was measured as `cli` asks (same N, guidance, model and seeds).
+    fn measured_as(&self, cli: &Cli, model: &str) -> bool {
+        (self.num, self.guidance, self.first_seed) == (cli.num, cli.guidance, cli.first_seed)
+            && self.model == model
+    }
+
     fn is_frontier(&self) -> bool {
         self.method == "full"
     }
 
     /// The command that measures this row alone.
     fn command(&self) -> String {
+        let seeds = match self.first_seed {
+            0 => String::new(),
+            s => format!(" --first-seed {s}"),
+        };
         format!(
-            "bench/tradeoff.sh --num {} --point '{}'",
+            "bench/tradeoff.sh --num {}{seeds} --point '{}'",
             self.num, self.spec
         )
     }
@@ -337,7 +357,7 @@ fn measure(
             .iter()
             .map(|&i| Condition::Text(CONCEPTS[i % 10].phrases[0].to_string()))
             .collect();
-        let seeds: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+        let seeds: Vec<u64> = chunk.iter().map(|&i| cli.first_seed + i as u64).collect();
         let g = pipeline.generate(&conds, &seeds, Hooks::default())?;
         images.extend(to_images(&g.samples)?.into_iter().map(|i| i.to_rgb8()));
         match &mut report {
@@ -364,82 +384,263 @@ fn register_font() -> Result<()> {
     .map_err(|_| anyhow::anyhow!("{FONT}: not a usable TrueType font"))
 }
 
-/// FID against compute per image: one line per solver and method over its step counts, the
-/// full-depth lines (the frontier) thicker, the real-data floor dashed.
-fn plot(rows: &[&Row], floor: Option<f64>, cli: &Cli) -> Result<()> {
+/// FID against compute per image, in two panels: every row (left) and the frontier's knee
+/// magnified with every point labelled (right). The frontier is one thick line per solver over
+/// its step counts (full depth) with its lower envelope dashed — the best full-depth FID at ≤
+/// each compute, the line a policy has to get under. Exit/reuse points are triangles, one colour
+/// per method family (cached, l2c, deepcache, …) so the legend stays readable however many
+/// thresholds and schedule files were measured, joined over step counts within one setting.
+/// Points above a panel sit on its top edge; the model's stored default is ringed.
+fn plot(rows: &[&Row], floor: Option<f64>, default: Option<&str>, cli: &Cli) -> Result<()> {
     register_font()?;
     if let Some(dir) = cli.plot.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let top = rows.iter().map(|r| r.fid).fold(0.0, f64::max) * 1.05;
-    let fid_max = cli.fid_max.unwrap_or(top);
-    let x_max = rows.iter().map(|r| r.compute_pct()).fold(0.0, f64::max) * 1.05;
-    let floor_y = floor.unwrap_or(0.0);
-    let root = BitMapBackend::new(&cli.plot, (1000, 900)).into_drawing_area();
+    let root = BitMapBackend::new(&cli.plot, (1800, 850)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("FID (N = {}) vs compute per image", cli.num),
-            ("sans-serif", 22),
-        )
-        .margin(12)
+    let root = root.titled(
+        &format!(
+            "FID (N = {}, seeds {}–{}) vs compute per image",
+            cli.num,
+            cli.first_seed,
+            cli.first_seed + cli.num as u64 - 1
+        ),
+        ("sans-serif", 24),
+    )?;
+    let (left, right) = root.split_horizontally(900);
+    let worst = |frontier: bool| {
+        let rs = rows.iter().filter(|r| !frontier || r.is_frontier());
+        rs.map(|r| r.fid).fold(0.0, f64::max)
+    };
+    // By default the overview ends a little above the worst full-depth point: the region where
+    // policies compete with the frontier, not the collapsed settings (the table has their FID).
+    let top = match rows.iter().any(|r| r.is_frontier()) {
+        true => worst(true) * 1.15,
+        false => worst(false) * 1.05,
+    };
+    let x_max = rows.iter().map(|r| r.compute_pct()).fold(0.0, f64::max) * 1.05;
+    let y_min = rows.iter().map(|r| r.fid).fold(f64::MAX, f64::min) * 0.97;
+    let overview = View {
+        title: "every point".into(),
+        x: 0.0..x_max,
+        y: y_min..cli.fid_max.unwrap_or(top),
+        labels: false,
+    };
+    draw_panel(&left, rows, floor, default, overview)?;
+    if let Some((_, knee)) = knee(rows) {
+        let (kx, ky) = (knee.compute_pct(), knee.fid);
+        let zoom = View {
+            title: format!("around the frontier's knee, {} ({kx:.0} %)", knee.spec),
+            x: kx * 0.6..kx * 1.25,
+            y: y_min..ky * 1.12,
+            labels: true,
+        };
+        draw_panel(&right, rows, floor, default, zoom)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// One panel's axes. `labels`: a magnified view — every policy point named, points outside it
+/// left out (the overview has them); otherwise points above it sit on its top edge, and the
+/// legend is drawn.
+struct View {
+    title: String,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    labels: bool,
+}
+
+impl View {
+    /// Where row `r` is drawn, if it is.
+    fn place(&self, r: &Row) -> Option<(f64, f64)> {
+        let inside = self.x.contains(&r.compute_pct()) && self.y.contains(&r.fid);
+        (inside || !self.labels).then(|| (r.compute_pct(), r.fid.min(self.y.end)))
+    }
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    rows: &[&Row],
+    floor: Option<f64>,
+    default: Option<&str>,
+    view: View,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let x_max = view.x.end;
+    let mut chart = ChartBuilder::on(area)
+        .caption(&view.title, ("sans-serif", 17))
+        .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..x_max, (floor_y * 0.9)..fid_max)?;
+        .build_cartesian_2d(view.x.clone(), view.y.clone())?;
     chart
         .configure_mesh()
         .x_desc("compute per image, % of DDIM 25 steps at full depth (MACs over all steps)")
         .y_desc("FID")
         .draw()?;
+    let frontier: Vec<&Row> = rows.iter().copied().filter(|r| r.is_frontier()).collect();
+    draw_envelope(&mut chart, &frontier, x_max)?;
+    let mut families: BTreeMap<(bool, String), RGBAColor> = BTreeMap::new();
+    for r in rows {
+        let n = families.len();
+        families
+            .entry((!r.is_frontier(), family(r)))
+            .or_insert_with(|| Palette99::pick(n).to_rgba());
+    }
+    for ((policy, name), color) in &families {
+        let (policy, color) = (*policy, *color);
+        let width = if policy { 1 } else { 3 };
+        let mut curves: BTreeMap<(&str, &str), Vec<(f64, f64)>> = BTreeMap::new();
+        for r in rows
+            .iter()
+            .filter(|r| r.is_frontier() != policy && family(r) == *name)
+        {
+            if let Some(pt) = view.place(r) {
+                curves
+                    .entry((&r.scheduler, &r.method))
+                    .or_default()
+                    .push(pt);
+            }
+        }
+        for pts in curves.values_mut() {
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?;
+        }
+        let legend = match policy {
+            false => format!("{name} full depth"),
+            true => name.clone(),
+        };
+        // A frontier point is a circle, a policy point a triangle.
+        let pts = curves.into_values().flatten();
+        let style = color.filled();
+        match policy {
+            false => chart
+                .draw_series(pts.map(|p| Circle::new(p, 4, style)))?
+                .label(legend)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 4, style)),
+            true => chart
+                .draw_series(pts.map(|p| TriangleMarker::new(p, 6, style)))?
+                .label(legend)
+                .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, style)),
+        };
+    }
+    for r in rows.iter().filter(|r| !r.is_frontier()) {
+        let Some(at) = view.place(r) else { continue };
+        if view.labels {
+            let label =
+                EmptyElement::at(at) + Text::new(short_label(r), (7, -4), ("sans-serif", 12));
+            chart.draw_series(std::iter::once(label))?;
+        }
+        if default == Some(r.spec.as_str()) {
+            let ring = Circle::new(at, 11, BLACK.stroke_width(2));
+            chart
+                .draw_series(std::iter::once(ring))?
+                .label("the model's stored default")
+                .legend(|(x, y)| Circle::new((x + 8, y), 6, BLACK.stroke_width(2)));
+        }
+    }
+    if view.labels {
+        return Ok(());
+    }
     if let Some(f) = floor {
         chart
-            .draw_series(DashedLineSeries::new(
-                [(0.0, f), (x_max, f)],
-                6,
-                4,
-                BLACK.stroke_width(1),
-            ))?
-            .label(format!("real training images ({f:.1})"))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
-    }
-    let mut curves: BTreeMap<(bool, String, String), Vec<(f64, f64)>> = BTreeMap::new();
-    for r in rows {
-        let key = (!r.is_frontier(), r.scheduler.clone(), r.method.clone());
-        curves
-            .entry(key)
-            .or_default()
-            .push((r.compute_pct(), r.fid));
-    }
-    for (k, ((policy, scheduler, method), mut pts)) in curves.into_iter().enumerate() {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        pts.retain(|p| p.1 <= fid_max);
-        let color = Palette99::pick(k).to_rgba();
-        let width = if policy { 1 } else { 3 };
-        let name = match policy {
-            false => format!("{scheduler} full depth"),
-            true => format!("{scheduler} {method}"),
-        };
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
-            .label(name)
-            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
-        let marker = move |p| -> DynElement<_, _> {
-            match policy {
-                false => Circle::new(p, 4, color.filled()).into_dyn(),
-                true => TriangleMarker::new(p, 6, color.filled()).into_dyn(),
-            }
-        };
-        chart.draw_series(pts.into_iter().map(marker))?;
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+            .label(format!(
+                "real training images: FID {f:.1} (the floor at this N)"
+            ))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], WHITE));
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.8))
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
         .draw()?;
-    root.present()?;
     Ok(())
+}
+
+/// The frontier's lower envelope: at each compute, the best full-depth FID at ≤ that compute.
+fn draw_envelope<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    frontier: &[&Row],
+    x_max: f64,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let mut pts: Vec<(f64, f64)> = frontier.iter().map(|r| (r.compute_pct(), r.fid)).collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut steps = Vec::new();
+    let mut best = f64::MAX;
+    for (x, fid) in pts {
+        if fid < best {
+            if let Some(&(_, y)) = steps.last() {
+                steps.push((x, y));
+            }
+            best = fid;
+            steps.push((x, fid));
+        }
+    }
+    if let Some(&(_, y)) = steps.last() {
+        steps.push((x_max, y));
+    }
+    let style = BLACK.mix(0.6).stroke_width(2);
+    chart
+        .draw_series(DashedLineSeries::new(steps, 8, 5, style))?
+        .label("frontier: best full depth at ≤ this compute")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], style));
+    Ok(())
+}
+
+/// What a row's colour groups by: the solver for full depth, else the policy's kind
+/// (`cached`, `l2c`, `per-sample`, …; `… + bands` with timestep bands).
+fn family(r: &Row) -> String {
+    if r.is_frontier() {
+        return r.scheduler.clone();
+    }
+    let kind = r.method.split([':', '=', '+']).next().unwrap_or_default();
+    match r.method.contains('+') {
+        true => format!("{kind} + bands"),
+        false => kind.to_string(),
+    }
+}
+
+/// A policy point's label: solver, steps and setting, e.g. `3m 8 0.985:2`; an `l2c` schedule
+/// by its file's stem, less the `SCHEDULER_STEPS_` that `bench/l2c/` names repeat.
+fn short_label(r: &Row) -> String {
+    let solver = r.scheduler.trim_start_matches("dpmpp-");
+    let setting = match r.method.split_once('=') {
+        Some((_, file)) => {
+            let stem = Path::new(file).file_stem().map(|s| s.to_string_lossy());
+            let stem = stem.map_or(file.to_string(), |s| s.into_owned());
+            let repeated = format!("{}_{}_", r.scheduler, r.steps);
+            stem.strip_prefix(&repeated).unwrap_or(&stem).to_string()
+        }
+        None => r
+            .method
+            .split_once(':')
+            .map_or(r.method.clone(), |m| m.1.to_string()),
+    };
+    format!("{solver} {} {setting}", r.steps)
+}
+
+/// The best full-depth row and the frontier's knee: the cheapest full-depth row within +3 % of
+/// the best FID (at equal compute, the lower FID).
+fn knee<'a>(rows: &[&'a Row]) -> Option<(&'a Row, &'a Row)> {
+    let frontier = rows.iter().copied().filter(|r| r.is_frontier());
+    let best = frontier.clone().min_by(|a, b| a.fid.total_cmp(&b.fid))?;
+    let knee = frontier
+        .filter(|r| r.fid <= best.fid * 1.03)
+        .min_by(|a, b| {
+            a.compute
+                .total_cmp(&b.compute)
+                .then(a.fid.total_cmp(&b.fid))
+        })?;
+    Some((best, knee))
 }
 
 /// The cheapest-compute frontier point that is at least as good as `row`, if any: a policy row
@@ -477,18 +678,7 @@ fn print_table(rows: &[&Row], floor: Option<f64>, num: usize) {
             r.command()
         );
     }
-    let frontier: Vec<&&Row> = rows.iter().filter(|r| r.is_frontier()).collect();
-    if let Some(best) = frontier.iter().min_by(|a, b| a.fid.total_cmp(&b.fid)) {
-        let knee = frontier
-            .iter()
-            .filter(|r| r.fid <= best.fid * 1.03)
-            // At equal compute (same step count, another solver) the lower FID.
-            .min_by(|a, b| {
-                a.compute
-                    .total_cmp(&b.compute)
-                    .then(a.fid.total_cmp(&b.fid))
-            })
-            .expect("the best point qualifies");
+    if let Some((best, knee)) = knee(rows) {
         println!();
         println!(
             "Best full depth: {} FID {:.2} at {:.1} %; cheapest within +3 %: {} FID {:.2} at {:.1} %.",
@@ -510,10 +700,8 @@ fn main() {
 fn measure_new(cli: &Cli, todo: Vec<Point>, done: &[Record]) -> Result<()> {
     let model = model_name(cli);
     let known = |spec: &str| {
-        done.iter().any(|r| {
-            matches!(r, Record::Point(r) if r.spec == spec && r.num == cli.num
-                && r.guidance == cli.guidance && r.model == model)
-        })
+        done.iter()
+            .any(|r| matches!(r, Record::Point(r) if r.spec == spec && r.measured_as(cli, &model)))
     };
     let todo: Vec<Point> = todo.into_iter().filter(|p| !known(&p.spec())).collect();
     let has_floor = done
@@ -584,11 +772,7 @@ fn run() -> Result<()> {
     let mut rows: Vec<&Row> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Point(r)
-                if r.num == cli.num && r.guidance == cli.guidance && r.model == model =>
-            {
-                Some(r)
-            }
+            Record::Point(r) if r.measured_as(&cli, &model) => Some(r),
             _ => None,
         })
         .collect();
@@ -608,12 +792,35 @@ fn run() -> Result<()> {
         ))
     });
     print_table(&rows, floor, cli.num);
-    plot(&rows, floor, &cli)?;
-    eprintln!("plot: {}", cli.plot.display());
     if let Some(spec) = &cli.store_default {
         store_default(&cli, &rows, spec)?;
     }
+    plot(&rows, floor, stored_default(&cli).as_deref(), &cli)?;
+    eprintln!("plot: {}", cli.plot.display());
     Ok(())
+}
+
+/// The spec of the point the model file stores as its sampling default (`--store-default`);
+/// `None` for a model without one (or one that is not a deediff model file: loading it reports
+/// what is wrong, the plot only rings what it finds).
+fn stored_default(cli: &Cli) -> Option<String> {
+    // The file `--store-default` writes; the embedded copy where that file is not at hand.
+    let meta = match model_file::read_metadata_file(&model_path(cli)) {
+        Ok(meta) => meta,
+        Err(_) if cli.model.model.is_none() => {
+            model_file::read_metadata(deediff_sampler::DEFAULT_MODEL, "<embedded>").ok()?
+        }
+        Err(_) => return None,
+    };
+    let d = SamplingDefaults::from_json(meta.get(key::SAMPLING_DEFAULTS)?).ok()?;
+    let point = Point::parse(&format!("{}:{}@{}", d.scheduler, d.steps, d.policy)).ok()?;
+    Some(point.spec())
+}
+
+/// The model file of the rows: `--model`, or the file the embedded model is compiled from.
+fn model_path(cli: &Cli) -> PathBuf {
+    let path = cli.model.model.clone();
+    path.unwrap_or_else(|| PathBuf::from(EMBEDDED_MODEL_FILE))
 }
 
 /// Writes a measured point into the model file's metadata as its sampling defaults; the tensors
@@ -641,11 +848,7 @@ fn store_default(cli: &Cli, rows: &[&Row], spec: &str) -> Result<()> {
         .to_string(),
     )
     .map_err(|e| anyhow::anyhow!("--store-default {spec:?}: {e}"))?;
-    let path = cli
-        .model
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(EMBEDDED_MODEL_FILE));
+    let path = model_path(cli);
     let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
     let origin = path.display().to_string();
     let mut metadata = model_file::read_metadata(&bytes, &origin)?;
@@ -679,5 +882,41 @@ mod tests {
             err.contains("--point \"bogus:5\"") && err.contains("unknown scheduler"),
             "{err}"
         );
+    }
+
+    /// A row as the results file stores it, written before `first_seed` existed.
+    const OLD_ROW: &str = r#"{"kind":"point","spec":"dpmpp-3m:8@l2c=bench/l2c/dpmpp-3m_8_f0.16.json","scheduler":"dpmpp-3m","steps":8,"method":"l2c=bench/l2c/dpmpp-3m_8_f0.16.json","num":1000,"guidance":1.0,"model":"default","evals":8,"mean_blocks":7.5,"macs_fraction":0.83,"compute":6.64,"fid":43.57,"seconds":14.0}"#;
+
+    #[test]
+    fn rows_written_before_first_seed_count_as_seed_zero() {
+        let Record::Point(row) = serde_json::from_str(OLD_ROW).unwrap() else {
+            panic!("a point row")
+        };
+        assert_eq!(row.first_seed, 0);
+        let mut cli = Cli::parse_from(["tradeoff"]);
+        assert!(row.measured_as(&cli, "default"));
+        cli.first_seed = 1000;
+        assert!(!row.measured_as(&cli, "default"));
+        assert!(!row.command().contains("--first-seed"));
+    }
+
+    #[test]
+    fn plot_groups_and_labels_points_by_method() {
+        let Record::Point(mut row) = serde_json::from_str(OLD_ROW).unwrap() else {
+            panic!("a point row")
+        };
+        assert_eq!(
+            (family(&row).as_str(), short_label(&row).as_str()),
+            ("l2c", "3m 8 f0.16")
+        );
+        row.method = "cached:0.985:2".into();
+        assert_eq!(
+            (family(&row).as_str(), short_label(&row).as_str()),
+            ("cached", "3m 8 0.985:2")
+        );
+        row.method = "full+640-1000:static:2".into();
+        assert_eq!(family(&row), "full + bands");
+        row.method = "full".into();
+        assert_eq!(family(&row), "dpmpp-3m");
     }
 }
