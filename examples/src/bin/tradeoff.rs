@@ -761,6 +761,13 @@ fn run() -> Result<()> {
     if cli.num < 2 {
         bail!("--num {}: FID needs at least 2 images", cli.num);
     }
+    if cli.first_seed.checked_add(cli.num as u64).is_none() {
+        bail!(
+            "--first-seed {}: the seeds of {} images overflow",
+            cli.first_seed,
+            cli.num
+        );
+    }
     let todo = points(&cli)?;
     measure_new(&cli, todo, &read_records(&cli.results)?)?;
     let records = read_records(&cli.results)?;
