@@ -426,7 +426,8 @@ fn plot(rows: &[&Row], floor: Option<f64>, default: Option<&str>, cli: &Cli) -> 
         y: y_min..cli.fid_max.unwrap_or(top),
         labels: false,
     };
-    draw_panel(&left, rows, floor, default, overview)?;
+    let colours = colours(rows);
+    draw_panel(&left, rows, &colours, floor, default, overview)?;
     if let Some((_, knee)) = knee(rows) {
         let (kx, ky) = (knee.compute_pct(), knee.fid);
         let zoom = View {
@@ -435,7 +436,7 @@ fn plot(rows: &[&Row], floor: Option<f64>, default: Option<&str>, cli: &Cli) -> 
             y: y_min..ky * 1.12,
             labels: true,
         };
-        draw_panel(&right, rows, floor, default, zoom)?;
+        draw_panel(&right, rows, &colours, floor, default, zoom)?;
     }
     root.present()?;
     Ok(())
@@ -462,6 +463,7 @@ impl View {
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     rows: &[&Row],
+    colours: &Colours,
     floor: Option<f64>,
     default: Option<&str>,
     view: View,
@@ -469,7 +471,6 @@ fn draw_panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let x_max = view.x.end;
     let mut chart = ChartBuilder::on(area)
         .caption(&view.title, ("sans-serif", 17))
         .margin(14)
@@ -482,66 +483,11 @@ where
         .y_desc("FID")
         .draw()?;
     let frontier: Vec<&Row> = rows.iter().copied().filter(|r| r.is_frontier()).collect();
-    draw_envelope(&mut chart, &frontier, x_max)?;
-    let mut families: BTreeMap<(bool, String), RGBAColor> = BTreeMap::new();
-    for r in rows {
-        let n = families.len();
-        families
-            .entry((!r.is_frontier(), family(r)))
-            .or_insert_with(|| Palette99::pick(n).to_rgba());
+    draw_envelope(&mut chart, &frontier, view.x.end)?;
+    for ((policy, name), colour) in colours {
+        draw_family(&mut chart, rows, (*policy, name), *colour, &view)?;
     }
-    for ((policy, name), color) in &families {
-        let (policy, color) = (*policy, *color);
-        let width = if policy { 1 } else { 3 };
-        let mut curves: BTreeMap<(&str, &str), Vec<(f64, f64)>> = BTreeMap::new();
-        for r in rows
-            .iter()
-            .filter(|r| r.is_frontier() != policy && family(r) == *name)
-        {
-            if let Some(pt) = view.place(r) {
-                curves
-                    .entry((&r.scheduler, &r.method))
-                    .or_default()
-                    .push(pt);
-            }
-        }
-        for pts in curves.values_mut() {
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?;
-        }
-        let legend = match policy {
-            false => format!("{name} full depth"),
-            true => name.clone(),
-        };
-        // A frontier point is a circle, a policy point a triangle.
-        let pts = curves.into_values().flatten();
-        let style = color.filled();
-        match policy {
-            false => chart
-                .draw_series(pts.map(|p| Circle::new(p, 4, style)))?
-                .label(legend)
-                .legend(move |(x, y)| Circle::new((x + 8, y), 4, style)),
-            true => chart
-                .draw_series(pts.map(|p| TriangleMarker::new(p, 6, style)))?
-                .label(legend)
-                .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, style)),
-        };
-    }
-    for r in rows.iter().filter(|r| !r.is_frontier()) {
-        let Some(at) = view.place(r) else { continue };
-        if view.labels {
-            let label =
-                EmptyElement::at(at) + Text::new(short_label(r), (7, -4), ("sans-serif", 12));
-            chart.draw_series(std::iter::once(label))?;
-        }
-        if default == Some(r.spec.as_str()) {
-            let ring = Circle::new(at, 11, BLACK.stroke_width(2));
-            chart
-                .draw_series(std::iter::once(ring))?
-                .label("the model's stored default")
-                .legend(|(x, y)| Circle::new((x + 8, y), 6, BLACK.stroke_width(2)));
-        }
-    }
+    draw_labels(&mut chart, rows, default, &view)?;
     if view.labels {
         return Ok(());
     }
@@ -563,9 +509,101 @@ where
     Ok(())
 }
 
+/// A chart on a compute (x) × FID (y) plane.
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One colour per method family, keyed `(is a policy, family)`: frontier solvers first, in the
+/// rows' order, so both panels colour a family alike.
+type Colours = BTreeMap<(bool, String), RGBAColor>;
+
+fn colours(rows: &[&Row]) -> Colours {
+    let mut colours = Colours::new();
+    for r in rows {
+        let n = colours.len();
+        colours
+            .entry((!r.is_frontier(), family(r)))
+            .or_insert_with(|| Palette99::pick(n).to_rgba());
+    }
+    colours
+}
+
+/// One family's points (circles on the frontier, triangles for policies), joined over step
+/// counts within one setting, with its legend entry.
+fn draw_family<DB: DrawingBackend>(
+    chart: &mut Chart<'_, DB>,
+    rows: &[&Row],
+    (policy, name): (bool, &str),
+    colour: RGBAColor,
+    view: &View,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let width = if policy { 1 } else { 3 };
+    let mut curves: BTreeMap<(&str, &str), Vec<(f64, f64)>> = BTreeMap::new();
+    let members = rows
+        .iter()
+        .filter(|r| r.is_frontier() != policy && family(r) == name);
+    for r in members {
+        if let Some(pt) = view.place(r) {
+            let curve = curves.entry((&r.scheduler, &r.method)).or_default();
+            curve.push(pt);
+        }
+    }
+    for pts in curves.values_mut() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(width)))?;
+    }
+    let legend = match policy {
+        false => format!("{name} full depth"),
+        true => name.to_string(),
+    };
+    let pts = curves.into_values().flatten();
+    let style = colour.filled();
+    match policy {
+        false => chart
+            .draw_series(pts.map(|p| Circle::new(p, 4, style)))?
+            .label(legend)
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, style)),
+        true => chart
+            .draw_series(pts.map(|p| TriangleMarker::new(p, 6, style)))?
+            .label(legend)
+            .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, style)),
+    };
+    Ok(())
+}
+
+/// The policy points' names (in a magnified view) and the ring around the stored default.
+fn draw_labels<DB: DrawingBackend>(
+    chart: &mut Chart<'_, DB>,
+    rows: &[&Row],
+    default: Option<&str>,
+    view: &View,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    for r in rows.iter().filter(|r| !r.is_frontier()) {
+        let Some(at) = view.place(r) else { continue };
+        if view.labels {
+            let label =
+                EmptyElement::at(at) + Text::new(short_label(r), (7, -4), ("sans-serif", 12));
+            chart.draw_series(std::iter::once(label))?;
+        }
+        if default == Some(r.spec.as_str()) {
+            let ring = Circle::new(at, 11, BLACK.stroke_width(2));
+            chart
+                .draw_series(std::iter::once(ring))?
+                .label("the model's stored default")
+                .legend(|(x, y)| Circle::new((x + 8, y), 6, BLACK.stroke_width(2)));
+        }
+    }
+    Ok(())
+}
+
 /// The frontier's lower envelope: at each compute, the best full-depth FID at ≤ that compute.
 fn draw_envelope<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    chart: &mut Chart<'_, DB>,
     frontier: &[&Row],
     x_max: f64,
 ) -> Result<()>
