@@ -5,7 +5,7 @@ use deediff_uem::SampleExit;
 use serde::Serialize;
 
 /// Exit statistics of one model evaluation (all images, conditional and unconditional passes).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     /// The time label the network was fed.
     pub t: f64,

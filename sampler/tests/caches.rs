@@ -199,3 +199,35 @@ fn an_l2c_schedule_reuses_the_fitted_fraction_and_round_trips() {
         .to_string();
     assert!(e.contains("8 evaluations") && e.contains("runs 4"), "{e}");
 }
+
+/// An evaluation splits its batch into one part per rayon thread, each with its own slots of the
+/// run's caches: in pools of 2 and 3 threads (parts of 1–2 images) every policy gives what one
+/// thread gives, the same images, exits and cache sizes.
+#[test]
+fn a_batch_split_across_threads_equals_one_thread() {
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    for (policy, scale) in [
+        ("cached:0.55:3", 2.5),
+        ("per-sample:0.6", 2.5),
+        ("per-sample:0.6", 1.0),
+        ("deepcache:2:1", 1.0),
+        ("official:0.6", 1.0),
+    ] {
+        let one = pool(1).install(|| run(policy, scale));
+        for threads in [2, 3] {
+            let split = pool(threads).install(|| run(policy, scale));
+            let d = max_abs_diff(&split.samples, &one.samples);
+            assert!(d <= 1e-6, "{policy} on {threads} threads: differs by {d}");
+            assert_eq!(split.report.evals, one.report.evals, "{policy}: exits");
+            assert_eq!(
+                split.report.cache_bytes_peak, one.report.cache_bytes_peak,
+                "{policy}: cache bytes"
+            );
+        }
+    }
+}

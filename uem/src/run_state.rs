@@ -138,6 +138,36 @@ impl RunState {
         &mut self.slots[slot]
     }
 
+    /// Whether this state records calibration data (contribution changes or filled exits),
+    /// which follows the batch's order and so cannot be split across threads.
+    pub(crate) fn is_recording(&self) -> bool {
+        self.changes.is_some() || self.fills.is_some()
+    }
+
+    /// The caches of `slots` moved into a state of their own at the same evaluation, for a part
+    /// of the batch run on another thread; [`Self::absorb`] moves them back.
+    pub(crate) fn split_off(&mut self, slots: &[usize]) -> RunState {
+        let mut part = RunState {
+            evals: self.evals,
+            ..Self::default()
+        };
+        for &s in slots {
+            if let Some(slot) = self.slots.get_mut(s) {
+                *part.slot_mut(s) = std::mem::take(slot);
+            }
+        }
+        part
+    }
+
+    /// Takes back the caches of `slots` from a part made by [`Self::split_off`].
+    pub(crate) fn absorb(&mut self, mut part: RunState, slots: &[usize]) {
+        for &s in slots {
+            if let Some(slot) = part.slots.get_mut(s) {
+                *self.slot_mut(s) = std::mem::take(slot);
+            }
+        }
+    }
+
     pub(crate) fn note_peak(&mut self) {
         self.peak_bytes = self.peak_bytes.max(self.bytes());
     }
