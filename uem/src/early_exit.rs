@@ -237,13 +237,14 @@ impl<B: Backbone> EarlyExit<B> {
     }
 
     /// Into how many parts, run side by side, an evaluation splits its batch: one per rayon
-    /// thread on the CPU. Every kernel of a pass splits over the threads too, but those hand-offs
-    /// cost more than the work as exits shrink the running batch to a few rows; parts keep each
-    /// thread on rows of its own and let it steal from the other parts' kernels once its own rows
-    /// are done (embedded model, batch 16, 2 threads on a Zen 4 EPYC: full depth 14 % and
-    /// per-sample exits 7–10 % faster than one op-parallel batch). Not where a row's exit depends
-    /// on the others (the batch-mean `official` rule) or where `state` records calibration data
-    /// in batch order.
+    /// thread on the CPU. Each block already runs its samples in one part per thread
+    /// (`deediff_unet::block`), but the threads meet after every block, and the embed, the
+    /// certainty heads, the exit bookkeeping and the output head in between run kernel by kernel
+    /// on ever fewer rows as samples exit. Split per evaluation, the threads meet once, and a
+    /// thread whose rows are done steals from the others' kernels (embedded model, batch 16, 2
+    /// threads on a Zen 4 EPYC: full depth 14 % and per-sample exits 7–10 % faster). Not where a
+    /// row's exit depends on the others (the batch-mean `official` rule) or where `state` records
+    /// calibration data in batch order.
     fn parts(&self, state: &RunState, x: &Tensor, policy: &ExitPolicy) -> Result<usize> {
         let independent = !matches!(policy, ExitPolicy::Official { .. }) && !state.is_recording();
         Ok(match x.device().is_cpu() && independent {

@@ -648,22 +648,39 @@ fn family(r: &Row) -> String {
 }
 
 /// A policy point's label: solver, steps and setting, e.g. `3m 8 0.985:2`; an `l2c` schedule
-/// by its file's stem, less the `SCHEDULER_STEPS_` that `bench/l2c/` names repeat.
+/// by its file's stem, less the `SCHEDULER_STEPS_` that `bench/l2c/` names repeat; each timestep
+/// band as its range and setting, e.g. `3m 8 0.95:2 +800-1000:0.975`.
 fn short_label(r: &Row) -> String {
     let solver = r.scheduler.trim_start_matches("dpmpp-");
-    let setting = match r.method.split_once('=') {
+    let mut parts = r.method.split('+');
+    let base = parts.next().unwrap_or_default();
+    let setting = match base.split_once('=') {
         Some((_, file)) => {
             let stem = Path::new(file).file_stem().map(|s| s.to_string_lossy());
             let stem = stem.map_or(file.to_string(), |s| s.into_owned());
             let repeated = format!("{}_{}_", r.scheduler, r.steps);
             stem.strip_prefix(&repeated).unwrap_or(&stem).to_string()
         }
-        None => r
-            .method
-            .split_once(':')
-            .map_or(r.method.clone(), |m| m.1.to_string()),
+        None => policy_setting(base).to_string(),
     };
-    format!("{solver} {} {setting}", r.steps)
+    let bands = parts.map(|band| match band.split_once(':') {
+        Some((range, policy)) => format!(" +{range}:{}", policy_setting(policy)),
+        None => format!(" +{band}"),
+    });
+    format!(
+        "{solver} {} {setting}{}",
+        r.steps,
+        bands.collect::<String>()
+    )
+}
+
+/// A policy's setting without its kind (`per-sample:0.975` → `0.975`, `deepcache:2:1` → `2:1`);
+/// `static:5` and `full` whole, as a bare number would not say what it counts.
+fn policy_setting(policy: &str) -> &str {
+    match policy.split_once(':') {
+        Some((kind, setting)) if kind != "static" => setting,
+        _ => policy,
+    }
 }
 
 /// The best full-depth row and the frontier's knee: the cheapest full-depth row within +3 % of
@@ -960,7 +977,17 @@ mod tests {
             ("cached", "3m 8 0.985:2")
         );
         row.method = "full+640-1000:static:2".into();
-        assert_eq!(family(&row), "full + bands");
+        assert_eq!(
+            (family(&row).as_str(), short_label(&row).as_str()),
+            ("full + bands", "3m 8 full +640-1000:static:2")
+        );
+        row.method = "l2c=bench/l2c/dpmpp-3m_8_f0.16.json+800-1000:per-sample:0.975".into();
+        assert_eq!(
+            (family(&row).as_str(), short_label(&row).as_str()),
+            ("l2c + bands", "3m 8 f0.16 +800-1000:0.975")
+        );
+        row.method = "cached-trunc:0.95:2+800-1000:per-sample:0.975".into();
+        assert_eq!(short_label(&row), "3m 8 0.95:2 +800-1000:0.975");
         row.method = "full".into();
         assert_eq!(family(&row), "dpmpp-3m");
     }
