@@ -202,7 +202,8 @@ fn an_l2c_schedule_reuses_the_fitted_fraction_and_round_trips() {
 
 /// An evaluation splits its batch into one part per rayon thread, each with its own slots of the
 /// run's caches: in pools of 2 and 3 threads (parts of 1–2 images) every policy gives what one
-/// thread gives, the same images, exits and cache sizes.
+/// thread gives, the same images, exits and cache sizes (guided passes in one batch or, with a
+/// shared exit, the unconditional pass after the conditional one).
 #[test]
 fn a_batch_split_across_threads_equals_one_thread() {
     let pool = |n| {
@@ -211,22 +212,29 @@ fn a_batch_split_across_threads_equals_one_thread() {
             .build()
             .unwrap()
     };
-    for (policy, scale) in [
-        ("cached:0.55:3", 2.5),
-        ("per-sample:0.6", 2.5),
-        ("per-sample:0.6", 1.0),
-        ("deepcache:2:1", 1.0),
-        ("official:0.6", 1.0),
+    for (policy, scale, shared_exit) in [
+        ("cached:0.55:3", 2.5, false),
+        ("per-sample:0.6", 2.5, false),
+        ("per-sample:0.6", 2.5, true),
+        ("per-sample:0.6", 1.0, false),
+        ("deepcache:2:1", 1.0, false),
+        ("official:0.6", 1.0, false),
     ] {
-        let one = pool(1).install(|| run(policy, scale));
+        let mut p = pipeline(policy, scale);
+        p.set_guidance(Guidance { scale, shared_exit }).unwrap();
+        let run = |threads| {
+            pool(threads).install(|| p.generate(&CONDS, &SEEDS, Hooks::default()).unwrap())
+        };
+        let one = run(1);
         for threads in [2, 3] {
-            let split = pool(threads).install(|| run(policy, scale));
+            let split = run(threads);
+            let what = format!("{policy} (shared exit {shared_exit}) on {threads} threads");
             let d = max_abs_diff(&split.samples, &one.samples);
-            assert!(d <= 1e-6, "{policy} on {threads} threads: differs by {d}");
-            assert_eq!(split.report.evals, one.report.evals, "{policy}: exits");
+            assert!(d <= 1e-6, "{what}: differs by {d}");
+            assert_eq!(split.report.evals, one.report.evals, "{what}: exits");
             assert_eq!(
                 split.report.cache_bytes_peak, one.report.cache_bytes_peak,
-                "{policy}: cache bytes"
+                "{what}: cache bytes"
             );
         }
     }
