@@ -3,6 +3,7 @@
 //! Guided evaluations (conditional and unconditional passes) and reuse policies live here too, so
 //! the sampler only loops over scheduler evaluations.
 
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
@@ -67,7 +68,7 @@ struct Slots {
 }
 
 impl Slots {
-    fn of(images: std::ops::Range<usize>, batch: usize, guided: bool) -> Self {
+    fn of(images: Range<usize>, batch: usize, guided: bool) -> Self {
         let uncond = match guided {
             true => images.clone().map(|k| batch + k).collect(),
             false => Vec::new(),
@@ -225,7 +226,9 @@ impl<B: Backbone> EarlyExit<B> {
             state.begin_evaluation();
             let b = x.dim(0)?;
             let out = match self.parts(state, x, policy)? {
-                parts if parts > 1 => self.evaluate_split(state, parts, x, t, passes, policy)?,
+                parts if parts.len() > 1 => {
+                    self.evaluate_split(state, parts, x, t, passes, policy)?
+                }
                 _ => {
                     let slots = Slots::of(0..b, b, passes.guidance.is_some());
                     self.evaluate_part(state, &slots, x, t, passes, policy)?
@@ -236,8 +239,8 @@ impl<B: Backbone> EarlyExit<B> {
         })
     }
 
-    /// Into how many parts, run side by side, an evaluation splits its batch: one per rayon
-    /// thread on the CPU. Each block already runs its samples in one part per thread
+    /// The parts, run side by side, an evaluation splits its batch into: one per rayon thread on
+    /// the CPU ([`deediff_unet::pool::part_ranges`]). Each block already runs its samples in one part per thread
     /// (`deediff_unet::block`), but the threads meet after every block, and the embed, the
     /// certainty heads, the exit bookkeeping and the output head in between run kernel by kernel
     /// on ever fewer rows as samples exit. Split per evaluation, the threads meet once, and a
@@ -245,20 +248,26 @@ impl<B: Backbone> EarlyExit<B> {
     /// threads on a Zen 4 EPYC: full depth 14 % and per-sample exits 7–10 % faster). Not where a
     /// row's exit depends on the others (the batch-mean `official` rule) or where `state` records
     /// calibration data in batch order.
-    fn parts(&self, state: &RunState, x: &Tensor, policy: &ExitPolicy) -> Result<usize> {
+    fn parts(
+        &self,
+        state: &RunState,
+        x: &Tensor,
+        policy: &ExitPolicy,
+    ) -> Result<Vec<Range<usize>>> {
+        let b = x.dim(0)?;
         let independent = !matches!(policy, ExitPolicy::Official { .. }) && !state.is_recording();
         Ok(match x.device().is_cpu() && independent {
-            true => rayon::current_num_threads().min(x.dim(0)?),
-            false => 1,
+            true => deediff_unet::pool::part_ranges(b),
+            false => std::iter::once(0..b).collect(),
         })
     }
 
-    /// [`Self::evaluate_part`] on `parts` contiguous parts of the batch in parallel, each with
-    /// its slots of `state`, reassembled in batch order.
+    /// [`Self::evaluate_part`] on the rows of each of `parts` in parallel, each part with its
+    /// slots of `state`, reassembled in batch order.
     fn evaluate_split(
         &self,
         state: &mut RunState,
-        parts: usize,
+        parts: Vec<Range<usize>>,
         x: &Tensor,
         t: &Tensor,
         passes: &Passes,
@@ -267,9 +276,11 @@ impl<B: Backbone> EarlyExit<B> {
         use rayon::prelude::*;
         let b = x.dim(0)?;
         let guided = passes.guidance.is_some();
-        let jobs: Vec<(Slots, RunState)> = (0..parts)
-            .map(|p| {
-                let slots = Slots::of(p * b / parts..(p + 1) * b / parts, b, guided);
+        let n_parts = parts.len();
+        let jobs: Vec<(Slots, RunState)> = parts
+            .into_iter()
+            .map(|rows| {
+                let slots = Slots::of(rows, b, guided);
                 let part = state.split_off(&slots.all());
                 (slots, part)
             })
@@ -283,7 +294,7 @@ impl<B: Backbone> EarlyExit<B> {
             .collect();
         let (mut eps, mut cond, mut uncond) = (Vec::new(), Vec::new(), Vec::new());
         // Every part's caches go back before a part's error is passed on.
-        let mut outs = Vec::with_capacity(parts);
+        let mut outs = Vec::with_capacity(n_parts);
         for (slots, part, out) in done {
             state.absorb(part, &slots.all());
             outs.push((slots.cond.len(), out));

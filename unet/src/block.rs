@@ -81,17 +81,15 @@ impl Block {
     /// a sample's independence of its batch change. A part's own kernels still spread over idle
     /// threads (rayon steals), which evens out unequal parts.
     pub fn forward(&self, x: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
-        let b = x.dim(0)?;
-        let parts = b.min(rayon::current_num_threads());
-        if parts < 2 || x.track_op() || !x.device().is_cpu() {
+        let parts = crate::pool::part_ranges(x.dim(0)?);
+        if parts.len() < 2 || x.track_op() || !x.device().is_cpu() {
             return self.forward_part(x, skip);
         }
-        let outs = (0..parts)
+        let outs = parts
             .into_par_iter()
-            .map(|p| {
-                let (s, n) = (p * b / parts, (p + 1) * b / parts - p * b / parts);
-                let skip = skip.map(|t| t.narrow(0, s, n)).transpose()?;
-                self.forward_part(&x.narrow(0, s, n)?, skip.as_ref())
+            .map(|r| {
+                let skip = skip.map(|t| t.narrow(0, r.start, r.len())).transpose()?;
+                self.forward_part(&x.narrow(0, r.start, r.len())?, skip.as_ref())
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&outs, 0)

@@ -2,6 +2,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Embedding, VarBuilder};
+use rayon::prelude::*;
 
 use crate::block::Block;
 use crate::config::{UVitConfig, Variant};
@@ -218,16 +219,40 @@ impl UVit {
         }
     }
 
-    /// Full-depth forward (the official output with no early exit), run on a rayon worker
-    /// ([`crate::pool`]).
+    /// Full-depth forward (the official output with no early exit), run on a rayon worker and,
+    /// on the CPU, as one part of the batch per thread, each through the whole network
+    /// ([`crate::pool::part_ranges`]): the threads meet once per forward rather than after every
+    /// block and around the embed and the output head. Rows are computed the same in any part.
     pub fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
         crate::pool::on_worker(|| {
-            let mut h = self.embed(x, t, cond)?;
-            let mut skips = Vec::with_capacity(self.cfg.num_in_blocks());
-            for i in 0..self.num_blocks() {
-                h = self.block(i, &h, &mut skips)?;
+            let b = x.dim(0)?;
+            let parts = crate::pool::part_ranges(b);
+            let whole = x.track_op() || !x.device().is_cpu() || t.dims() != [b];
+            if parts.len() < 2 || whole {
+                return self.forward_rows(x, t, cond);
             }
-            self.decode(&h)
+            let outs = parts
+                .into_par_iter()
+                .map(|r| {
+                    let idx = Tensor::arange(r.start as u32, r.end as u32, x.device())?;
+                    let (x, t) = (
+                        x.narrow(0, r.start, r.len())?,
+                        t.narrow(0, r.start, r.len())?,
+                    );
+                    self.forward_rows(&x, &t, &cond.index_select(&idx)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&outs, 0)
         })
+    }
+
+    /// [`Self::forward`] of one part.
+    fn forward_rows(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        let mut h = self.embed(x, t, cond)?;
+        let mut skips = Vec::with_capacity(self.cfg.num_in_blocks());
+        for i in 0..self.num_blocks() {
+            h = self.block(i, &h, &mut skips)?;
+        }
+        self.decode(&h)
     }
 }

@@ -81,8 +81,9 @@ fn forward_matches_reference_tensors_on_fallback_kernels() {
     deediff_testkit::rerun_on_fallback_isas("forward_matches_reference_tensors");
 }
 
-/// A sample's output does not depend on its batch: blocks run a batch as one part per thread
-/// (`Block::forward`) and every kernel computes a row the same in any batch, so each sample of a
+/// A sample's output does not depend on its batch: a forward and each block run a batch as one
+/// part per thread (`pool::part_ranges`; the batch here on 3 threads, so it is split whatever
+/// the machine) and every kernel computes a row the same in any batch, so each sample of a
 /// reference batch run alone gives the batch's bits exactly. Not on the baseline kernels
 /// (`DEEDIFF_ISA=generic`, no CPU here lacks AVX2): their linear layers run on `gemm`, whose
 /// blocking follows the row count, so the last bits may differ there.
@@ -94,7 +95,11 @@ fn each_sample_alone_gives_its_bits_in_the_batch() {
     for case in deediff_testkit::cases() {
         let model = deediff_testkit::load(&case.weights[0]).model;
         let (x, t, cond) = (case.get("x_t"), case.get("timesteps"), case.conditioning());
-        let batch = model.forward(x, t, &cond).unwrap();
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let batch = threads.install(|| model.forward(x, t, &cond)).unwrap();
         for k in 0..x.dim(0).unwrap() {
             let idx = Tensor::new(&[k as u32], x.device()).unwrap();
             let pick = |v: &Tensor| v.index_select(&idx, 0).unwrap();
