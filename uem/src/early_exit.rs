@@ -324,10 +324,9 @@ impl<B: Backbone> EarlyExit<B> {
         policy: &ExitPolicy,
     ) -> Result<ExitOutput> {
         let (first, n) = (slots.cond[0], slots.cond.len());
-        let idx = Tensor::arange(first as u32, (first + n) as u32, x.device())?;
-        let cond = passes.cond.index_select(&idx)?;
+        let cond = passes.cond.narrow(first, n)?;
         let uncond = match passes.guidance {
-            Some(g) => Some(g.uncond.index_select(&idx)?),
+            Some(g) => Some(g.uncond.narrow(first, n)?),
             None => None,
         };
         let part = Passes {

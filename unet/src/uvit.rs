@@ -23,6 +23,15 @@ pub enum Conditioning {
 }
 
 impl Conditioning {
+    /// The `len` rows from `start` of the conditioning: one contiguous part of a batch.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(match self {
+            Self::None => Self::None,
+            Self::Class(y) => Self::Class(y.narrow(0, start, len)?),
+            Self::Context(c) => Self::Context(c.narrow(0, start, len)?),
+        })
+    }
+
     /// Keeps the rows `idx` (u32 `[B']`) of the conditioning, e.g. to split a batch.
     pub fn index_select(&self, idx: &Tensor) -> Result<Self> {
         Ok(match self {
@@ -234,12 +243,11 @@ impl UVit {
             let outs = parts
                 .into_par_iter()
                 .map(|r| {
-                    let idx = Tensor::arange(r.start as u32, r.end as u32, x.device())?;
                     let (x, t) = (
                         x.narrow(0, r.start, r.len())?,
                         t.narrow(0, r.start, r.len())?,
                     );
-                    self.forward_rows(&x, &t, &cond.index_select(&idx)?)
+                    self.forward_rows(&x, &t, &cond.narrow(r.start, r.len())?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&outs, 0)
