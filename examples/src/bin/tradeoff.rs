@@ -967,27 +967,31 @@ mod tests {
         let Record::Point(mut row) = serde_json::from_str(OLD_ROW).unwrap() else {
             panic!("a point row")
         };
-        assert_eq!(
-            (family(&row).as_str(), short_label(&row).as_str()),
-            ("l2c", "3m 8 f0.16")
-        );
-        row.method = "cached:0.985:2".into();
-        assert_eq!(
-            (family(&row).as_str(), short_label(&row).as_str()),
-            ("cached", "3m 8 0.985:2")
-        );
-        row.method = "full+640-1000:static:2".into();
-        assert_eq!(
-            (family(&row).as_str(), short_label(&row).as_str()),
-            ("full + bands", "3m 8 full +640-1000:static:2")
-        );
-        row.method = "l2c=bench/l2c/dpmpp-3m_8_f0.16.json+800-1000:per-sample:0.975".into();
-        assert_eq!(
-            (family(&row).as_str(), short_label(&row).as_str()),
-            ("l2c + bands", "3m 8 f0.16 +800-1000:0.975")
-        );
-        row.method = "cached-trunc:0.95:2+800-1000:per-sample:0.975".into();
-        assert_eq!(short_label(&row), "3m 8 0.95:2 +800-1000:0.975");
+        for (method, family_want, label_want) in [
+            (row.method.clone(), "l2c", "3m 8 f0.16"),
+            ("cached:0.985:2".into(), "cached", "3m 8 0.985:2"),
+            (
+                "full+640-1000:static:2".into(),
+                "full + bands",
+                "3m 8 full +640-1000:static:2",
+            ),
+            (
+                "l2c=bench/l2c/dpmpp-3m_8_f0.16.json+800-1000:per-sample:0.975".into(),
+                "l2c + bands",
+                "3m 8 f0.16 +800-1000:0.975",
+            ),
+            (
+                "cached-trunc:0.95:2+800-1000:per-sample:0.975".into(),
+                "cached-trunc + bands",
+                "3m 8 0.95:2 +800-1000:0.975",
+            ),
+        ] {
+            row.method = method;
+            assert_eq!(
+                (family(&row).as_str(), short_label(&row).as_str()),
+                (family_want, label_want)
+            );
+        }
         row.method = "full".into();
         assert_eq!(family(&row), "dpmpp-3m");
     }
